@@ -1,0 +1,414 @@
+"""The per-site ``Network`` profile: every key a site operator may set, with defaults.
+
+The profile lives in the site's own section of the TARDIS configuration, beside
+``executor`` and ``MachineTypes``. It is validated once, when the adapter is
+built, so a bad profile stops the daemon at start with a message naming the key.
+docs/configuration.md documents every key; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from .schema import ConfigurationError, load
+
+__all__ = [
+    "ConfigurationError",
+    "NetworkProfile",
+    "load_profile",
+]
+
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")
+_USER = re.compile(r"^[a-z_][a-z0-9_.\-]*\$?$")
+_KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_REPO = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+
+
+def _check_host(path: str, host: str) -> list[str]:
+    if _HOSTNAME.match(host):
+        return []
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return [f"{path}: got {host!r}; expected a host name or an IP address"]
+    return []
+
+
+def _check_port(path: str, port: int) -> list[str]:
+    if 1 <= port <= 65535:
+        return []
+    return [f"{path}: got {port!r}; expected a TCP port between 1 and 65535"]
+
+
+def _check_positive(path: str, value: Optional[float], what: str) -> list[str]:
+    if value is None or value > 0:
+        return []
+    return [f"{path}: got {value!r}; expected {what} greater than 0"]
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One ssh hop of the tunnel; the first is usually the site's login node."""
+
+    host: str
+    port: int = 22
+    user: Optional[str] = None
+
+    def check(self, path: str) -> list[str]:
+        problems = _check_host(f"{path}.host", self.host)
+        problems += _check_port(f"{path}.port", self.port)
+        if self.user is not None and not _USER.match(self.user):
+            problems.append(
+                f"{path}.user: got {self.user!r}; expected a POSIX user name"
+            )
+        return problems
+
+    @property
+    def destination(self) -> str:
+        """The ``[user@]host`` form ssh takes."""
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+
+@dataclass(frozen=True)
+class Forward:
+    """An ``ssh -L`` forward opened by the tunnel, e.g. to a squid for CVMFS."""
+
+    listen_port: int
+    host: str
+    port: int
+
+    def check(self, path: str) -> list[str]:
+        return (
+            _check_port(f"{path}.listen_port", self.listen_port)
+            + _check_host(f"{path}.host", self.host)
+            + _check_port(f"{path}.port", self.port)
+        )
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """The ssh tunnel from the worker node out of the site."""
+
+    hops: tuple[Hop, ...] = ()
+    identity_file: str = "~/.ssh/id_ed25519"
+    known_hosts: str = "~/.ssh/known_hosts"
+    strict_host_key_checking: bool = True
+    socks_port: int = 1080
+    forwards: tuple[Forward, ...] = ()
+    ciphers: str = "auto"
+    supervisor: Literal["autossh", "loop"] = "autossh"
+    ready_timeout: float = 10.0
+
+    def check(self, path: str) -> list[str]:
+        problems = _check_port(f"{path}.socks_port", self.socks_port)
+        problems += _check_positive(
+            f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
+        )
+        if not re.match(r"^[A-Za-z0-9@.,\-]+$", self.ciphers):
+            problems.append(
+                f"{path}.ciphers: got {self.ciphers!r}; expected 'auto' or an "
+                "ssh cipher list such as 'aes128-gcm@openssh.com,chacha20-poly1305"
+                "@openssh.com'"
+            )
+        listen = [f.listen_port for f in self.forwards]
+        if self.socks_port in listen or len(set(listen)) != len(listen):
+            problems.append(
+                f"{path}.forwards: got listen ports {listen!r} with socks_port "
+                f"{self.socks_port}; every local port must be different"
+            )
+        return problems
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A proxy hop after the ssh tunnel's SOCKS port, e.g. dante at a partner site."""
+
+    type: Literal["socks5", "socks4", "http"]
+    host: str
+    port: int
+
+    def check(self, path: str) -> list[str]:
+        return _check_host(f"{path}.host", self.host) + _check_port(
+            f"{path}.port", self.port
+        )
+
+
+@dataclass(frozen=True)
+class Chain:
+    """How the unmodified payload's connections are sent into the tunnel."""
+
+    tool: Literal["proxychains", "tsocks", "none"] = "proxychains"
+    proxies: tuple[Proxy, ...] = ()
+    localnet: tuple[str, ...] = ("127.0.0.0/8",)
+    remote_dns: bool = True
+    quiet: bool = True
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for index, net in enumerate(self.localnet):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append(
+                    f"{path}.localnet[{index}]: got {net!r}; expected a network "
+                    "such as 10.0.0.0/8"
+                )
+        if self.tool == "tsocks" and len(self.proxies) > 0:
+            problems.append(
+                f"{path}.proxies: got {len(self.proxies)} proxies with tool "
+                "'tsocks'; tsocks speaks only to the tunnel's SOCKS port: use "
+                "tool 'proxychains' for further proxy hops"
+            )
+        return problems
+
+    @property
+    def localnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.localnet)
+
+
+@dataclass(frozen=True)
+class Keepalive:
+    """Keepalive settings; unset values are derived from the firewall idle timeout."""
+
+    enabled: bool = True
+    server_alive_interval: Optional[int] = None
+    server_alive_count_max: int = 3
+    condor_knobs: dict[str, int] = field(default_factory=dict)
+
+    def check(self, path: str) -> list[str]:
+        problems = _check_positive(
+            f"{path}.server_alive_interval", self.server_alive_interval, "seconds"
+        )
+        problems += _check_positive(
+            f"{path}.server_alive_count_max", self.server_alive_count_max, "a count"
+        )
+        for knob in self.condor_knobs:
+            if not _KNOB.match(knob):
+                problems.append(
+                    f"{path}.condor_knobs.{knob}: not an HTCondor knob name"
+                )
+        return problems
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """What the site's firewall does to long-lived connections."""
+
+    idle_timeout: Optional[int] = None
+
+    def check(self, path: str) -> list[str]:
+        return _check_positive(
+            f"{path}.idle_timeout", self.idle_timeout, "a time in seconds (or null)"
+        )
+
+
+@dataclass(frozen=True)
+class Cvmfs:
+    """How CVMFS is mounted on the worker without privileges (cvmfsexec)."""
+
+    mode: Literal["auto", "mountrepo", "cvmfsexec", "singcvmfs", "none"] = "none"
+    dist: str = "~/cvmfsexec/dist"
+    repositories: tuple[str, ...] = ()
+    http_proxy: str = "DIRECT"
+    server_url: Optional[str] = None
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for index, repo in enumerate(self.repositories):
+            if not _REPO.match(repo):
+                problems.append(
+                    f"{path}.repositories[{index}]: got {repo!r}; expected a "
+                    "repository name such as cms.cern.ch"
+                )
+        if self.mode != "none" and not self.repositories:
+            problems.append(
+                f"{path}.repositories: empty with mode {self.mode!r}; list the "
+                "repositories to mount, or set mode: none"
+            )
+        for proxy in re.split(r"[;|]", self.http_proxy):
+            problems += _check_numeric_proxy(f"{path}.http_proxy", proxy)
+        return problems
+
+
+def _check_numeric_proxy(path: str, proxy: str) -> list[str]:
+    """cvmfs resolves names itself (c-ares), past proxychains: proxies must be numeric."""
+    if proxy in ("DIRECT", "auto"):
+        return []
+    match = re.match(r"^http://([^/:]+):(\d+)/?$", proxy)
+    if not match:
+        return [
+            f"{path}: got {proxy!r}; expected http://ADDRESS:PORT or DIRECT, "
+            "separated by ';' or '|'"
+        ]
+    try:
+        ipaddress.ip_address(match.group(1))
+    except ValueError:
+        return [
+            f"{path}: got {proxy!r}; use a numeric address: cvmfs resolves host "
+            "names itself, outside the chain, and fails on a restricted worker"
+        ]
+    return _check_port(path, int(match.group(2)))
+
+
+@dataclass(frozen=True)
+class Container:
+    """The container the payload runs in, or none."""
+
+    runtime: Literal["none", "apptainer", "singularity"] = "none"
+    image: Optional[str] = None
+    binds: tuple[str, ...] = ()
+    gpu: bool = False
+    contain: bool = False
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if self.runtime != "none" and not self.image:
+            problems.append(
+                f"{path}.image: missing for runtime {self.runtime!r}; set the "
+                "image path or URI, or runtime: none"
+            )
+        for index, bind in enumerate(self.binds):
+            if not re.match(r"^[^:,\s]+(:[^:,\s]+(:(ro|rw))?)?$", bind):
+                problems.append(
+                    f"{path}.binds[{index}]: got {bind!r}; expected SRC[:DST[:ro|rw]]"
+                )
+        return problems
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Where the payload registers: the collector and the schedds it must reach."""
+
+    collector: str = ""
+    schedds: tuple[str, ...] = ()
+    ccb: bool = True
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        named = [("collector", self.collector)] if self.collector else []
+        for key, endpoint in named + [
+            (f"schedds[{i}]", s) for i, s in enumerate(self.schedds)
+        ]:
+            problems += _check_endpoint(f"{path}.{key}", endpoint)
+        return problems
+
+    @property
+    def endpoints(self) -> tuple[tuple[str, int], ...]:
+        """(host, port) of every pool service the drone must reach."""
+        return tuple(_split_endpoint(e) for e in (self.collector, *self.schedds) if e)
+
+
+def _split_endpoint(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if not host:
+        return endpoint, 9618
+    return host, int(port)
+
+
+def _check_endpoint(path: str, endpoint: str) -> list[str]:
+    if not endpoint:
+        return [f"{path}: required; expected HOST:PORT of the pool's collector"]
+    host, port = endpoint.rpartition(":")[0], endpoint.rpartition(":")[2]
+    if not host:
+        host, port = endpoint, "9618"
+    if not port.isdigit():
+        return [f"{path}: got {endpoint!r}; expected HOST or HOST:PORT"]
+    return _check_host(path, host) + _check_port(path, int(port))
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The unmodified payload: a glidein startup or condor_master."""
+
+    command: Union[str, tuple[str, ...]] = "condor_master -f"
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if not self.argv:
+            problems.append(f"{path}.command: empty; give the payload's command")
+        for name in self.environment:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+                problems.append(
+                    f"{path}.environment.{name}: not a valid environment variable name"
+                )
+        return problems
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        if isinstance(self.command, str):
+            return tuple(shlex.split(self.command))
+        return tuple(self.command)
+
+
+@dataclass(frozen=True)
+class Monitoring:
+    """The drone-side watchdog and the adapter's verdicts; unset values are derived."""
+
+    enabled: bool = True
+    heartbeat_interval: Optional[int] = None
+    grace: Optional[int] = None
+    connect_deadline: Optional[int] = None
+    heartbeat_dir: str = "~/.tardis-netadapter/heartbeats"
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        for key in ("heartbeat_interval", "grace", "connect_deadline"):
+            problems += _check_positive(f"{path}.{key}", getattr(self, key), "seconds")
+        return problems
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """Everything the drone script needs to reach the pool from this site."""
+
+    mode: Literal["socks", "direct"] = "socks"
+    firewall: Firewall = field(default_factory=Firewall)
+    tunnel: Tunnel = field(default_factory=Tunnel)
+    chain: Chain = field(default_factory=Chain)
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    cvmfs: Cvmfs = field(default_factory=Cvmfs)
+    container: Container = field(default_factory=Container)
+    pool: Pool = field(default_factory=Pool)
+    payload: Payload = field(default_factory=Payload)
+    monitoring: Monitoring = field(default_factory=Monitoring)
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if self.mode == "socks" and not self.tunnel.hops:
+            problems.append(
+                f"{path}.tunnel.hops: empty with mode 'socks'; list at least the "
+                "login node (host, port, user), or use mode: direct"
+            )
+        if self.mode == "direct" and self.chain.tool != "none":
+            problems.append(
+                f"{path}.chain.tool: got {self.chain.tool!r} with mode 'direct'; "
+                "a direct site has no tunnel to chain into: set chain.tool: none"
+            )
+        return problems
+
+
+def load_profile(data: Any, path: str = "Network") -> NetworkProfile:
+    """Validate a ``Network`` section; raise ConfigurationError naming every bad key.
+
+    The keepalive budget is checked here too, so an impossible combination of
+    explicit settings stops the daemon at start, not a drone at 3 a.m.
+    """
+    from .keepalive import derive_budget  # late: keepalive imports this module
+
+    profile = load(NetworkProfile, _plain(data), path)
+    derive_budget(profile, path=path)
+    return profile
+
+
+def _plain(data: Any) -> Any:
+    """Turn TARDIS AttributeDicts (and tuples) into plain dicts and lists."""
+    if isinstance(data, dict) or hasattr(data, "items"):
+        return {key: _plain(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(item) for item in data]
+    return data
