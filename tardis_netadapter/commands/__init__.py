@@ -1,0 +1,1 @@
+"""Subcommands of the tardis-netadapter CLI, one module each."""
