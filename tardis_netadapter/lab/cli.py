@@ -1,0 +1,216 @@
+"""`tardis-netadapter lab ...`: bring the lab up and down, inspect it, break it.
+
+Also runs on its own: `python -m tardis_netadapter.lab.cli lab up`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from . import layout as L
+from .site import Lab, LabError, teardown
+
+
+def add_lab_parser(subparsers: Any) -> None:
+    """Register the `lab` command group on a parent parser's subparsers."""
+    lab = subparsers.add_parser(
+        "lab", help="the simulated restricted site (needs root)", description=__doc__
+    )
+    commands = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND")
+    commands.required = True
+
+    up = _command(commands, "up", "build a lab and start its services", _up)
+    up.add_argument("--workers", type=int, default=2, help="worker hosts (default 2)")
+    up.add_argument(
+        "--idle-timeout",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="login firewall: idle established TCP flows die after this (default 30)",
+    )
+
+    _command(commands, "down", "remove a lab (idempotent, also after a crash)", _down)
+
+    status = _command(commands, "status", "hosts, addresses, services", _status)
+    status.add_argument("--json", action="store_true", help="machine-readable")
+
+    run = _command(commands, "exec", "run a command on a lab host", _exec)
+    run.add_argument("--user", help="run as this user (e.g. the drone user)")
+    run.add_argument("host", help="login, workerN, outside or control")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+    fault = _command(commands, "fault", "inject a fault", None)
+    faults = fault.add_subparsers(dest="fault", metavar="FAULT")
+    faults.required = True
+    kill = _command(faults, "kill", "kill a service", _kill)
+    kill.add_argument("service")
+    restart = _command(faults, "restart", "(re)start a service", _restart)
+    restart.add_argument("service")
+    cut = _command(faults, "cut-link", "cut a host's uplink for a while", _cut)
+    cut.add_argument("host", help="workerN (link to login), login or control")
+    cut.add_argument("seconds", type=float)
+    cut.add_argument("--wait", action="store_true", help="block until restored")
+    restore = _command(faults, "restore-link", "bring a cut link back now", _restore)
+    restore.add_argument("host")
+    idle = _command(faults, "idle-timeout", "change the firewall idle timeout", _idle)
+    idle.add_argument("seconds", type=int)
+    bandwidth = _command(faults, "bandwidth", "limit a host's uplink (tbf)", _bw)
+    bandwidth.add_argument("host")
+    bandwidth.add_argument("rate", help='e.g. 100mbit, or "none" to remove')
+
+
+# The project's CLI dispatcher looks for `add_parser`.
+add_parser = add_lab_parser
+
+
+def _command(
+    commands: Any, name: str, help: str, func: Optional[Callable[..., int]]
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=help, description=help)
+    parser.add_argument(
+        "--name", default=L.DEFAULT_NAME, help=f"lab name (default {L.DEFAULT_NAME})"
+    )
+    if func is not None:
+        parser.set_defaults(func=_guarded(func))
+    return parser
+
+
+def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except (LabError, ValueError, KeyError) as error:
+            print(f"lab: {error}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def _up(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    lab = Lab(name=args.name, workers=args.workers, idle_timeout=args.idle_timeout).up()
+    print(f"lab {lab.name} up in {time.monotonic() - started:.1f} s")
+    _print_status(lab.status())
+    return 0
+
+
+def _down(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    removed = teardown(args.name)
+    print(
+        f"lab {args.name} down in {time.monotonic() - started:.1f} s: "
+        f"{len(removed['namespaces'])} namespaces, {len(removed['pids'])} processes, "
+        f"users {', '.join(removed['users']) or '-'}"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        lab = Lab.attach(args.name)
+    except LabError:
+        lab = Lab(name=args.name)
+    status = lab.status()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        _print_status(status)
+    return 0 if status["up"] else 1
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    print(f"lab {status['name']}: {'up' if status['up'] else 'down'}")
+    print(f"  state dir     {status['state_dir']}")
+    print(f"  idle timeout  {status['idle_timeout']} s")
+    print("  hosts:")
+    for host, info in status["hosts"].items():
+        addresses = " ".join(f"{net}={addr}" for net, addr in info["addresses"].items())
+        print(f"    {host:<9} {info['namespace']:<16} {addresses}")
+    print("  services:")
+    for name, info in status["services"].items():
+        state = f"pid {info['pid']}" if info["alive"] else "not running"
+        where = f"{info['host']} {info['address']}:{info['port']}"
+        print(f"    {name:<16} {where:<26} {state}")
+    print(
+        f"  users         drone={status['users']['drone']} other={status['users']['other']}"
+    )
+    print(f"  control key   {status['ssh']['control_key']}")
+    print(f"  known_hosts   {status['ssh']['known_hosts']}")
+    print(f"  SLURM_CONF    {status['slurm']['conf']}")
+    print(f"  bin dir       {status['bin_dir']}")
+
+
+def _exec(args: argparse.Namespace) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise LabError("nothing to run: lab exec HOST -- CMD [ARG...]")
+    lab = Lab.attach(args.name)
+    return subprocess.run(
+        lab.command(args.host, cmd, args.user),
+        env=lab.env(args.host, args.user),
+        cwd=str(lab.layout.home(args.user)) if args.user else "/",
+        check=False,
+    ).returncode
+
+
+def _kill(args: argparse.Namespace) -> int:
+    killed = Lab.attach(args.name).kill_service(args.service)
+    print(f"{args.service}: {'killed' if killed else 'was not running'}")
+    return 0
+
+
+def _restart(args: argparse.Namespace) -> int:
+    pid = Lab.attach(args.name).restart_service(args.service)
+    print(f"{args.service}: running, pid {pid}")
+    return 0
+
+
+def _cut(args: argparse.Namespace) -> int:
+    Lab.attach(args.name).cut_link(args.host, args.seconds, wait=args.wait)
+    state = "cut and restored" if args.wait else "cut; restores by itself"
+    print(f"{args.host}: link {state} after {args.seconds:g} s")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    Lab.attach(args.name).restore_link(args.host)
+    print(f"{args.host}: link up")
+    return 0
+
+
+def _idle(args: argparse.Namespace) -> int:
+    Lab.attach(args.name).set_idle_timeout(args.seconds)
+    print(f"idle timeout now {args.seconds} s")
+    return 0
+
+
+def _bw(args: argparse.Namespace) -> int:
+    rate = None if args.rate.lower() in ("none", "off", "0") else args.rate
+    Lab.attach(args.name).limit_bandwidth(args.host, rate)
+    print(f"{args.host}: uplink {'limited to ' + rate if rate else 'unlimited'}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Stand-alone entry point with the same `lab ...` syntax as the main CLI."""
+    parser = argparse.ArgumentParser(prog="python -m tardis_netadapter.lab.cli")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    add_lab_parser(subparsers)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

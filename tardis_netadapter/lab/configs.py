@@ -1,0 +1,147 @@
+"""Configuration files of the lab's real daemons (text only, no side effects)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from . import layout as L
+
+# Longer than any idle timeout the lab uses, so sshd's own keepalives do not
+# mask the firewall's idle kill; short enough to clear orphaned sessions.
+CLIENT_ALIVE_INTERVAL = 60
+
+
+def sshd_config(
+    lab: L.LabLayout, *, host_key: Path, listen: str, port: int, login_node: bool
+) -> str:
+    """sshd for the login node (port 22) or the outside gateway (port 443).
+
+    On login, `SetEnv` (sshd_config, OpenSSH >= 8.7) gives every session -
+    also non-interactive `ssh login sbatch ...` - the lab's SLURM_CONF and a
+    PATH with the stand-ins first, without touching machine-wide files.
+    """
+    lines = [
+        f"ListenAddress {listen}:{port}",
+        f"HostKey {host_key}",
+        "PidFile none",
+        "UsePAM no",
+        "PermitRootLogin no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "PubkeyAuthentication yes",
+        f"AuthorizedKeysFile {lab.ssh_dir}/authorized/%u",
+        f"AllowUsers {' '.join(lab.users)}",
+        "StrictModes yes",
+        "AllowTcpForwarding yes",
+        "GatewayPorts no",
+        "X11Forwarding no",
+        "PrintMotd no",
+        "UseDNS no",
+        f"ClientAliveInterval {CLIENT_ALIVE_INTERVAL}",
+        "ClientAliveCountMax 3",
+        "MaxStartups 200:30:400",
+        "MaxSessions 200",
+        "LogLevel INFO",
+        "Subsystem sftp internal-sftp",
+    ]
+    if login_node:
+        lines.append(f"SetEnv SLURM_CONF={lab.slurm_conf} PATH={lab.default_path()}")
+    return "\n".join(lines) + "\n"
+
+
+def slurm_conf(lab: L.LabLayout) -> str:
+    """Slurm 22.05 without systemd, munge or accounting (see LAB-NOTES.md).
+
+    slurmctld refuses to start unless SlurmctldHost names this machine, so the
+    machine's hostname is used with the login node's site address.
+    """
+    d = lab.slurm_dir
+    nodes = "\n".join(
+        f"NodeName={worker} NodeAddr={lab.worker_address(worker)} "
+        f"NodeHostname={worker} CPUs=2 RealMemory=512 State=UNKNOWN"
+        for worker in lab.worker_hosts
+    )
+    return f"""# tardis-netadapter lab {lab.name}: generated, do not edit
+ClusterName={lab.name}
+SlurmctldHost={socket.gethostname()}({L.LOGIN_SITE})
+SlurmctldPort={L.SLURMCTLD_PORT}
+SlurmdPort={L.SLURMD_PORT}
+SrunPortRange={L.SRUN_PORTS[0]}-{L.SRUN_PORTS[1]}
+AuthType=auth/none
+CredType=cred/none
+SlurmUser=root
+SlurmdUser=root
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+MailProg=/bin/true
+SlurmdParameters=config_overrides
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=2
+MinJobAge=300
+SchedulerParameters=sched_interval=2
+StateSaveLocation={d}/state
+SlurmdSpoolDir={d}/spool/%n
+SlurmctldPidFile={lab.run_dir}/slurmctld.slurm.pid
+SlurmdPidFile={lab.run_dir}/slurmd-%n.slurm.pid
+SlurmctldLogFile={lab.log_dir}/slurmctld.log
+SlurmdLogFile={lab.log_dir}/slurmd-%n.log
+SlurmctldDebug=info
+SlurmdDebug=info
+{nodes}
+PartitionName=batch Nodes=ALL Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:2
+"""
+
+
+def danted_conf(lab: L.LabLayout) -> str:
+    """The partner site's SOCKS5 proxy (dante needs multi-line blocks)."""
+    return f"""logoutput: {lab.log_dir}/dante.log
+internal: {L.OUTSIDE_SOCKS} port = {L.HTTPS_PORT}
+external: {L.OUTSIDE_SOCKS}
+clientmethod: none
+socksmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    log: error
+}}
+socks pass {{
+    from: 0.0.0.0/0 to: 0.0.0.0/0
+    command: connect
+    log: error
+}}
+"""
+
+
+def squid_conf(lab: L.LabLayout, *, role: str, listen: str, port: int) -> str:
+    """A memory-only caching proxy (the CVMFS/Frontier squid)."""
+    work = lab.state_dir / "squid" / role
+    return f"""# tardis-netadapter lab {lab.name}: {role} squid
+http_port {listen}:{port}
+visible_hostname {lab.name}-{role}
+acl lab_clients src 10.66.0.0/16 127.0.0.0/8
+http_access allow lab_clients
+http_access deny all
+cache_mem 16 MB
+maximum_object_size_in_memory 8 MB
+cache_effective_user proxy
+pid_filename {work}/squid.pid
+access_log stdio:{work}/access.log
+cache_log {work}/cache.log
+cache_store_log none
+coredump_dir {work}
+pinger_enable off
+shutdown_lifetime 0 seconds
+dns_nameservers 127.0.0.1
+forwarded_for on
+"""

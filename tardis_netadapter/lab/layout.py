@@ -1,0 +1,186 @@
+"""Names, addresses and paths of one lab instance: pure data, no side effects.
+
+Everything else in the lab derives its namespace names, interface names,
+addresses, ports and file locations from here, so the picture in docs/lab.md
+has exactly one source.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_NAME = "tnlab"
+STATE_ROOT = Path("/run/tardis-netadapter/lab")
+
+SITE_NET = "10.66.1.0/24"
+PUBLIC_NET = "10.66.2.0/24"
+PREFIX_LEN = 24
+
+LOGIN_SITE = "10.66.1.1"
+LOGIN_PUBLIC = "10.66.2.10"
+CONTROL_PUBLIC = "10.66.2.20"
+OUTSIDE_HTTP = "10.66.2.1"  # http 80, squid 3128, pool 9618
+OUTSIDE_SOCKS = "10.66.2.2"  # dante 443
+OUTSIDE_GATEWAY = "10.66.2.3"  # sshd 443
+
+SSH_PORT = 22
+HTTP_PORT = 80
+HTTPS_PORT = 443
+SQUID_PORT = 3128
+COLLECTOR_PORT = 9618
+SLURMCTLD_PORT = 6817
+SLURMD_PORT = 6818
+SRUN_PORTS = (60001, 60100)
+
+# Interface names live inside the namespaces only, so they never clash with
+# the root namespace or another lab; all stay well below 15 characters.
+SITE_BRIDGE = "br-site"  # in login
+PUBLIC_BRIDGE = "br-pub"  # in outside
+LOGIN_PUBLIC_IF = "pub0"  # in login, peer "login" on br-pub
+HOST_IF = "eth0"  # the single link of a worker or of control
+
+MAX_WORKERS = 200
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
+
+
+def validate_name(name: str) -> str:
+    """Refuse names that would make unsafe or over-long namespace/user names."""
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"lab name {name!r}: use 1-10 lowercase letters/digits starting "
+            "with a letter (it prefixes namespaces and user names)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class LabLayout:
+    """Where every host, address and file of one lab lives."""
+
+    name: str = DEFAULT_NAME
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        validate_name(self.name)
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1..{MAX_WORKERS}, got {self.workers}")
+
+    # hosts and namespaces -------------------------------------------------
+    @property
+    def worker_hosts(self) -> list[str]:
+        return [f"worker{index}" for index in range(1, self.workers + 1)]
+
+    @property
+    def hosts(self) -> list[str]:
+        return ["login", *self.worker_hosts, "outside", "control"]
+
+    def namespace(self, host: str) -> str:
+        if host not in self.hosts:
+            raise KeyError(f"lab {self.name} has no host {host!r} ({self.hosts})")
+        return f"{self.name}-{host}"
+
+    def namespace_path(self, host: str) -> Path:
+        return Path("/run/netns") / self.namespace(host)
+
+    # addresses --------------------------------------------------------------
+    def worker_address(self, host: str) -> str:
+        index = int(host.removeprefix("worker"))
+        return f"10.66.1.{10 + index}"
+
+    def addresses(self, host: str) -> dict[str, str]:
+        """Addresses of a host by network name ("site" or "public")."""
+        if host == "login":
+            return {"site": LOGIN_SITE, "public": LOGIN_PUBLIC}
+        if host == "control":
+            return {"public": CONTROL_PUBLIC}
+        if host == "outside":
+            return {"public": OUTSIDE_HTTP}
+        self.namespace(host)
+        return {"site": self.worker_address(host)}
+
+    def address(self, host: str, net: str | None = None) -> str:
+        """One address of a host; `net` is needed only for the dual-homed login."""
+        addresses = self.addresses(host)
+        if net is None:
+            if len(addresses) > 1:
+                raise ValueError(f"{host} has several networks: pass net= {addresses}")
+            return next(iter(addresses.values()))
+        if net not in addresses:
+            raise KeyError(f"{host} is not on network {net!r} ({addresses})")
+        return addresses[net]
+
+    # users ------------------------------------------------------------------
+    @property
+    def drone_user(self) -> str:
+        return f"{self.name}drone"
+
+    @property
+    def other_user(self) -> str:
+        return f"{self.name}other"
+
+    @property
+    def users(self) -> list[str]:
+        return [self.drone_user, self.other_user]
+
+    # files ------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return STATE_ROOT / self.name
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.state_dir / "bin"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.state_dir / "ssh"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.state_dir / "slurm"
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.slurm_dir / "slurm.conf"
+
+    @property
+    def www_dir(self) -> Path:
+        return self.state_dir / "www"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
+
+    @property
+    def control_key(self) -> Path:
+        return self.ssh_dir / "control_ed25519"
+
+    @property
+    def config_file(self) -> Path:
+        return self.state_dir / "lab.json"
+
+    def home(self, user: str) -> Path:
+        return self.state_dir / "home" / user
+
+    @property
+    def drone_key(self) -> Path:
+        return self.home(self.drone_user) / ".ssh" / "id_ed25519"
+
+    def default_path(self) -> str:
+        """PATH for lab commands and jobs: the stand-ins come first."""
+        return f"{self.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def namespace_pattern(name: str) -> re.Pattern[str]:
+    """Matches exactly the namespaces a lab of this name may have created."""
+    return re.compile(rf"^{re.escape(name)}-(login|outside|control|worker[0-9]+)$")

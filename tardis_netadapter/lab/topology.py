@@ -1,0 +1,163 @@
+"""Create and remove the lab's namespaces and the veth links between them.
+
+Every interface is created directly inside its namespace (`ip -n NS link add
+... peer ... netns OTHER`), so nothing of the lab ever appears in the root
+namespace: no interface, no address, no route.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import layout as L
+from .netns import NETNS_DIR, check_call, in_namespace
+
+
+def lab_namespaces(name: str) -> list[str]:
+    """Existing namespaces that belong to a lab of this name (crashed or not)."""
+    pattern = L.namespace_pattern(name)
+    if not NETNS_DIR.is_dir():
+        return []
+    return sorted(
+        entry.name for entry in NETNS_DIR.iterdir() if pattern.match(entry.name)
+    )
+
+
+def _ip(namespace: str, *args: str) -> None:
+    check_call(["ip", "-n", namespace, *args])
+
+
+def _sysctls() -> list[str]:
+    settings = [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+        "net.ipv4.ip_forward=0",
+    ]
+    return ["sysctl", "-q", "-e", "-w", *settings]
+
+
+def create(lab: L.LabLayout) -> None:
+    """Namespaces, bridges, veth pairs and addresses; `lo` up everywhere."""
+    for host in lab.hosts:
+        check_call(["ip", "netns", "add", lab.namespace(host)])
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(
+            pool.map(
+                lambda host: check_call(
+                    in_namespace(lab.namespace_path(host), _sysctls())
+                ),
+                lab.hosts,
+            )
+        )
+    login, outside, control = (
+        lab.namespace(h) for h in ("login", "outside", "control")
+    )
+    for host in lab.hosts:
+        _ip(lab.namespace(host), "link", "set", "lo", "up")
+
+    # public net: a bridge inside outside, service addresses on the bridge
+    _ip(outside, "link", "add", L.PUBLIC_BRIDGE, "type", "bridge", "forward_delay", "0")
+    for address in (L.OUTSIDE_HTTP, L.OUTSIDE_SOCKS, L.OUTSIDE_GATEWAY):
+        _ip(outside, "addr", "add", f"{address}/{L.PREFIX_LEN}", "dev", L.PUBLIC_BRIDGE)
+    _ip(outside, "link", "set", L.PUBLIC_BRIDGE, "up")
+
+    # site net: a bridge inside login
+    _ip(login, "link", "add", L.SITE_BRIDGE, "type", "bridge", "forward_delay", "0")
+    _ip(login, "addr", "add", f"{L.LOGIN_SITE}/{L.PREFIX_LEN}", "dev", L.SITE_BRIDGE)
+    _ip(login, "link", "set", L.SITE_BRIDGE, "up")
+
+    _attach(login, L.LOGIN_PUBLIC_IF, L.LOGIN_PUBLIC, outside, "login", L.PUBLIC_BRIDGE)
+    _attach(control, L.HOST_IF, L.CONTROL_PUBLIC, outside, "control", L.PUBLIC_BRIDGE)
+    for worker in lab.worker_hosts:
+        _attach(
+            lab.namespace(worker),
+            L.HOST_IF,
+            lab.worker_address(worker),
+            login,
+            _worker_port(worker),
+            L.SITE_BRIDGE,
+        )
+
+
+def _worker_port(worker: str) -> str:
+    return "w" + worker.removeprefix("worker")
+
+
+def _attach(
+    namespace: str, ifname: str, address: str, hub: str, port: str, bridge: str
+) -> None:
+    """A veth from `namespace` (with `address`) to a port of `bridge` in `hub`."""
+    _ip(
+        namespace,
+        "link",
+        "add",
+        ifname,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        port,
+        "netns",
+        hub,
+    )
+    _ip(namespace, "addr", "add", f"{address}/{L.PREFIX_LEN}", "dev", ifname)
+    _ip(namespace, "link", "set", ifname, "up")
+    _ip(hub, "link", "set", port, "master", bridge, "up")
+
+
+def destroy(name: str) -> list[str]:
+    """Delete every namespace of this lab name; veth peers vanish with them."""
+    removed = []
+    for namespace in lab_namespaces(name):
+        subprocess.run(
+            ["ip", "netns", "del", namespace], capture_output=True, check=False
+        )
+        removed.append(namespace)
+    return removed
+
+
+def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
+    """(namespace, interface) of both ends of a host's uplink.
+
+    A worker's uplink goes to login; login's and control's go to the public
+    bridge in outside.
+    """
+    if host.startswith("worker"):
+        lab.namespace(host)
+        return [
+            (lab.namespace(host), L.HOST_IF),
+            (lab.namespace("login"), _worker_port(host)),
+        ]
+    if host == "login":
+        return [
+            (lab.namespace("login"), L.LOGIN_PUBLIC_IF),
+            (lab.namespace("outside"), "login"),
+        ]
+    if host == "control":
+        return [
+            (lab.namespace("control"), L.HOST_IF),
+            (lab.namespace("outside"), "control"),
+        ]
+    raise ValueError(f"{host!r} has no single uplink (use login, control or a worker)")
+
+
+def set_link(lab: L.LabLayout, host: str, up: bool) -> None:
+    """Take the far (hub) end of a host's uplink down or up.
+
+    The host keeps its address and route and sees only lost packets, like a
+    pulled cable or a dead switch port, which is what keepalives must detect.
+    """
+    hub_namespace, port = link_ends(lab, host)[1]
+    _ip(hub_namespace, "link", "set", port, "up" if up else "down")
+
+
+def link_is_up(lab: L.LabLayout, host: str) -> bool:
+    hub_namespace, port = link_ends(lab, host)[1]
+    out = check_call(["ip", "-n", hub_namespace, "-o", "link", "show", port])
+    return ",UP" in out or "<UP" in out
+
+
+def netns_path(namespace: str) -> Path:
+    return NETNS_DIR / namespace
