@@ -146,9 +146,17 @@ class Chain:
     localnet: tuple[str, ...] = ("127.0.0.0/8",)
     remote_dns: bool = True
     quiet: bool = True
+    library: Optional[str] = None
 
     def check(self, path: str) -> list[str]:
         problems = []
+        if self.library is not None and not re.match(
+            r"^(/|~/)[^\x00-\x1f\x7f]+$", self.library
+        ):
+            problems.append(
+                f"{path}.library: got {self.library!r}; expected an absolute path "
+                "(or ~/...) of libproxychains4.so / libtsocks.so on the worker"
+            )
         for index, net in enumerate(self.localnet):
             try:
                 ipaddress.ip_network(net, strict=False)
@@ -383,6 +391,12 @@ class NetworkProfile:
             problems.append(
                 f"{path}.tunnel.hops: empty with mode 'socks'; list at least the "
                 "login node (host, port, user), or use mode: direct"
+            )
+        if self.cvmfs.mode == "singcvmfs" and self.container.runtime == "none":
+            problems.append(
+                f"{path}.cvmfs.mode: got 'singcvmfs' with container.runtime 'none'; "
+                "singcvmfs mounts CVMFS inside a container: set container.runtime "
+                "and container.image, or choose another cvmfs.mode"
             )
         if self.mode == "direct" and self.chain.tool != "none":
             problems.append(
