@@ -1,0 +1,440 @@
+# shellcheck shell=bash
+# tardis-netadapter drone watchdog: probes the pool through the drone's own
+# chain, heals a dead tunnel, and writes one heartbeat record per interval.
+#
+# Sourced by the drone script (bash >= 4.3); safe under `set -euo pipefail`.
+# Documented in docs/monitoring.md. The adapter reads the records in bulk
+# (tardis_netadapter/connectivity) and decides connected / degraded / lost.
+#
+# Inputs (shell variables, set before calling tna_watchdog_start):
+#   TNA_DRONE_UUID           required; the TARDIS drone uuid (file name of the record)
+#   TNA_HEARTBEAT_DIR        required; directory on the shared filesystem the
+#                            adapter reads (a leading ~ is expanded to $HOME)
+#   TNA_HEARTBEAT_INTERVAL   seconds between rounds (default 30)
+#   TNA_PROBE_TIMEOUT        seconds per probe (default 5)
+#   TNA_POOL_ENDPOINTS       blank-separated HOST:PORT list (collector, schedds)
+#   TNA_CHAIN_PREFIX         bash ARRAY put before each probe to go through the
+#                            drone's chain, e.g. (proxychains4 -q -f "$conf");
+#                            empty or unset: direct
+#   TNA_TUNNEL_PIDFILE       file with the tunnel supervisor's pid (read each
+#                            round; autossh writes one via AUTOSSH_PIDFILE), or
+#   TNA_TUNNEL_PID           its pid; neither: the tunnel is not checked
+#   TNA_TUNNEL_RESTART       name of a shell function that restarts the tunnel
+#                            (must return quickly; runs in the watchdog's process
+#                            and may set TNA_TUNNEL_PID)
+#   TNA_RUN_DIR              node-local directory for stage files and the ad
+#                            file (default ${TMPDIR:-/tmp}/tna-$TNA_DRONE_UUID)
+#   TNA_SLURM_JOB_ID         default $SLURM_JOB_ID
+#   TNA_CONDOR_PING          auto (default; run condor_ping when installed and
+#                            record the result), require (a failed condor_ping
+#                            fails the probe) or off
+#   TNA_HEARTBEAT_TRANSPORT  file (default) or ssh (no shared filesystem: the
+#                            record is sent back through TNA_HEARTBEAT_SSH)
+#   TNA_HEARTBEAT_SSH        bash ARRAY: ssh command to the login node for the
+#                            ssh transport, e.g. (ssh -o BatchMode=yes -o
+#                            ControlPath="$ctl" login.example.org)
+#   TNA_WATCHDOG_ROUNDS      rounds to run, 0 (default) = until the drone script
+#                            exits (TNA_PARENT_PID, default: $$ at source time)
+#
+# Functions for the drone script:
+#   tna_stage NAME STATE [DETAIL]  record a stage: NAME in cvmfs tunnel chain
+#                                  payload; STATE in pending starting ok failed
+#                                  restarting skipped
+#   tna_watchdog_start             run tna_watchdog_loop in the background,
+#                                  pid in TNA_WATCHDOG_PID (kill it at exit)
+#   tna_watchdog_once              one round (probe, heal, write)
+#   tna_startd_cron_env            export _CONDOR_STARTD_CRON_* publishing the
+#                                  ad file in the startd ad
+#
+# Outputs: "$TNA_HEARTBEAT_DIR/$TNA_DRONE_UUID.json" (one line of ASCII JSON,
+# replaced atomically) and "$TNA_RUN_DIR/tna.ad" (ClassAd lines).
+
+: "${TNA_PARENT_PID:=$$}"
+TNA_STAGES=(cvmfs tunnel chain payload)
+TNA_SEQ=0
+TNA_RESTARTS=0
+TNA_LAST_OK=""
+TNA_FAILING_SINCE=""
+TNA_LAST_ERROR=""
+TNA_FAILING_STAGE=""
+
+tna_log() {
+  printf 'tna-watchdog: %s\n' "$*" >&2
+}
+
+# tna_json_escape OUTVAR STRING: STRING as a JSON string literal, ASCII only
+# (bytes outside printable ASCII become \u00XX), at most 300 characters.
+tna_json_escape() {
+  local LC_ALL=C
+  local __tna_s=${2:0:300} __tna_out="" __tna_c __tna_code __tna_i
+  if [[ $__tna_s != *[!\ -~]* && $__tna_s != *[\"\\]* ]]; then
+    printf -v "$1" '"%s"' "$__tna_s"
+    return 0
+  fi
+  for ((__tna_i = 0; __tna_i < ${#__tna_s}; __tna_i++)); do
+    __tna_c=${__tna_s:__tna_i:1}
+    case $__tna_c in
+      '"') __tna_out+='\"' ;;
+      \\) __tna_out+="\\\\" ;;
+      [\ -~]) __tna_out+=$__tna_c ;;
+      *)
+        printf -v __tna_code '%d' "'$__tna_c"
+        printf -v __tna_c '\\u%04x' $((__tna_code & 255))
+        __tna_out+=$__tna_c
+        ;;
+    esac
+  done
+  printf -v "$1" '"%s"' "$__tna_out"
+}
+
+# tna_json_opt OUTVAR STRING: like tna_json_escape, but null for an empty STRING.
+tna_json_opt() {
+  if [[ -z ${2:-} ]]; then
+    printf -v "$1" 'null'
+  else
+    tna_json_escape "$1" "$2"
+  fi
+}
+
+# tna_classad_escape OUTVAR STRING: a ClassAd string literal (quotes and
+# backslashes become ', anything not printable ASCII becomes ?).
+tna_classad_escape() {
+  local LC_ALL=C
+  local __tna_s=${2:0:300}
+  __tna_s=${__tna_s//[\"\\]/\'}
+  __tna_s=${__tna_s//[!\ -~]/?}
+  printf -v "$1" '"%s"' "$__tna_s"
+}
+
+tna_now() {
+  printf -v "$1" '%(%s)T' -1
+}
+
+# tna_now_us OUTVAR: microseconds since the epoch (bash 5 EPOCHREALTIME, else date).
+tna_now_us() {
+  local __tna_t
+  if [[ -n ${EPOCHREALTIME:-} ]]; then
+    __tna_t=${EPOCHREALTIME//[!0-9]/}
+  else
+    __tna_t=$(date +%s%6N)
+  fi
+  printf -v "$1" '%s' "$((10#$__tna_t))"
+}
+
+tna_run_dir() {
+  printf '%s' "${TNA_RUN_DIR:-${TMPDIR:-/tmp}/tna-${TNA_DRONE_UUID}}"
+}
+
+tna_heartbeat_dir() {
+  local dir=${TNA_HEARTBEAT_DIR:-}
+  if [[ $dir == \~ || $dir == \~/* ]]; then
+    dir=${HOME}${dir:1}
+  fi
+  printf '%s' "$dir"
+}
+
+# tna_stage NAME STATE [DETAIL]: remember a stage's state for the watchdog
+# (a file, because the watchdog runs in another process).
+tna_stage() {
+  local dir
+  dir=$(tna_run_dir)
+  mkdir -p -- "$dir" || return 0
+  if printf '%s\t%s\n' "$2" "${3:-}" >"$dir/.stage.$1.tmp"; then
+    mv -f -- "$dir/.stage.$1.tmp" "$dir/stage.$1" || true
+  fi
+}
+
+# tna_stage_read NAME STATEVAR DETAILVAR
+tna_stage_read() {
+  local __tna_file __tna_line __tna_state="unknown" __tna_detail=""
+  __tna_file="$(tna_run_dir)/stage.$1"
+  if [[ -r $__tna_file ]] && IFS= read -r __tna_line <"$__tna_file"; then
+    __tna_state=${__tna_line%%$'\t'*}
+    __tna_detail=${__tna_line#*$'\t'}
+    [[ $__tna_line == *$'\t'* ]] || __tna_detail=""
+  fi
+  printf -v "$2" '%s' "${__tna_state:-unknown}"
+  printf -v "$3" '%s' "$__tna_detail"
+}
+
+tna_tunnel_pid() {
+  local pid=""
+  if [[ -n ${TNA_TUNNEL_PIDFILE:-} && -r $TNA_TUNNEL_PIDFILE ]]; then
+    IFS= read -r pid <"$TNA_TUNNEL_PIDFILE" || true
+  fi
+  pid=${pid:-${TNA_TUNNEL_PID:-}}
+  [[ $pid =~ ^[0-9]+$ ]] && printf '%s' "$pid"
+  return 0
+}
+
+# tna_probe HOST PORT: TCP connect through the chain. Sets TNA_PROBE_OK (0/1),
+# TNA_PROBE_MS (milliseconds, one decimal) and TNA_PROBE_ERR.
+tna_probe() {
+  local host=$1 port=$2 t0 t1 err rc us
+  local timeout_s=${TNA_PROBE_TIMEOUT:-5}
+  local -a prefix=()
+  if declare -p TNA_CHAIN_PREFIX >/dev/null 2>&1; then
+    prefix=("${TNA_CHAIN_PREFIX[@]}")
+  fi
+  tna_now_us t0
+  rc=0
+  # shellcheck disable=SC2016 # $1 and $2 expand in the probing shell
+  err=$(timeout -k 2 "$timeout_s" ${prefix[@]+"${prefix[@]}"} "${BASH:-bash}" -c \
+    'exec 3<>"/dev/tcp/$1/$2"' tna-probe "$host" "$port" 2>&1 >/dev/null) || rc=$?
+  tna_now_us t1
+  us=$((t1 - t0))
+  printf -v TNA_PROBE_MS '%d.%d' $((us / 1000)) $((us % 1000 / 100))
+  if ((rc == 0)); then
+    TNA_PROBE_OK=1
+    TNA_PROBE_ERR=""
+  else
+    TNA_PROBE_OK=0
+    if ((rc == 124 || rc == 137)); then
+      TNA_PROBE_ERR="timeout after ${timeout_s}s connecting to $host:$port"
+    else
+      err=${err%$'\n'}
+      TNA_PROBE_ERR="${err##*$'\n'}"
+      TNA_PROBE_ERR=${TNA_PROBE_ERR:-exit status $rc connecting to $host:$port}
+    fi
+  fi
+}
+
+# tna_condor_ping HOST PORT: 0 when condor_ping through the chain succeeds.
+tna_condor_ping() {
+  local -a prefix=()
+  if declare -p TNA_CHAIN_PREFIX >/dev/null 2>&1; then
+    prefix=("${TNA_CHAIN_PREFIX[@]}")
+  fi
+  timeout -k 2 "${TNA_PROBE_TIMEOUT:-5}" ${prefix[@]+"${prefix[@]}"} \
+    condor_ping -address "<$1:$2>" -quiet READ >/dev/null 2>&1
+}
+
+# tna_check_tunnel STATEVAR: "ok" if the supervisor lives (or is not watched),
+# else restart it through TNA_TUNNEL_RESTART and report "restarting"/"failed".
+tna_check_tunnel() {
+  local __tna_pid
+  __tna_pid=$(tna_tunnel_pid)
+  if [[ -z $__tna_pid ]] || kill -0 "$__tna_pid" 2>/dev/null; then
+    printf -v "$1" 'ok'
+    return 0
+  fi
+  TNA_LAST_ERROR="tunnel supervisor (pid $__tna_pid) is gone"
+  if [[ -n ${TNA_TUNNEL_RESTART:-} ]] && declare -F "$TNA_TUNNEL_RESTART" >/dev/null; then
+    TNA_RESTARTS=$((TNA_RESTARTS + 1))
+    tna_log "tunnel (pid $__tna_pid) is gone; restart $TNA_RESTARTS"
+    "$TNA_TUNNEL_RESTART" || tna_log "tunnel restart function failed"
+    tna_stage tunnel restarting "$TNA_LAST_ERROR"
+    printf -v "$1" 'restarting'
+  else
+    tna_stage tunnel failed "$TNA_LAST_ERROR"
+    printf -v "$1" 'failed'
+  fi
+}
+
+# tna_write_record LINE: replace the drone's record atomically (tmp + mv in
+# the same directory), on the shared filesystem or through ssh.
+tna_write_record() {
+  local line=$1 dir tmp final rdir
+  local name="${TNA_DRONE_UUID}.json"
+  if [[ ${TNA_HEARTBEAT_TRANSPORT:-file} == ssh ]]; then
+    dir=${TNA_HEARTBEAT_DIR:-}
+    if [[ $dir == \~/* ]]; then
+      # shellcheck disable=SC2016 # $HOME expands on the login node
+      printf -v rdir '"$HOME"/%q' "${dir:2}"
+    else
+      printf -v rdir '%q' "$dir"
+    fi
+    printf '%s\n' "$line" | timeout -k 2 "${TNA_PROBE_TIMEOUT:-5}" \
+      "${TNA_HEARTBEAT_SSH[@]}" \
+      "mkdir -p -- $rdir && cat > $rdir/.$name.tmp.$$ && mv -f -- $rdir/.$name.tmp.$$ $rdir/$name" \
+      >/dev/null 2>&1 || {
+      tna_log "could not send the heartbeat through ssh"
+      return 0
+    }
+    return 0
+  fi
+  dir=$(tna_heartbeat_dir)
+  tmp="$dir/.$name.tmp.${BASHPID:-$$}"
+  final="$dir/$name"
+  {
+    mkdir -p -- "$dir" &&
+      printf '%s\n' "$line" >"$tmp" &&
+      mv -f -- "$tmp" "$final"
+  } 2>/dev/null || {
+    rm -f -- "$tmp" 2>/dev/null
+    tna_log "could not write the heartbeat to $final"
+  }
+  return 0
+}
+
+# tna_write_ad VERDICT STAGE LATENCY NOW: the ClassAd lines for STARTD_CRON.
+tna_write_ad() {
+  local dir stage=undefined latency=undefined err=undefined
+  dir=$(tna_run_dir)
+  [[ -n $2 ]] && tna_classad_escape stage "$2"
+  [[ -n $3 ]] && latency=$3
+  [[ -n $TNA_LAST_ERROR ]] && tna_classad_escape err "$TNA_LAST_ERROR"
+  mkdir -p -- "$dir" 2>/dev/null || return 0
+  printf 'TnaVerdict = "%s"\nTnaFailingStage = %s\nTnaHeartbeatTime = %s\nTnaProbeLatencyMs = %s\nTnaRestarts = %s\nTnaLastError = %s\n' \
+    "$1" "$stage" "$4" "$latency" "$TNA_RESTARTS" "$err" >"$dir/.tna.ad.tmp" 2>/dev/null &&
+    mv -f -- "$dir/.tna.ad.tmp" "$dir/tna.ad" 2>/dev/null
+  return 0
+}
+
+# tna_watchdog_once: check the tunnel, probe every endpoint, write the record.
+tna_watchdog_once() {
+  local now name state detail stage_json="" probes_json="" endpoint host port
+  local n_ok=0 n_failed=0 failing="" error="" e_json ep_json slowest=""
+  local condor_mode=${TNA_CONDOR_PING:-auto} condor tunnel_state
+  local -A states=() details=()
+  for name in "${TNA_STAGES[@]}"; do
+    tna_stage_read "$name" state detail
+    states[$name]=$state
+    details[$name]=$detail
+  done
+  TNA_LAST_ERROR=""
+  tna_check_tunnel tunnel_state
+  if [[ $tunnel_state != ok ]]; then
+    states[tunnel]=$tunnel_state
+    details[tunnel]=$TNA_LAST_ERROR
+  elif [[ ${states[tunnel]} == restarting || ${states[tunnel]} == failed ]] &&
+    [[ -n $(tna_tunnel_pid) ]]; then
+    # the restarted supervisor lives: the probes tell whether it works
+    states[tunnel]=ok
+    tna_stage tunnel ok
+  fi
+  [[ $condor_mode == auto || $condor_mode == require ]] &&
+    ! command -v condor_ping >/dev/null 2>&1 && condor_mode=off
+
+  for endpoint in ${TNA_POOL_ENDPOINTS:-}; do
+    host=${endpoint%:*}
+    port=${endpoint##*:}
+    host=${host#[}
+    host=${host%]}
+    tna_probe "$host" "$port"
+    condor=null
+    if ((TNA_PROBE_OK)) && [[ $condor_mode != off ]]; then
+      if tna_condor_ping "$host" "$port"; then
+        condor=true
+      else
+        condor=false
+        if [[ $condor_mode == require ]]; then
+          TNA_PROBE_OK=0
+          TNA_PROBE_ERR="condor_ping READ to $host:$port failed"
+        fi
+      fi
+    fi
+    tna_json_escape ep_json "$endpoint"
+    [[ -n $probes_json ]] && probes_json+=","
+    if ((TNA_PROBE_OK)); then
+      n_ok=$((n_ok + 1))
+      probes_json+="{\"endpoint\":$ep_json,\"ok\":true,\"latency_ms\":$TNA_PROBE_MS,\"error\":null,\"condor\":$condor}"
+      if [[ -z $slowest ]] || ((${TNA_PROBE_MS/./} > ${slowest/./})); then
+        slowest=$TNA_PROBE_MS
+      fi
+    else
+      n_failed=$((n_failed + 1))
+      [[ -n $error ]] || error=$TNA_PROBE_ERR
+      tna_json_escape e_json "$TNA_PROBE_ERR"
+      probes_json+="{\"endpoint\":$ep_json,\"ok\":false,\"latency_ms\":null,\"error\":$e_json,\"condor\":$condor}"
+    fi
+  done
+
+  for name in "${TNA_STAGES[@]}"; do
+    if [[ ${states[$name]} == failed || ${states[$name]} == restarting ]]; then
+      failing=$name
+      error=${details[$name]:-stage $name ${states[$name]}}
+      break
+    fi
+  done
+  if [[ -z $failing ]] && ((n_failed > 0 || n_ok + n_failed == 0)); then
+    for name in cvmfs tunnel chain; do
+      if [[ ${states[$name]} == pending || ${states[$name]} == starting ]]; then
+        failing=$name
+        error=${details[$name]:-${error:-stage $name is still ${states[$name]}}}
+        break
+      fi
+    done
+    if [[ -z $failing ]] && ((n_failed > 0)); then
+      if ((n_ok == 0)); then failing=chain; else failing=pool; fi
+    fi
+  fi
+
+  tna_now now
+  TNA_SEQ=$((TNA_SEQ + 1))
+  if [[ -z $failing ]]; then
+    [[ -n $TNA_FAILING_STAGE ]] && tna_log "path to the pool works again"
+    TNA_LAST_OK=$now
+    TNA_FAILING_SINCE=""
+    TNA_LAST_ERROR=""
+  else
+    [[ $failing != "$TNA_FAILING_STAGE" ]] && tna_log "failing at stage $failing: $error"
+    TNA_FAILING_SINCE=${TNA_FAILING_SINCE:-$now}
+    TNA_LAST_ERROR=$error
+  fi
+  TNA_FAILING_STAGE=$failing
+
+  for name in "${TNA_STAGES[@]}"; do
+    tna_json_escape state "${states[$name]}"
+    stage_json+="${stage_json:+,}\"$name\":$state"
+  done
+  local j_uuid j_job j_host j_err j_stage
+  tna_json_escape j_uuid "$TNA_DRONE_UUID"
+  tna_json_opt j_job "${TNA_SLURM_JOB_ID:-${SLURM_JOB_ID:-}}"
+  tna_json_opt j_host "${HOSTNAME:-}"
+  tna_json_opt j_err "$TNA_LAST_ERROR"
+  tna_json_opt j_stage "$failing"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$TNA_RESTARTS,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage}"
+
+  local verdict=connected
+  if [[ -n $failing ]]; then
+    if [[ -n $TNA_LAST_OK ]]; then verdict=degraded; else verdict=connecting; fi
+  fi
+  tna_write_ad "$verdict" "$failing" "$slowest" "$now"
+  return 0
+}
+
+# tna_watchdog_loop: a round every TNA_HEARTBEAT_INTERVAL seconds, until the
+# drone script (TNA_PARENT_PID) is gone or TNA_WATCHDOG_ROUNDS are done.
+tna_watchdog_loop() {
+  local interval=${TNA_HEARTBEAT_INTERVAL:-30} rounds=${TNA_WATCHDOG_ROUNDS:-0}
+  local done_rounds=0 t0 t1 rest
+  if [[ -z ${TNA_DRONE_UUID:-} ]] ||
+    [[ -z ${TNA_HEARTBEAT_DIR:-} && ${TNA_HEARTBEAT_TRANSPORT:-file} == file ]]; then
+    tna_log "TNA_DRONE_UUID and TNA_HEARTBEAT_DIR are required; no watchdog"
+    return 0
+  fi
+  while kill -0 "$TNA_PARENT_PID" 2>/dev/null; do
+    tna_now t0
+    tna_watchdog_once
+    done_rounds=$((done_rounds + 1))
+    if ((rounds > 0 && done_rounds >= rounds)); then
+      break
+    fi
+    tna_now t1
+    rest=$((interval - (t1 - t0)))
+    ((rest > 0)) || rest=1
+    sleep "$rest" || true
+  done
+  return 0
+}
+
+# tna_watchdog_start: the loop in the background; its pid in TNA_WATCHDOG_PID.
+tna_watchdog_start() {
+  tna_watchdog_loop </dev/null &
+  # shellcheck disable=SC2034 # for the drone script, which kills it at exit
+  TNA_WATCHDOG_PID=$!
+}
+
+# tna_startd_cron_env: publish the ad file in the startd ad (the same knobs as
+# tardis_netadapter.connectivity.startd_cron.startd_cron_knobs). Set
+# TNA_STARTD_CRON_JOBLIST to the payload's own job list to keep it.
+tna_startd_cron_env() {
+  local joblist="${TNA_STARTD_CRON_JOBLIST:-} TNA"
+  export _CONDOR_STARTD_CRON_JOBLIST="${joblist# }"
+  export _CONDOR_STARTD_CRON_TNA_EXECUTABLE=/bin/cat
+  _CONDOR_STARTD_CRON_TNA_ARGS="$(tna_run_dir)/tna.ad"
+  export _CONDOR_STARTD_CRON_TNA_ARGS
+  export _CONDOR_STARTD_CRON_TNA_PERIOD="${TNA_HEARTBEAT_INTERVAL:-30}s"
+  export _CONDOR_STARTD_CRON_TNA_MODE=Periodic
+}

@@ -1,0 +1,153 @@
+"""The heartbeat record a drone's watchdog writes, and its tolerant parser.
+
+One record is one line of JSON (ASCII only, written by drone_scripts/lib/
+watchdog.sh). The adapter reads thousands of them per cycle from a shared
+filesystem it does not control, so parsing never raises: a garbage, truncated
+or foreign line is skipped with a debug log and the drone simply has no record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+
+#: the record format version written by watchdog.sh (key ``v``).
+FORMAT_VERSION = 1
+
+#: stage names in the order a drone brings them up; the first failing one is blamed.
+STAGES: tuple[str, ...] = ("cvmfs", "tunnel", "chain", "pool", "payload")
+
+#: what a drone uuid (and so a heartbeat file name) may look like.
+UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One TCP connect (and optional condor_ping) to a pool endpoint, through the chain."""
+
+    endpoint: str
+    ok: bool
+    latency_ms: Optional[float] = None
+    error: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What one drone said about its path to the pool at ``time`` (worker clock)."""
+
+    uuid: str
+    time: float
+    seq: int = 0
+    job: Optional[str] = None
+    host: Optional[str] = None
+    stages: dict[str, str] = field(default_factory=dict)
+    probes: tuple[Probe, ...] = ()
+    restarts: int = 0
+    last_ok: Optional[float] = None
+    failing_since: Optional[float] = None
+    last_error: Optional[str] = None
+    failing_stage: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """All is well in this record: nothing failing and every probe answered."""
+        return self.failing_stage is None and all(p.ok for p in self.probes)
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        """The slowest successful probe: what the payload's worst connection sees."""
+        values = [
+            p.latency_ms for p in self.probes if p.ok and p.latency_ms is not None
+        ]
+        return max(values) if values else None
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(value: Any, limit: int = 500) -> Optional[str]:
+    if value is None:
+        return None
+    return str(value)[:limit]
+
+
+def _probe(data: Any) -> Optional[Probe]:
+    if not isinstance(data, dict) or not isinstance(data.get("endpoint"), str):
+        return None
+    return Probe(
+        endpoint=data["endpoint"][:300],
+        ok=data.get("ok") is True,
+        latency_ms=_number(data.get("latency_ms")),
+        error=_text(data.get("error")),
+    )
+
+
+def from_dict(data: Any) -> Optional[Heartbeat]:
+    """A Heartbeat from a decoded record, or None when required keys are unusable."""
+    if not isinstance(data, dict):
+        return None
+    uuid, time = data.get("uuid"), _number(data.get("time"))
+    if not isinstance(uuid, str) or not UUID_PATTERN.match(uuid) or time is None:
+        return None
+    stages = data.get("stages")
+    probes = data.get("probes")
+    seq, restarts = _number(data.get("seq")), _number(data.get("restarts"))
+    failing = data.get("failing_stage")
+    return Heartbeat(
+        uuid=uuid,
+        time=time,
+        seq=int(seq) if seq is not None else 0,
+        job=_text(data.get("job"), 64) or None,
+        host=_text(data.get("host"), 255) or None,
+        stages=(
+            {str(k)[:32]: str(v)[:32] for k, v in stages.items()}
+            if isinstance(stages, dict)
+            else {}
+        ),
+        probes=tuple(
+            p for p in map(_probe, probes if isinstance(probes, list) else []) if p
+        ),
+        restarts=int(restarts) if restarts is not None else 0,
+        last_ok=_number(data.get("last_ok")),
+        failing_since=_number(data.get("failing_since")),
+        last_error=_text(data.get("last_error")),
+        failing_stage=str(failing)[:32] if failing else None,
+    )
+
+
+def parse_record(line: str) -> Optional[Heartbeat]:
+    """One heartbeat line to a Heartbeat; None (with a debug log) for anything else."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        logger.debug("skipping unparsable heartbeat line: %.120r", line)
+        return None
+    record = from_dict(data)
+    if record is None:
+        logger.debug("skipping heartbeat line without uuid/time: %.120r", line)
+    return record
+
+
+def parse_records(text: str) -> dict[str, Heartbeat]:
+    """Every usable record in ``text``; of several for one uuid the newest wins."""
+    records: dict[str, Heartbeat] = {}
+    for line in text.splitlines():
+        record = parse_record(line)
+        if record is None:
+            continue
+        known = records.get(record.uuid)
+        if known is None or (record.time, record.seq) >= (known.time, known.seq):
+            records[record.uuid] = record
+    return records

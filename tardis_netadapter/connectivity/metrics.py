@@ -1,0 +1,101 @@
+"""Prometheus metrics of the connectivity monitor, with aioprometheus.
+
+aioprometheus is already installed as a TARDIS dependency (its Prometheus
+plugin). Metrics go to a private Registry, not the global one, so they neither
+clash with TARDIS's plugin nor leak between tests; ``serve`` exposes that
+registry on its own port when ``Network.monitoring.metrics_port`` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from aioprometheus import Gauge, Registry, Summary
+
+from .heartbeat import Heartbeat
+from .verdict import Judgement, Verdict
+
+logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+
+
+class ConnectivityMetrics:
+    """Verdict counts, heartbeat ages and probe latencies per site."""
+
+    def __init__(self, registry: Optional[Registry] = None) -> None:
+        self.registry = registry if registry is not None else Registry()
+        self.drones = Gauge(
+            "tna_drones",
+            "Drones per connectivity verdict",
+            registry=self.registry,
+        )
+        self.heartbeat_age = Gauge(
+            "tna_heartbeat_age_max_seconds",
+            "Age of the oldest heartbeat of a running drone",
+            registry=self.registry,
+        )
+        self.latency = Summary(
+            "tna_probe_latency_milliseconds",
+            "TCP connect time through the drone's chain to a pool endpoint",
+            registry=self.registry,
+        )
+        self.probe_failures = Gauge(
+            "tna_probe_failures",
+            "Failed probes in the latest heartbeats, per endpoint",
+            registry=self.registry,
+        )
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def update(
+        self,
+        site: str,
+        judgements: Mapping[str, Judgement],
+        records: Mapping[str, Heartbeat],
+    ) -> None:
+        """Set the gauges for ``site``; observe each new record's latencies once."""
+        counts = dict.fromkeys(Verdict, 0)
+        ages = []
+        for judgement in judgements.values():
+            counts[judgement.verdict] += 1
+            if judgement.verdict is not Verdict.PENDING and judgement.heartbeat_age:
+                ages.append(judgement.heartbeat_age)
+        for verdict, count in counts.items():
+            self.drones.set({"site": site, "verdict": verdict.value}, count)
+        self.heartbeat_age.set({"site": site}, max(ages) if ages else 0)
+        failures: dict[str, int] = {}
+        for uuid in judgements:
+            record = records.get(uuid)
+            if record is None:
+                continue
+            for probe in record.probes:
+                failures.setdefault(probe.endpoint, 0)
+                if not probe.ok:
+                    failures[probe.endpoint] += 1
+            key = (record.time, record.seq)
+            if self._seen.get(uuid) == key:
+                continue
+            self._seen[uuid] = key
+            for probe in record.probes:
+                if probe.ok and probe.latency_ms is not None:
+                    labels = {"site": site, "endpoint": probe.endpoint}
+                    self.latency.add(labels, probe.latency_ms)
+        for endpoint, count in failures.items():
+            self.probe_failures.set({"site": site, "endpoint": endpoint}, count)
+        for uuid in [u for u in self._seen if u not in records]:
+            del self._seen[uuid]
+
+
+async def serve(
+    metrics: ConnectivityMetrics, port: int, addr: str = "127.0.0.1"
+) -> Any:
+    """Start an HTTP exporter of ``metrics`` on ``addr:port``; returns the Service.
+
+    Binds loopback by default: expose it wider only on purpose (``addr``).
+    """
+    from aioprometheus.service import Service  # late: pulls in aiohttp
+
+    service = Service(registry=metrics.registry)
+    await service.start(addr=addr, port=port)
+    logger.info("connectivity metrics on %s", service.metrics_url)
+    return service

@@ -1,0 +1,90 @@
+"""One site's connectivity monitor: the seam the adapter's poller calls each cycle.
+
+It owns the little state verdicts need across cycles (newest record per drone,
+site clock of the last complete collection, first time a job was seen running)
+and nothing else: commands are built and output parsed by ``collect``, verdicts
+are the pure ``verdict.judge``. Nothing here raises on bad input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Optional
+
+from .collect import HeartbeatStore, cleanup_command, combine_command, split_output
+from .verdict import Judgement, SlurmView, Timing, Verdict, judge
+
+logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+
+
+class SiteMonitor:
+    """Heartbeat collection and verdicts for the drones of one site."""
+
+    def __init__(self, heartbeat_dir: str, timing: Timing, timeout: int = 30) -> None:
+        self.heartbeat_dir = heartbeat_dir
+        self.timing = timing
+        self.timeout = timeout
+        self.store = HeartbeatStore()
+        self.first_running: dict[str, float] = {}
+        self.judgements: dict[str, Judgement] = {}
+
+    def command(self, batch_command: str) -> str:
+        """The poller's batch status command with the heartbeat collection appended."""
+        return combine_command(batch_command, self.heartbeat_dir, self.timeout)
+
+    def ingest(self, stdout: str) -> str:
+        """Take the heartbeats out of the combined output; return the batch part."""
+        batch_part, collection = split_output(stdout)
+        self.store.update(collection)
+        if not collection.complete:
+            logger.info("heartbeat collection incomplete this cycle; verdicts wait")
+        return batch_part
+
+    def judge(
+        self,
+        jobs: Mapping[str, SlurmView],
+        collector: Optional[set[str]] = None,
+    ) -> dict[str, Judgement]:
+        """Verdicts for ``jobs`` (drone uuid -> Slurm view), remembered for lookup."""
+        now = self.store.now
+        judgements = {}
+        for uuid, view in jobs.items():
+            in_collector = None if collector is None else uuid in collector
+            if now is None:
+                # no complete collection yet: nothing can be concluded
+                judgements[uuid] = judge(
+                    SlurmView(view.running), None, 0.0, self.timing, in_collector
+                )
+                continue
+            if view.running and view.started is None:
+                view = SlurmView(True, self.first_running.setdefault(uuid, now))
+            judgements[uuid] = judge(
+                view, self.store.get(uuid), now, self.timing, in_collector
+            )
+        self.judgements.update(judgements)
+        return judgements
+
+    def judgement(self, uuid: str) -> Optional[Judgement]:
+        """The latest verdict for one drone, for ``resource_status``."""
+        return self.judgements.get(uuid)
+
+    def terminal(self) -> list[str]:
+        """Drones whose latest verdict ends them (lost, never-connected)."""
+        return sorted(u for u, j in self.judgements.items() if j.verdict.terminal)
+
+    def forget(self, uuids: Iterable[str]) -> Optional[str]:
+        """Drop gone drones; return the command removing their heartbeat files."""
+        uuids = list(uuids)
+        self.store.forget(uuids)
+        for uuid in uuids:
+            self.first_running.pop(uuid, None)
+            self.judgements.pop(uuid, None)
+        return cleanup_command(self.heartbeat_dir, uuids)
+
+    def counts(self) -> dict[str, int]:
+        """Drones per verdict (every verdict present, zeros included)."""
+        counts = {v.value: 0 for v in Verdict}
+        for judgement in self.judgements.values():
+            counts[judgement.verdict.value] += 1
+        return counts
