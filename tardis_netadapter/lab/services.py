@@ -33,6 +33,9 @@ class Service:
     address: str
     port: int
     what: str
+    # the daemon's own pid file: removed before a start, since a daemon that
+    # was killed leaves it behind and may refuse to start ("already running")
+    own_pid_file: str | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -70,6 +73,7 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             "127.0.0.1",
             L.SQUID_PORT,
             "squid on the login node (reach it with ssh -L)",
+            str(d / "squid" / "login" / "squid.pid"),
         ),
         Service(
             "http",
@@ -87,6 +91,7 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             L.OUTSIDE_HTTP,
             L.SQUID_PORT,
             "CVMFS/Frontier squid proxy",
+            str(d / "squid" / "outside" / "squid.pid"),
         ),
         Service(
             "dante",
@@ -96,6 +101,7 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             L.OUTSIDE_SOCKS,
             L.HTTPS_PORT,
             "dante SOCKS5 proxy of a partner site",
+            str(lab.run_dir / "danted.own.pid"),
         ),
         Service(
             "gateway-sshd",
@@ -148,6 +154,8 @@ def daemon_env(lab: L.LabLayout) -> dict[str, str]:
 
 def start(lab: L.LabLayout, service: Service) -> int:
     """Start a daemon in its namespace; record pid and start time."""
+    if service.own_pid_file:
+        Path(service.own_pid_file).unlink(missing_ok=True)
     argv = in_namespace(lab.namespace_path(service.host), service.argv)
     with open(lab.log_dir / f"{service.name}.log", "ab") as log:
         proc = subprocess.Popen(
