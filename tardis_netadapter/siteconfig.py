@@ -1,0 +1,273 @@
+"""A NetSlurm site's own configuration section, validated once, for the adapter and the CLI.
+
+TARDIS validates only the ``Sites`` list; everything in the site's own section
+(``NetLab: {executor, MachineTypes, ...}``) is up to the adapter. Here it is
+checked as strictly as the ``Network`` profile: unknown keys are errors and
+every message names the full key path. The adapter calls
+:func:`load_site_settings` when it is built (so a bad section stops the daemon
+at start); the ``render`` CLI calls :func:`load_site_from_file`, which reads a
+cobald.yml or TARDIS YAML without constructing anything (no SSH connection,
+no pool factory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .batch.slurm import MachineMetaData, SlurmMachineType
+from .config import NetworkProfile, _plain, load_profile
+from .keepalive import KeepaliveBudget, derive_budget
+from .schema import ConfigurationError, load
+
+#: the adapter name in the TARDIS ``Sites`` list
+ADAPTER_NAME = "NetSlurm"
+
+#: keys of the site section and what they are for (for error messages)
+SITE_KEYS = {
+    "executor": "the TARDIS executor that reaches the login node",
+    "MachineTypes": "the list of machine type names",
+    "MachineTypeConfiguration": "Slurm settings per machine type",
+    "MachineMetaData": "Cores, Memory (GB), Disk (GB) per machine type",
+    "Network": "the network profile (docs/configuration.md)",
+    "status_max_age": "seconds a squeue snapshot is reused (default: half the drone heartbeat)",
+    "command_timeout": "seconds before a Slurm command counts as failed (default 120)",
+}
+
+DEFAULT_COMMAND_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class MachineTypeSettings:
+    """Everything the adapter needs for one machine type."""
+
+    name: str
+    slurm: SlurmMachineType
+    meta_data: MachineMetaData
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """A validated NetSlurm site section."""
+
+    name: str
+    profile: NetworkProfile
+    budget: KeepaliveBudget
+    machine_types: Mapping[str, MachineTypeSettings]
+    status_max_age: Optional[float]
+    command_timeout: float
+
+
+def load_site_settings(site_name: str, section: Any) -> SiteSettings:
+    """Validate a site section; raise ConfigurationError listing every problem."""
+    problems: list[str] = []
+    if section is None or not hasattr(section, "keys"):
+        raise ConfigurationError(
+            [
+                f"{site_name}: missing or not a mapping; add a top-level "
+                f"'{site_name}:' section with {', '.join(SITE_KEYS)}"
+            ]
+        )
+    for key in section:
+        if key not in SITE_KEYS:
+            problems.append(
+                f"{site_name}.{key}: unknown key; allowed: {', '.join(SITE_KEYS)}"
+            )
+
+    profile = budget = None
+    if "Network" not in section:
+        problems.append(
+            f"{site_name}.Network: required: the network profile of this site "
+            "(see docs/configuration.md)"
+        )
+    else:
+        path = f"{site_name}.Network"
+        try:
+            profile = load_profile(section["Network"], path=path)
+            budget = derive_budget(profile, path=path)
+        except ConfigurationError as error:
+            problems += error.problems
+
+    machine_types = _machine_types(site_name, section, problems)
+    status_max_age = _number(site_name, section, "status_max_age", None, problems)
+    command_timeout = _number(
+        site_name, section, "command_timeout", DEFAULT_COMMAND_TIMEOUT, problems
+    )
+    if problems:
+        raise ConfigurationError(problems)
+    return SiteSettings(
+        name=site_name,
+        profile=profile,
+        budget=budget,
+        machine_types=machine_types,
+        status_max_age=status_max_age,
+        command_timeout=command_timeout,
+    )
+
+
+def _number(
+    site: str, section: Any, key: str, default: Optional[float], problems: list[str]
+) -> Optional[float]:
+    value = section.get(key, default) if hasattr(section, "get") else default
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        problems.append(f"{site}.{key}: got {value!r}; expected seconds greater than 0")
+        return default
+    return float(value)
+
+
+def _machine_types(
+    site: str, section: Any, problems: list[str]
+) -> dict[str, MachineTypeSettings]:
+    names = section.get("MachineTypes")
+    if (
+        not isinstance(names, (list, tuple))
+        or not names
+        or not all(isinstance(n, str) for n in names)
+    ):
+        problems.append(
+            f"{site}.MachineTypes: got {names!r}; expected a non-empty list of "
+            "machine type names"
+        )
+        return {}
+    result = {}
+    for kind in ("MachineTypeConfiguration", "MachineMetaData"):
+        table = section.get(kind)
+        if not hasattr(table, "keys"):
+            problems.append(
+                f"{site}.{kind}: got {table!r}; expected a mapping with an entry "
+                f"for each of {', '.join(names)}"
+            )
+            continue
+        for extra in set(table.keys()) - set(names):
+            problems.append(
+                f"{site}.{kind}.{extra}: not in {site}.MachineTypes "
+                f"({', '.join(names)}); add it there or remove this entry"
+            )
+    if problems:
+        return {}
+    for name in names:
+        parts = {}
+        for kind, cls in (
+            ("MachineTypeConfiguration", SlurmMachineType),
+            ("MachineMetaData", MachineMetaData),
+        ):
+            path = f"{site}.{kind}.{name}"
+            if name not in section[kind]:
+                problems.append(f"{path}: missing; every machine type needs one")
+                continue
+            try:
+                parts[kind] = load(cls, _plain(section[kind][name]), path)
+            except ConfigurationError as error:
+                problems += error.problems
+        if len(parts) == 2:
+            result[name] = MachineTypeSettings(
+                name, parts["MachineTypeConfiguration"], parts["MachineMetaData"]
+            )
+    return result
+
+
+# --------------------------------------------------------------------------
+# reading configuration files for the CLI, without constructing anything
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A YAML node with a tag (``!TardisSSHExecutor`` ...), kept as data, not built."""
+
+    tag: str
+    value: Any
+
+
+class _InertLoader(yaml.SafeLoader):
+    """SafeLoader that keeps every tagged node as :class:`Tagged` instead of calling it."""
+
+
+def _construct_tagged(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Tagged:
+    if isinstance(node, yaml.MappingNode):
+        value: Any = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)
+    return Tagged("!" + suffix, value)
+
+
+_InertLoader.add_multi_constructor("!", _construct_tagged)
+
+
+@dataclass(frozen=True)
+class SiteFromFile:
+    """A site found in a configuration file: its validated settings and raw parts."""
+
+    settings: SiteSettings
+    tardis: Mapping[str, Any]
+    source: Path
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse YAML inertly; a missing file or bad YAML is a ConfigurationError."""
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return yaml.load(stream, Loader=_InertLoader)  # noqa: S506 - inert loader
+    except OSError as error:
+        raise ConfigurationError([f"{path}: cannot read: {error.strerror}"]) from None
+    except yaml.YAMLError as error:
+        raise ConfigurationError([f"{path}: not valid YAML: {error}"]) from None
+
+
+def tardis_section(data: Any, path: Path) -> tuple[Mapping[str, Any], Path]:
+    """The TARDIS part of a cobald.yml (``tardis:``), a pool factory's file, or a TARDIS YAML."""
+    if not isinstance(data, Mapping):
+        raise ConfigurationError([f"{path}: expected a YAML mapping at the top"])
+    if "tardis" in data:
+        return data["tardis"], path
+    if "Sites" in data:
+        return data, path
+    for item in data.get("pipeline") or []:
+        target = item.value if isinstance(item, Tagged) else item
+        if isinstance(target, Mapping) and target.get("configuration"):
+            other = (path.parent / str(target["configuration"])).resolve()
+            return tardis_section(read_yaml(other), other)
+    raise ConfigurationError(
+        [
+            f"{path}: no TARDIS configuration found; expected a 'tardis:' section, "
+            "a top-level 'Sites:' list, or a pool factory with 'configuration: FILE'"
+        ]
+    )
+
+
+def load_site_from_file(config: Path, site_name: str) -> SiteFromFile:
+    """Find ``site_name`` in a configuration file and validate its section."""
+    tardis, source = tardis_section(read_yaml(config), Path(config))
+    sites = tardis.get("Sites") or []
+    entry = next(
+        (s for s in sites if isinstance(s, Mapping) and s.get("name") == site_name),
+        None,
+    )
+    if entry is None:
+        known = ", ".join(str(s.get("name")) for s in sites if isinstance(s, Mapping))
+        raise ConfigurationError(
+            [f"{source}: Sites: no site named {site_name!r}; known: {known or 'none'}"]
+        )
+    if entry.get("adapter") != ADAPTER_NAME:
+        raise ConfigurationError(
+            [
+                f"{source}: Sites[{site_name}].adapter: got {entry.get('adapter')!r}; "
+                f"expected {ADAPTER_NAME!r}"
+            ]
+        )
+    settings = load_site_settings(site_name, tardis.get(site_name))
+    return SiteFromFile(settings=settings, tardis=tardis, source=source)
+
+
+def batch_system_adapter(tardis: Mapping[str, Any]) -> Optional[str]:
+    """The overlay batch system adapter name (``HTCondor`` ...) of a TARDIS config."""
+    batch = tardis.get("BatchSystem")
+    return batch.get("adapter") if isinstance(batch, Mapping) else None
