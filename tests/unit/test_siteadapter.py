@@ -1,0 +1,493 @@
+"""NetSlurmAdapter: configuration at start, submission, status, scancel, exception mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+import types
+
+import asyncssh
+import pytest
+from tardis.agents.siteagent import SiteAgent
+from tardis.configuration.configuration import Configuration
+from tardis.exceptions.executorexceptions import (
+    CommandExecutionFailure,
+    ExecutorFailure,
+)
+from tardis.exceptions.tardisexceptions import (
+    TardisError,
+    TardisResourceStatusUpdateFailed,
+    TardisTimeout,
+)
+from tardis.interfaces.siteadapter import ResourceStatus
+from tardis.utilities.attributedict import AttributeDict
+
+import tardis_netadapter
+from tardis_netadapter import siteadapter
+from tardis_netadapter.batch import slurm
+from tardis_netadapter.schema import ConfigurationError
+from tardis_netadapter.siteadapter import NetadapterTimeout, NetSlurmAdapter
+
+HTCONDOR = AttributeDict(Cores=1, Memory=1024, Disk=1024 * 1024)
+
+
+class FakeExecutor:
+    """A site's login node: sbatch, squeue and scancel answers, every call recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+        self.jobs: dict[str, str] = {}
+        self.next_id = 100
+        self.sbatch_stdout: str | None = None
+        self.fail: Exception | None = None
+        self.latency = 0.0
+
+    async def run_command(self, command: str, stdin_input: str | None = None):
+        self.calls.append((command, stdin_input))
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if self.fail is not None:
+            raise self.fail
+        words = shlex.split(command)
+        if words[0] == "sbatch":
+            job_id = str(self.next_id)
+            self.next_id += 1
+            name = next(w for w in words if w.startswith("--job-name=")).split("=", 1)[
+                1
+            ]
+            self.jobs[job_id] = f"PENDING|{name}"
+            stdout = job_id if self.sbatch_stdout is None else self.sbatch_stdout
+            return AttributeDict(stdout=stdout + "\n", stderr="", exit_code=0)
+        if words[0] == "squeue":
+            lines = []
+            for job_id, entry in self.jobs.items():
+                state, name = entry.split("|")
+                lines.append(f"{job_id}|{state}|worker1|None|{name}")
+            return AttributeDict(stdout="\n".join(lines), stderr="", exit_code=0)
+        if words[0] == "scancel":
+            job_id = words[-1]
+            state = self.jobs.get(job_id, "|").split("|")[0]
+            if job_id not in self.jobs or state in ("COMPLETED", "CANCELLED"):
+                raise CommandExecutionFailure(
+                    message=f"Run command {command} failed",
+                    exit_code=1,
+                    stdout="",
+                    stderr=f"scancel: error: Kill job error on job id {job_id}: "
+                    "Job/step already completing or completed",
+                )
+            self.jobs[job_id] = self.jobs[job_id].replace(state, "CANCELLED")
+            return AttributeDict(stdout="", stderr="", exit_code=0)
+        raise AssertionError(f"unexpected command {command}")
+
+    def count(self, program: str) -> int:
+        return sum(1 for command, _ in self.calls if command.startswith(program))
+
+
+NETWORK = {
+    "tunnel": {"hops": [{"host": "10.66.1.1", "user": "drone"}]},
+    "firewall": {"idle_timeout": 30},
+    "pool": {"collector": "10.66.2.1:9618"},
+}
+
+
+def site_section(executor, **overrides) -> dict:
+    section = {
+        "executor": executor,
+        "MachineTypes": ["small", "large"],
+        "MachineTypeConfiguration": {
+            "small": {"Walltime": "60", "Partition": "batch"},
+            "large": {
+                "Walltime": "1-00:00:00",
+                "SubmitOptions": {"long": {"account": "a b;rm -rf /"}},
+                "TerminateOptions": {"long": {"full": None}},
+            },
+        },
+        "MachineMetaData": {
+            "small": {"Cores": 2, "Memory": 4, "Disk": 10},
+            "large": {"Cores": 8, "Memory": 32, "Disk": 100},
+        },
+        "Network": NETWORK,
+    }
+    section.update(overrides)
+    return section
+
+
+@pytest.fixture
+def renders(monkeypatch) -> list[tuple]:
+    """A stand-in for render.render_drone_script (the drone-scripts work), counting calls."""
+    calls: list[tuple] = []
+
+    def render_drone_script(profile, budget, site_name, machine_type):
+        calls.append((site_name, machine_type))
+        return f"#!/bin/bash\n# {site_name} {machine_type} {profile.mode}\nexec true\n"
+
+    fake = types.ModuleType("tardis_netadapter.render")
+    fake.render_drone_script = render_drone_script
+    monkeypatch.setitem(sys.modules, "tardis_netadapter.render", fake)
+    monkeypatch.setattr(tardis_netadapter, "render", fake, raising=False)
+    return calls
+
+
+@pytest.fixture
+def configure(renders):
+    """Load a TARDIS configuration into the Configuration borg; restore it afterwards."""
+    saved = dict(Configuration._shared_state)
+    siteadapter.reset_caches()
+
+    def apply(section: dict, site: str = "NetLab") -> None:
+        Configuration._shared_state.clear()
+        Configuration().update_config(
+            {
+                "Sites": [{"name": site, "adapter": "NetSlurm", "quota": 8}],
+                site: section,
+            }
+        )
+
+    yield apply
+    Configuration._shared_state.clear()
+    Configuration._shared_state.update(saved)
+    siteadapter.reset_caches()
+
+
+@pytest.fixture
+def executor() -> FakeExecutor:
+    return FakeExecutor()
+
+
+@pytest.fixture
+def adapter(configure, executor) -> NetSlurmAdapter:
+    configure(site_section(executor))
+    return NetSlurmAdapter(machine_type="small", site_name="NetLab")
+
+
+def drone(uuid: str = "netlab-0123456789", job_id=None) -> AttributeDict:
+    return AttributeDict(
+        drone_uuid=uuid,
+        remote_resource_uuid=job_id,
+        obs_machine_meta_data_translation_mapping=HTCONDOR,
+    )
+
+
+# -- start: validation and rendering -------------------------------------------
+
+
+def test_validated_and_rendered_once_per_site_and_machine_type(
+    configure, executor, renders
+):
+    configure(site_section(executor))
+    first = NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    second = NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    large = NetSlurmAdapter(machine_type="large", site_name="NetLab")
+    assert renders == [("NetLab", "small"), ("NetLab", "large")]
+    assert first.settings is second.settings is large.settings
+    assert first.poller is second.poller is large.poller
+    assert siteadapter.site_poller("NetLab") is first.poller
+
+
+def test_bad_network_profile_stops_at_start_naming_the_key(configure, executor):
+    configure(
+        site_section(executor, Network={**NETWORK, "firewall": {"idle_timeout": 0}})
+    )
+    with pytest.raises(
+        ConfigurationError, match=r"NetLab\.Network\.firewall\.idle_timeout"
+    ):
+        NetSlurmAdapter(machine_type="small", site_name="NetLab")
+
+
+def test_missing_network_profile(configure, executor):
+    section = site_section(executor)
+    del section["Network"]
+    configure(section)
+    with pytest.raises(ConfigurationError, match=r"NetLab\.Network: required"):
+        NetSlurmAdapter(machine_type="small", site_name="NetLab")
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"bulk_size": 10}, "NetLab.bulk_size: unknown key"),
+        (
+            {
+                "MachineTypeConfiguration": {
+                    "small": {"Partition": "x"},
+                    "large": {"Walltime": 1},
+                }
+            },
+            "NetLab.MachineTypeConfiguration.small.Walltime: got None; required",
+        ),
+        (
+            {
+                "MachineMetaData": {
+                    "small": {"Cores": 2, "Memory": 4},
+                    "large": {"Cores": 1, "Memory": 1, "Disk": 1},
+                }
+            },
+            "NetLab.MachineMetaData.small.Disk: got None; required",
+        ),
+        ({"status_max_age": -1}, "NetLab.status_max_age: got -1"),
+        ({"MachineTypes": []}, "NetLab.MachineTypes: got []"),
+    ],
+)
+def test_bad_site_section_names_the_key(configure, executor, overrides, fragment):
+    configure(site_section(executor, **overrides))
+    with pytest.raises(ConfigurationError) as info:
+        NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    assert fragment in str(info.value)
+
+
+def test_machine_type_config_for_unlisted_type(configure, executor):
+    section = site_section(executor, MachineTypes=["small"])
+    configure(section)
+    with pytest.raises(
+        ConfigurationError, match=r"NetLab\.MachineTypeConfiguration\.large: not in"
+    ):
+        NetSlurmAdapter(machine_type="small", site_name="NetLab")
+
+
+def test_render_failure_stops_at_start(configure, executor, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ConfigurationError(["NetLab.Network.chain.tool: cannot render"])
+
+    monkeypatch.setattr(
+        sys.modules["tardis_netadapter.render"], "render_drone_script", broken
+    )
+    configure(site_section(executor))
+    with pytest.raises(ConfigurationError, match="cannot render"):
+        NetSlurmAdapter(machine_type="small", site_name="NetLab")
+
+
+# -- submission ---------------------------------------------------------------
+
+
+async def test_deploy_submits_script_on_stdin(adapter, executor):
+    result = await adapter.deploy_resource(drone())
+    assert result == AttributeDict(
+        remote_resource_uuid="100", resource_status=ResourceStatus.Booting
+    )
+    ((command, stdin),) = executor.calls
+    words = shlex.split(command)
+    assert words[:2] == ["sbatch", "--parsable"]
+    assert "--job-name=netlab-0123456789" in words
+    assert words[words.index("-p") + 1] == "batch"
+    assert words[words.index("-t") + 1] == "60"
+    assert "--mem=4096M" in words
+    export = next(w for w in words if w.startswith("--export="))
+    assert "TardisDroneUuid=netlab-0123456789" in export
+    assert "TardisDroneMemory=4096" in export and "TardisDroneDisk=10485760" in export
+    assert "TardisDroneWalltime=3600" in export
+    assert stdin.startswith("#!/bin/bash\n# NetLab small socks")
+
+
+async def test_hostile_submit_options_stay_quoted(configure, executor):
+    configure(site_section(executor))
+    large = NetSlurmAdapter(machine_type="large", site_name="NetLab")
+    await large.deploy_resource(drone())
+    words = shlex.split(executor.calls[0][0])
+    assert "--account=a b;rm -rf /" in words
+
+
+@pytest.mark.parametrize(
+    "stdout, job_id",
+    [("4242;jureca", "4242"), ("Submitted batch job 77", "77"), ("warn\n88\n\n", "88")],
+)
+async def test_deploy_parses_every_sbatch_shape(adapter, executor, stdout, job_id):
+    executor.sbatch_stdout = stdout
+    assert (await adapter.deploy_resource(drone())).remote_resource_uuid == job_id
+
+
+async def test_unreadable_sbatch_output_recovers_job_by_name(adapter, executor):
+    executor.sbatch_stdout = "site wrapper says hello"
+    result = await adapter.deploy_resource(drone("netlab-aaaaaaaaaa"))
+    assert result.remote_resource_uuid == "100"
+    assert executor.count("squeue") == 1
+
+
+async def test_unreadable_sbatch_output_without_job_is_retried(adapter, executor):
+    executor.sbatch_stdout = "garbage"
+
+    async def sbatch_lost(command, stdin_input=None):
+        executor.calls.append((command, stdin_input))
+        if command.startswith("sbatch"):
+            return AttributeDict(stdout="garbage", stderr="odd", exit_code=0)
+        return AttributeDict(stdout="", stderr="", exit_code=0)
+
+    executor.run_command = sbatch_lost
+    agent = SiteAgent(adapter)
+    with pytest.raises(TardisResourceStatusUpdateFailed) as info:
+        await agent.deploy_resource(drone())
+    assert isinstance(info.value.__cause__, slurm.SlurmOutputError)
+
+
+# -- status -------------------------------------------------------------------
+
+
+async def test_status_of_many_drones_is_one_squeue(configure, executor):
+    configure(site_section(executor))
+    small = NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    large = NetSlurmAdapter(machine_type="large", site_name="NetLab")
+    drones = []
+    for index in range(20):
+        adapter = small if index % 2 else large
+        drones.append(
+            (adapter, await adapter.deploy_resource(drone(f"netlab-{index:010d}")))
+        )
+    for job_id in list(executor.jobs)[:10]:
+        executor.jobs[job_id] = executor.jobs[job_id].replace("PENDING", "RUNNING")
+    results = await asyncio.gather(
+        *(
+            SiteAgent(a).resource_status(
+                AttributeDict(remote_resource_uuid=r.remote_resource_uuid)
+            )
+            for a, r in drones
+        )
+    )
+    assert executor.count("squeue") == 1
+    statuses = [r.resource_status for r in results]
+    assert statuses == [ResourceStatus.Running] * 10 + [ResourceStatus.Booting] * 10
+
+
+async def test_finished_and_vanished_jobs(adapter, executor):
+    executor.jobs.update({"5": "OUT_OF_MEMORY|x", "6": "COMPLETED|y"})
+    for job_id, expected in (
+        ("5", ResourceStatus.Deleted),
+        ("6", ResourceStatus.Deleted),
+        ("7", ResourceStatus.Deleted),  # squeue forgot it
+    ):
+        status = await adapter.resource_status(drone(job_id=job_id))
+        assert status.resource_status is expected
+
+
+async def test_new_job_missing_from_an_older_snapshot_is_booting(adapter, executor):
+    await adapter.resource_status(drone(job_id="1"))  # snapshot taken, cached
+    deployed = await adapter.deploy_resource(drone())
+    del executor.jobs[deployed.remote_resource_uuid]  # even if squeue lags
+    status = await adapter.resource_status(drone(job_id=deployed.remote_resource_uuid))
+    assert status.resource_status is ResourceStatus.Booting
+    assert executor.count("squeue") == 1
+
+
+async def test_restored_integer_job_id(adapter, executor):
+    executor.jobs["123"] = "RUNNING|d"
+    status = await adapter.resource_status(drone(job_id=123))
+    assert status.resource_status is ResourceStatus.Running
+
+
+# -- stop / terminate ---------------------------------------------------------
+
+
+async def test_terminate_runs_scancel_with_options(configure, executor):
+    configure(site_section(executor))
+    large = NetSlurmAdapter(machine_type="large", site_name="NetLab")
+    executor.jobs["31"] = "RUNNING|d"
+    await large.terminate_resource(drone(job_id="31"))
+    assert executor.calls[-1][0] == "scancel --full 31"
+    assert executor.jobs["31"].startswith("CANCELLED")
+
+
+async def test_scancel_of_finished_job_does_not_raise(adapter, executor):
+    executor.jobs["32"] = "COMPLETED|d"
+    await SiteAgent(adapter).terminate_resource(drone(job_id="32"))
+    await SiteAgent(adapter).stop_resource(drone(job_id="404"))
+    assert executor.count("scancel") == 2
+
+
+async def test_scancel_other_failure_is_retried(adapter, executor):
+    executor.fail = CommandExecutionFailure(
+        message="x",
+        exit_code=1,
+        stdout="",
+        stderr="scancel: error: Unable to contact slurm controller",
+    )
+    with pytest.raises(TardisResourceStatusUpdateFailed):
+        await SiteAgent(adapter).terminate_resource(drone(job_id="33"))
+
+
+# -- exception mapping ----------------------------------------------------------
+
+TRANSIENT = [
+    (
+        CommandExecutionFailure(message="m", exit_code=1, stdout="o", stderr="e"),
+        TardisResourceStatusUpdateFailed,
+    ),
+    (
+        ExecutorFailure(description="SSH connection lost", executor=None),
+        TardisResourceStatusUpdateFailed,
+    ),
+    (asyncssh.DisconnectError(11, "bye"), TardisResourceStatusUpdateFailed),
+    (asyncssh.ConnectionLost("lost"), TardisResourceStatusUpdateFailed),
+    (asyncssh.ChannelOpenError(2, "no"), TardisResourceStatusUpdateFailed),
+    (asyncssh.PermissionDenied("no"), TardisResourceStatusUpdateFailed),
+    (ConnectionRefusedError(111, "refused"), TardisResourceStatusUpdateFailed),
+    (ConnectionResetError(), TardisResourceStatusUpdateFailed),
+    (BrokenPipeError(), TardisResourceStatusUpdateFailed),
+    (OSError(113, "No route to host"), TardisResourceStatusUpdateFailed),
+    (EOFError(), TardisResourceStatusUpdateFailed),
+    (asyncio.TimeoutError(), TardisTimeout),
+    (slurm.SlurmOutputError("no id", "out", "err"), TardisResourceStatusUpdateFailed),
+    (slurm.StatusUnavailable("later"), TardisResourceStatusUpdateFailed),
+    (
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
+        TardisResourceStatusUpdateFailed,
+    ),
+    (TardisResourceStatusUpdateFailed("passed"), TardisResourceStatusUpdateFailed),
+    (TardisTimeout("passed"), TardisTimeout),
+]
+
+
+@pytest.mark.parametrize("raised, expected", TRANSIENT, ids=lambda x: type(x).__name__)
+def test_transient_failures_become_retryable(adapter, raised, expected, caplog):
+    with pytest.raises(expected) as info, adapter.handle_exceptions():
+        raise raised
+    assert type(info.value) is not TardisError
+    if not isinstance(raised, (TardisResourceStatusUpdateFailed, TardisTimeout)):
+        assert "NetLab" in caplog.text
+
+
+def test_timeouts_are_caught_by_every_tardis_state(adapter):
+    with pytest.raises(NetadapterTimeout) as info, adapter.handle_exceptions():
+        raise asyncio.TimeoutError()
+    # RequestState/resource_status catch TardisTimeout; ShutDown/Cleanup only this:
+    assert isinstance(info.value, TardisResourceStatusUpdateFailed)
+
+
+def test_unknown_errors_are_permanent(adapter):
+    with pytest.raises(TardisError), adapter.handle_exceptions():
+        raise KeyError("a bug")
+
+
+def test_failure_log_has_no_script(adapter, caplog):
+    failure = CommandExecutionFailure(
+        message="m",
+        exit_code=1,
+        stdout="",
+        stderr="sbatch: error",
+        stdin="#!/bin/bash\nSECRET-SCRIPT",
+    )
+    with pytest.raises(TardisResourceStatusUpdateFailed), adapter.handle_exceptions():
+        raise failure
+    assert "SECRET-SCRIPT" not in caplog.text and "sbatch: error" in caplog.text
+
+
+async def test_ssh_drop_during_status_does_not_escape(adapter, executor):
+    executor.fail = ExecutorFailure(
+        description="SSH connection lost", executor=executor
+    )
+    with pytest.raises(TardisResourceStatusUpdateFailed):
+        await SiteAgent(adapter).resource_status(drone(job_id="1"))
+    # and the next cycle works again once the login node is back
+    executor.fail = None
+    executor.jobs["1"] = "RUNNING|d"
+    adapter.poller._failure = None
+    status = await SiteAgent(adapter).resource_status(drone(job_id="1"))
+    assert status.resource_status is ResourceStatus.Running
+
+
+async def test_command_timeout(configure, executor):
+    configure(site_section(executor, command_timeout=0.01, status_max_age=5))
+    adapter = NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    executor.latency = 0.2
+    with pytest.raises(TardisTimeout):
+        await SiteAgent(adapter).deploy_resource(drone())
+    with pytest.raises(TardisTimeout):
+        await SiteAgent(adapter).resource_status(drone(job_id="1"))

@@ -1,0 +1,216 @@
+"""The per-site SitePoller: one squeue per cycle, shared refreshes, the submission race."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from tardis.exceptions.executorexceptions import CommandExecutionFailure
+from tardis.interfaces.siteadapter import ResourceStatus
+from tardis.utilities.attributedict import AttributeDict
+
+from tardis_netadapter.batch import slurm
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeExecutor:
+    """Answers squeue from a job table; counts calls; optional latency and failures."""
+
+    def __init__(self, jobs: dict[str, str] | None = None, latency: float = 0.0):
+        self.jobs = dict(jobs or {})
+        self.latency = latency
+        self.commands: list[str] = []
+        self.fail_with: Exception | None = None
+        self.stdout_override: str | None = None
+
+    async def run_command(self, command: str, stdin_input: str | None = None):
+        self.commands.append(command)
+        if self.latency:
+            await asyncio.sleep(self.latency)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if self.stdout_override is not None:
+            return AttributeDict(stdout=self.stdout_override, stderr="", exit_code=0)
+        lines = [f"{i}|{state}|node|None|drone-{i}" for i, state in self.jobs.items()]
+        return AttributeDict(stdout="\n".join(lines) + "\n", stderr="", exit_code=0)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def poller_for(executor, clock, **kwargs) -> slurm.SitePoller:
+    return slurm.SitePoller(executor, clock=clock, name="NetLab", **kwargs)
+
+
+async def test_concurrent_callers_share_one_call(clock):
+    executor = FakeExecutor({str(i): "RUNNING" for i in range(500)}, latency=0.01)
+    poller = poller_for(executor, clock, max_age=30)
+    snapshots = await asyncio.gather(*(poller.snapshot() for _ in range(500)))
+    assert len(executor.commands) == 1
+    assert all(s is snapshots[0] for s in snapshots)
+    assert len(snapshots[0].jobs) == 500
+
+
+async def test_snapshot_reused_until_max_age(clock):
+    executor = FakeExecutor({"1": "RUNNING"})
+    poller = poller_for(executor, clock, max_age=30)
+    first = await poller.snapshot()
+    clock.now += 29
+    assert await poller.snapshot() is first
+    assert len(executor.commands) == 1
+    clock.now += 2
+    second = await poller.snapshot()
+    assert second is not first and len(executor.commands) == 2
+    assert poller.calls == 2
+
+
+async def test_one_call_per_cycle_over_many_cycles(clock):
+    executor = FakeExecutor({str(i): "PENDING" for i in range(100)})
+    poller = poller_for(executor, clock, max_age=10)
+    for _cycle in range(5):
+        await asyncio.gather(*(poller.snapshot() for _ in range(100)))
+        clock.now += 11
+    assert len(executor.commands) == 5
+
+
+async def test_refresh_forces_a_newer_snapshot(clock):
+    executor = FakeExecutor({"1": "RUNNING"})
+    poller = poller_for(executor, clock, max_age=30)
+    first = await poller.snapshot()
+    clock.now += 1
+    second = await poller.refresh()
+    assert second.started > first.started and len(executor.commands) == 2
+
+
+async def test_submitted_after_snapshot_start_is_booting_not_deleted(clock):
+    executor = FakeExecutor({"1": "RUNNING"})
+    poller = poller_for(executor, clock, max_age=30)
+    snapshot = await poller.snapshot()  # started at t=1000
+    clock.now += 1
+    poller.note_submitted("2")  # sbatch returned at t=1001
+    assert poller.status_of("2", snapshot) is ResourceStatus.Booting
+    assert poller.status_of("1", snapshot) is ResourceStatus.Running
+    # a snapshot that started after the submission and still lacks it: gone
+    clock.now += 31
+    later = await poller.snapshot()
+    assert poller.status_of("2", later) is ResourceStatus.Deleted
+
+
+async def test_submission_seen_then_missing_is_deleted(clock):
+    executor = FakeExecutor({"7": "PENDING"})
+    poller = poller_for(executor, clock, max_age=0.5)
+    poller.note_submitted("7", at=clock.now - 1)
+    snapshot = await poller.snapshot()
+    assert poller.status_of("7", snapshot) is ResourceStatus.Booting
+    del executor.jobs["7"]
+    clock.now += 1
+    assert poller.status_of("7", await poller.snapshot()) is ResourceStatus.Deleted
+
+
+async def test_unknown_job_without_submission_is_deleted(clock):
+    poller = poller_for(FakeExecutor({}), clock)
+    snapshot = await poller.snapshot()
+    assert poller.status_of("99", snapshot) is ResourceStatus.Deleted
+    assert poller.status_of(None, snapshot) is ResourceStatus.Deleted
+
+
+async def test_failure_reaches_every_waiter_and_is_not_retried_at_once(clock):
+    executor = FakeExecutor({"1": "RUNNING"}, latency=0.01)
+    executor.fail_with = CommandExecutionFailure(
+        message="squeue failed", exit_code=1, stdout="", stderr="slurm down"
+    )
+    poller = poller_for(executor, clock, max_age=30, retry_after=5)
+    results = await asyncio.gather(
+        *(poller.snapshot() for _ in range(50)), return_exceptions=True
+    )
+    assert all(isinstance(r, CommandExecutionFailure) for r in results)
+    assert len(executor.commands) == 1
+    clock.now += 1
+    with pytest.raises(slurm.StatusUnavailable):
+        await poller.snapshot()
+    assert len(executor.commands) == 1
+    executor.fail_with = None
+    clock.now += 5
+    assert "1" in (await poller.snapshot()).jobs
+    assert len(executor.commands) == 2
+
+
+async def test_stale_snapshot_survives_a_failed_refresh_for_forced_callers(clock):
+    executor = FakeExecutor({"1": "RUNNING"})
+    poller = poller_for(executor, clock, max_age=30)
+    await poller.snapshot()
+    executor.fail_with = OSError("connection refused")
+    clock.now += 1
+    with pytest.raises(OSError):
+        await poller.refresh()
+
+
+async def test_timeout_applies(clock):
+    poller = poller_for(FakeExecutor({}, latency=0.2), clock, timeout=0.01)
+    with pytest.raises(asyncio.TimeoutError):
+        await poller.snapshot()
+
+
+async def test_garbage_is_an_error_not_an_empty_queue(clock):
+    executor = FakeExecutor()
+    executor.stdout_override = "slurm_load_jobs error: Socket timed out on send/recv"
+    poller = poller_for(executor, clock)
+    with pytest.raises(slurm.SlurmOutputError):
+        await poller.snapshot()
+
+
+async def test_by_name_finds_newest_job(clock):
+    executor = FakeExecutor()
+    executor.stdout_override = "9|COMPLETED|n|None|netlab-x\n10|PENDING||None|netlab-x\n11|RUNNING|n|None|other\n"
+    snapshot = await poller_for(executor, clock).snapshot()
+    assert snapshot.by_name("netlab-x").job_id == "10"
+    assert snapshot.by_name("nope") is None
+
+
+class HeartbeatProbe:
+    """What the connectivity monitor will add: data gathered in the same call."""
+
+    name = "heartbeats"
+    command = "cat ~/.tardis-netadapter/heartbeats/* 2>/dev/null || true"
+
+    def parse(self, text: str) -> dict[str, str]:
+        return dict(line.split(" ", 1) for line in text.splitlines() if line)
+
+
+async def test_probe_extends_the_same_executor_call(clock):
+    executor = FakeExecutor()
+    probe = HeartbeatProbe()
+    poller = poller_for(executor, clock, probes=[probe])
+    marker = slurm._MARKER.format("heartbeats")
+    executor.stdout_override = f"5|RUNNING|n|None|netlab-a\n{marker}\nnetlab-a 1700000000\nnetlab-b 1700000003\n"
+    snapshot = await poller.snapshot()
+    assert len(executor.commands) == 1
+    command = executor.commands[0]
+    assert command.startswith(slurm.squeue_command() + " && ")
+    assert probe.command in command
+    assert list(snapshot.jobs) == ["5"]
+    assert snapshot.extras["heartbeats"] == {
+        "netlab-a": "1700000000",
+        "netlab-b": "1700000003",
+    }
+
+
+def test_probe_command_is_valid_shell(tmp_path):
+    import subprocess
+
+    poller = slurm.SitePoller(FakeExecutor(), probes=[HeartbeatProbe()])
+    result = subprocess.run(
+        ["bash", "-n", "-c", poller.command()], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
