@@ -401,7 +401,7 @@ def teardown(name: str) -> dict[str, list[str]]:
         pids = set(pids_in_namespaces(paths)) | set(_recorded_pids(lab))
         if not pids:
             break
-        terminate(sorted(pids), grace=1.0 if not stopped else 0.2)
+        terminate(sorted(pids), grace=0.5 if not stopped else 0.2)
         stopped += sorted(pids)
     services.reap_all()
     removed = topology.destroy(name)
