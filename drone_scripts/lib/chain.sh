@@ -1,0 +1,81 @@
+# shellcheck shell=bash
+# chain.sh: send the unmodified payload's connections into the tunnel.
+# The proxychains-ng (or tsocks) configuration is rendered from the profile
+# (write_proxychains_conf / write_tsocks_conf); the payload gets it through
+# LD_PRELOAD, so no program needs to know about SOCKS.
+
+CHAIN_ENV=()
+
+# The preload library: the configured one, else the first usual place.
+chain_library() {
+    if [[ -n $CHAIN_LIBRARY ]]; then
+        expand_home "$CHAIN_LIBRARY"
+        return
+    fi
+    local arch candidate candidates
+    arch=$(uname -m)
+    if [[ $CHAIN_TOOL == proxychains ]]; then
+        candidates=("/usr/lib/$arch-linux-gnu/libproxychains.so.4"
+            /usr/lib64/proxychains-ng/libproxychains4.so
+            /usr/lib/proxychains-ng/libproxychains4.so
+            /usr/local/lib/libproxychains4.so /usr/lib64/libproxychains4.so
+            /usr/lib/libproxychains4.so)
+    else
+        candidates=("/usr/lib/$arch-linux-gnu/libtsocks.so.1" /usr/lib64/libtsocks.so
+            /usr/lib/libtsocks.so /usr/local/lib/libtsocks.so)
+    fi
+    for candidate in "${candidates[@]}"; do
+        if [[ -f $candidate ]]; then
+            printf '%s' "$candidate"
+            return
+        fi
+    done
+    return 1
+}
+
+# One TCP connection to the pool's collector through the chain, as the payload
+# will make it (a bash /dev/tcp connect() under the same LD_PRELOAD).
+chain_probe() {
+    [[ -n $CHAIN_PROBE_HOST ]] || return 0
+    # shellcheck disable=SC2016  # $1 and $2 expand in the probing bash
+    env "${CHAIN_ENV[@]}" timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/$2"' \
+        chain-probe "$CHAIN_PROBE_HOST" "$CHAIN_PROBE_PORT" 2>/dev/null
+}
+
+chain_stage() {
+    local started library conf
+    started=$(now_us)
+    if [[ $CHAIN_TOOL == none ]]; then
+        stage_skipped chain "chain tool none"
+        return 0
+    fi
+    library=$(chain_library) ||
+        fail chain "$EXIT_CHAIN" "no $CHAIN_TOOL preload library found on" \
+            "$(hostname); install it or set chain.library"
+    [[ -f $library ]] || fail chain "$EXIT_CHAIN" "preload library $library not found"
+    if [[ $CONTAINER_RUNTIME != none && -z $CHAIN_LIBRARY ]]; then
+        # the container sees the work directory (bound) but not the host's /usr
+        if ! { mkdir -p "$DRONE_DIR/lib" && cp -- "$library" "$DRONE_DIR/lib/"; }; then
+            fail chain "$EXIT_CHAIN" "cannot copy $library into $DRONE_DIR/lib"
+        fi
+        library=$DRONE_DIR/lib/${library##*/}
+    fi
+    if [[ $CHAIN_TOOL == proxychains ]]; then
+        conf=$DRONE_DIR/proxychains.conf
+        write_proxychains_conf >"$conf" || fail chain "$EXIT_CHAIN" "cannot write $conf"
+        CHAIN_ENV=("LD_PRELOAD=$library" "PROXYCHAINS_CONF_FILE=$conf")
+        if ((CHAIN_QUIET)); then
+            CHAIN_ENV+=(PROXYCHAINS_QUIET_MODE=1)
+        fi
+    else
+        conf=$DRONE_DIR/tsocks.conf
+        write_tsocks_conf >"$conf" || fail chain "$EXIT_CHAIN" "cannot write $conf"
+        CHAIN_ENV=("LD_PRELOAD=$library" "TSOCKS_CONF_FILE=$conf")
+    fi
+    if ! wait_until "$CHAIN_READY_TIMEOUT_MS" chain_probe; then
+        fail chain "$EXIT_CHAIN" "the pool's collector $CHAIN_PROBE_HOST:$CHAIN_PROBE_PORT" \
+            "is not reachable through $CHAIN_ROUTE within" \
+            "$((CHAIN_READY_TIMEOUT_MS / 1000))s"
+    fi
+    stage_ready chain "$started"
+}

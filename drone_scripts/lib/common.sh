@@ -1,0 +1,156 @@
+# shellcheck shell=bash
+# common.sh: exit codes, log lines, timing and cleanup shared by every stage.
+# Plain bash (no template syntax): configured values reach it only through the
+# quoted settings block of drone.sh.j2.
+
+# One exit code per stage (docs/drone-script.md); 128+N for a signal.
+readonly EXIT_SETUP=5 EXIT_CVMFS=10 EXIT_TUNNEL=20 EXIT_CHAIN=30
+readonly EXIT_CONTAINER=40 EXIT_PAYLOAD=50
+
+DRONE_UUID=${TardisDroneUuid:-}
+DRONE_DIR=""
+DRONE_START_US=""
+CLEANUP=()
+
+# Microseconds since the epoch, without a fork (bash 5's EPOCHREALTIME).
+now_us() {
+    local now=${EPOCHREALTIME:-}
+    if [[ -z $now ]]; then
+        date +%s%6N
+        return
+    fi
+    printf '%s' "${now/[.,]/}"
+}
+
+# Seconds with two decimals since a now_us timestamp.
+seconds_since() {
+    local elapsed=$(($(now_us) - $1))
+    printf '%d.%02d' $((elapsed / 1000000)) $((elapsed % 1000000 / 10000))
+}
+
+# One timestamped line on stderr (Slurm puts it into the job's output).
+log() {
+    local now=${EPOCHREALTIME:-}
+    if [[ -z $now ]]; then
+        now=$(date +%s.%N)
+    fi
+    local seconds=${now%[.,]*} fraction=${now#*[.,]}
+    printf '%(%Y-%m-%dT%H:%M:%S)T.%s%(%z)T tardis-netadapter drone %s: %s\n' \
+        "$seconds" "${fraction:0:3}" "$seconds" "${DRONE_UUID:-unknown}" "$*" >&2
+}
+
+# The one line naming the failed stage, then the stage's exit code.
+fail() {
+    local stage=$1 code=$2
+    log "stage $stage failed: ${*:3}"
+    run_hook tna_stage "$stage" failed "${*:3}"
+    exit "$code"
+}
+
+# The line a stage logs when it is up, with its own and the script's time.
+stage_ready() {
+    local stage=$1 started=$2
+    log "stage $stage ready after $(seconds_since "$started")s" \
+        "($(seconds_since "$DRONE_START_US")s since start)"
+    run_hook tna_stage "$stage" ok
+}
+
+stage_skipped() {
+    local stage=$1
+    log "stage $stage skipped: ${*:2}"
+    run_hook tna_stage "$stage" skipped "${*:2}"
+}
+
+# Call a function if a sourced extension (e.g. lib/watchdog.sh) defines it.
+run_hook() {
+    if declare -F "$1" >/dev/null; then
+        "$@"
+    fi
+}
+
+# ~/x -> $HOME/x, so configured paths may be written relative to the home.
+expand_home() {
+    local path=$1
+    if [[ $path == \~ || $path == \~/* ]]; then
+        path=$HOME${path:1}
+    fi
+    printf '%s' "$path"
+}
+
+# Poll a command every 50 ms until it succeeds or the deadline (ms) passes.
+wait_until() {
+    local timeout_ms=$1 deadline
+    shift
+    deadline=$(($(now_us) + timeout_ms * 1000))
+    until "$@"; do
+        if (($(now_us) >= deadline)); then
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# True while something accepts TCP connections on 127.0.0.1:PORT.
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Stop a process (and, with -g, its process group): TERM, then KILL.
+stop_process() {
+    local target=$1 pid=${1#-} grace_ms=${2:-5000}
+    kill -TERM -- "$target" 2>/dev/null || return 0
+    if ! wait_until "$grace_ms" process_gone "$pid"; then
+        kill -KILL -- "$target" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null
+    return 0
+}
+
+process_gone() {
+    ! kill -0 "$1" 2>/dev/null
+}
+
+# Undo everything in reverse order of setup; runs once, on any exit.
+drone_cleanup() {
+    local status=$? index
+    trap - EXIT TERM INT HUP
+    for ((index = ${#CLEANUP[@]} - 1; index >= 0; index--)); do
+        "${CLEANUP[index]}"
+    done
+    if [[ -n $DRONE_DIR && -d $DRONE_DIR ]]; then
+        rm -rf -- "$DRONE_DIR"
+    fi
+    log "exiting with status $status"
+    exit "$status"
+}
+
+drone_signalled() {
+    local signal=$1 code=$2
+    log "received SIG$signal: stopping"
+    exit "$code"
+}
+
+# Traps, the per-drone identity from the environment and the work directory.
+drone_setup() {
+    DRONE_START_US=$(now_us)
+    trap drone_cleanup EXIT
+    trap 'drone_signalled TERM 143' TERM
+    trap 'drone_signalled INT 130' INT
+    trap 'drone_signalled HUP 129' HUP
+    if [[ ! $DRONE_UUID =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]]; then
+        fail setup "$EXIT_SETUP" "TardisDroneUuid is unset or not a plain name:" \
+            "'$DRONE_UUID' (the adapter exports it with sbatch --export)"
+    fi
+    local name value
+    for name in TardisDroneCores TardisDroneMemory TardisDroneDisk TardisDroneWalltime; do
+        value=${!name:-}
+        if [[ -n $value && ! $value =~ ^[0-9]+$ ]]; then
+            fail setup "$EXIT_SETUP" "$name='$value' is not a whole number"
+        fi
+    done
+    DRONE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tardis-drone.$DRONE_UUID.XXXXXX") ||
+        fail setup "$EXIT_SETUP" "cannot create a work directory in ${TMPDIR:-/tmp}"
+    mkdir -p "$DRONE_DIR/stages" "$DRONE_DIR/bin"
+    log "drone of site $SITE_NAME, machine type $MACHINE_TYPE, on $(hostname)," \
+        "job ${SLURM_JOB_ID:-none}, work directory $DRONE_DIR"
+}

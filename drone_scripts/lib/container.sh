@@ -1,0 +1,60 @@
+# shellcheck shell=bash
+# container.sh: the apptainer/singularity command line around the payload.
+# /cvmfs, the configured binds and the drone's work directory are bound; the
+# chain's and HTCondor's environment go in through an --env-file, so the
+# runtime itself never runs under the chain's LD_PRELOAD.
+
+CONTAINER_ARGV=()
+
+container_stage() {
+    local started image bind
+    started=$(now_us)
+    if [[ $CONTAINER_RUNTIME == none ]]; then
+        stage_skipped container "runtime none"
+        return 0
+    fi
+    image=$(expand_home "$CONTAINER_IMAGE")
+    if [[ $CVMFS_ACTIVE_MODE == singcvmfs ]]; then
+        command -v singularity >/dev/null ||
+            fail container "$EXIT_CONTAINER" "singcvmfs needs singularity in PATH"
+        CONTAINER_ARGV=("$CVMFS_TOOLS/singcvmfs" exec)
+    else
+        command -v "$CONTAINER_RUNTIME" >/dev/null ||
+            fail container "$EXIT_CONTAINER" "$CONTAINER_RUNTIME not found in PATH"
+        CONTAINER_ARGV=("$CONTAINER_RUNTIME" exec)
+    fi
+    if [[ $image != *://* && ! -e $image ]]; then
+        fail container "$EXIT_CONTAINER" "image $image not found"
+    fi
+    if ((CONTAINER_CONTAIN)); then
+        CONTAINER_ARGV+=(--contain)
+    fi
+    if ((CONTAINER_GPU)); then
+        CONTAINER_ARGV+=(--nv)
+    fi
+    case $CVMFS_ACTIVE_MODE in
+    mountrepo) CONTAINER_ARGV+=(--bind "$CVMFS_ROOT:/cvmfs") ;;
+    cvmfsexec) CONTAINER_ARGV+=(--bind /cvmfs) ;;
+    esac
+    for bind in "${CONTAINER_BINDS[@]}"; do
+        CONTAINER_ARGV+=(--bind "$(expand_home "$bind")")
+    done
+    CONTAINER_ARGV+=(--bind "$DRONE_DIR" --env-file "$DRONE_DIR/container.env" "$image")
+    stage_ready container "$started"
+}
+
+# NAME=VALUE words as a file of shell assignments (apptainer's --env-file).
+container_env_file() {
+    local assignment
+    for assignment in "$@"; do
+        if [[ ${assignment%%=*} =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
+            printf '%s=%s\n' "${assignment%%=*}" "$(quote_value "${assignment#*=}")"
+        fi
+    done
+}
+
+# A value in single quotes, readable by any POSIX shell.
+quote_value() {
+    local value=$1 quote="'" escaped="'\\''"
+    printf "'%s'" "${value//$quote/$escaped}"
+}

@@ -1,0 +1,114 @@
+# shellcheck shell=bash
+# cvmfs.sh: CVMFS without privileges through cvmfsexec's tools.
+#   mountrepo  mounts each repository under DIST/cvmfs now; unmounted on exit
+#   cvmfsexec  mounts them at /cvmfs in a namespace around the payload
+#   singcvmfs  mounts them inside the container (singularity --fusemount)
+#   auto       picks the first the worker supports, in that order of cleanliness:
+#              cvmfsexec (user namespaces), mountrepo (/dev/fuse), singcvmfs
+
+CVMFS_ACTIVE_MODE=none
+CVMFS_TOOLS=""
+CVMFS_ROOT=""
+CVMFS_MOUNTED=()
+
+# cvmfs resolves names itself, past the chain: the proxy is a numeric address,
+# written where every mode's cvmfs2 reads it (DIST/etc/cvmfs/default.d).
+cvmfs_write_config() {
+    local dist=$1 dir=$1/etc/cvmfs/default.d file text
+    file=$dir/90-tardis-netadapter.conf
+    text="# written by tardis-netadapter drones (settings of the Network profile)"$'\n'
+    text+="CVMFS_HTTP_PROXY=\"$CVMFS_HTTP_PROXY\""$'\n'
+    if [[ -n $CVMFS_SERVER_URL ]]; then
+        text+="CVMFS_SERVER_URL=\"$CVMFS_SERVER_URL\""$'\n'
+    fi
+    mkdir -p "$dir" || return 1
+    if [[ -f $file && $(<"$file")$'\n' == "$text" ]]; then
+        return 0
+    fi
+    printf '%s' "$text" >"$file.$$" && mv -f "$file.$$" "$file"
+}
+
+cvmfs_pick_mode() {
+    if [[ $CVMFS_MODE != auto ]]; then
+        printf '%s' "$CVMFS_MODE"
+    elif [[ -x $CVMFS_TOOLS/cvmfsexec ]] && unshare -U true 2>/dev/null; then
+        printf cvmfsexec
+    elif [[ -x $CVMFS_TOOLS/mountrepo && -r /dev/fuse && -w /dev/fuse ]]; then
+        printf mountrepo
+    elif [[ -x $CVMFS_TOOLS/singcvmfs && $CONTAINER_RUNTIME != none ]]; then
+        printf singcvmfs
+    else
+        return 1
+    fi
+}
+
+cvmfs_visible() {
+    local root=$1 repo
+    for repo in "${CVMFS_REPOSITORIES[@]}"; do
+        [[ -d $root/$repo ]] || return 1
+    done
+}
+
+cvmfs_unmount() {
+    local repo
+    for repo in "${CVMFS_MOUNTED[@]}"; do
+        if "$CVMFS_TOOLS/umountrepo" "$repo" >/dev/null 2>&1; then
+            log "cvmfs: unmounted $repo"
+        else
+            log "cvmfs: could not unmount $repo from $CVMFS_ROOT"
+        fi
+    done
+    CVMFS_MOUNTED=()
+}
+
+cvmfs_mountrepo() {
+    local repo status
+    CVMFS_ROOT=$(expand_home "$CVMFS_DIST")/cvmfs
+    CLEANUP+=(cvmfs_unmount)
+    for repo in "${CVMFS_REPOSITORIES[@]}"; do
+        timeout "$CVMFS_MOUNT_TIMEOUT_S" "$CVMFS_TOOLS/mountrepo" "$repo" >&2
+        status=$?
+        if ((status != 0)); then
+            fail cvmfs "$EXIT_CVMFS" "mountrepo $repo exited with status $status" \
+                "(proxy $CVMFS_HTTP_PROXY)"
+        fi
+        CVMFS_MOUNTED+=("$repo")
+    done
+    cvmfs_visible "$CVMFS_ROOT" ||
+        fail cvmfs "$EXIT_CVMFS" "repositories not visible under $CVMFS_ROOT after mounting"
+}
+
+cvmfs_stage() {
+    local started dist
+    started=$(now_us)
+    if [[ $CVMFS_MODE == none ]]; then
+        stage_skipped cvmfs "mode none"
+        return 0
+    fi
+    dist=$(expand_home "$CVMFS_DIST")
+    CVMFS_TOOLS=$(dirname -- "$dist")
+    [[ -d $dist ]] || fail cvmfs "$EXIT_CVMFS" "cvmfsexec distribution $dist not found"
+    CVMFS_ACTIVE_MODE=$(cvmfs_pick_mode) ||
+        fail cvmfs "$EXIT_CVMFS" "nothing can mount CVMFS on $(hostname):" \
+            "unshare -U fails (no unprivileged user namespaces), /dev/fuse is not" \
+            "usable and no container is configured for singcvmfs (tools in $CVMFS_TOOLS)"
+    [[ -x $CVMFS_TOOLS/$CVMFS_ACTIVE_MODE ]] ||
+        fail cvmfs "$EXIT_CVMFS" "$CVMFS_TOOLS/$CVMFS_ACTIVE_MODE not found or not executable"
+    cvmfs_write_config "$dist" ||
+        fail cvmfs "$EXIT_CVMFS" "cannot write the proxy configuration into $dist/etc/cvmfs"
+    export CVMFS_HTTP_PROXY
+    case $CVMFS_ACTIVE_MODE in
+    mountrepo)
+        cvmfs_mountrepo
+        stage_ready cvmfs "$started"
+        ;;
+    cvmfsexec | singcvmfs)
+        CVMFS_ROOT=/cvmfs
+        log "stage cvmfs prepared: $CVMFS_ACTIVE_MODE mounts" \
+            "${CVMFS_REPOSITORIES[*]} around the payload"
+        ;;
+    *)
+        fail cvmfs "$EXIT_CVMFS" "unknown mode $CVMFS_ACTIVE_MODE"
+        ;;
+    esac
+}
