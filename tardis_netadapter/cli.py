@@ -17,7 +17,10 @@ from typing import Optional
 from . import __version__
 from .schema import ConfigurationError
 
-COMMAND_MODULES: tuple[str, ...] = ("tardis_netadapter.lab.cli",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "tardis_netadapter.lab.cli",
+    "tardis_netadapter.commands.render",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
