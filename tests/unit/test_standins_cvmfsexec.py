@@ -354,3 +354,12 @@ def test_unprivileged_user_sees_slash_cvmfs(install, stratum, proxy):
     assert uid == "65534"
     assert "cvmfsexec stand-in mount" in "\n".join(rest)
     assert not (install / "dist/cvmfs" / REPO).exists()
+
+
+def test_cvmfsexec_usage_errors(install, stratum, proxy):
+    configure(install, proxy, stratum)
+    no_separator = run(install, "cvmfsexec", REPO, "true")
+    assert no_separator.returncode == 1 and "Usage: cvmfsexec" in no_separator.stderr
+    bad_name = run(install, "cvmfsexec", "../etc", "--", "true")
+    assert bad_name.returncode == 2 and "invalid repository name" in bad_name.stderr
+    assert run(install, "cvmfsexec", "-v").stdout.strip().endswith("standin")

@@ -603,3 +603,24 @@ def test_classad_evaluator():
     assert ev('"x" + 1') is status.ERROR
     with pytest.raises(SyntaxError):
         status.compile_expr("Cpus ==")
+
+
+def test_pool_request_client_mode(pool):
+    """`pool --request` is how a human (or the demo) pokes a running pool."""
+    cli = [PYTHON, str(STANDINS / "pool.py"), "--request", pool.address]
+    ok = subprocess.run(
+        [*cli, '{"op":"set_load","uuid":"*","load":0.5}'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"ok": True, "updated": 0}
+    bad = subprocess.run(
+        [*cli, '{"op":"drain","name":"ghost"}'],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 1
+    assert "no connected startd named ghost" in bad.stdout

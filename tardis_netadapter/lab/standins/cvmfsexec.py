@@ -73,6 +73,14 @@ class MountError(Exception):
         self.code = code
 
 
+class Interrupted(Exception):
+    """A stop signal arrived while cvmfsexec was still mounting."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def here() -> str:
     return os.path.abspath(os.path.dirname(sys.argv[0]))
 
@@ -420,18 +428,32 @@ def cvmfsexec_main(argv: list[str]) -> int:
     session = str(os.getpid())
     os.environ["CVMFSEXEC_SESSION"] = session
     mine: list[str] = []
-    for repo in repos:
-        try:
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, interrupted)
+    try:
+        for repo in repos:
             target = mountpoint(repo)
             fresh = read_marker(target) is None
-            mount(repo)
-        except (MountError, OSError) as exc:
-            print(f"Failed to mount {repo}: {exc}", file=sys.stderr)
-            for done in reversed(mine):
-                umount_quietly(done)
-            return getattr(exc, "code", EXIT_CATALOG)
-        if fresh:
-            mine.append(repo)
+            try:
+                mount(repo)
+            except (MountError, OSError) as exc:
+                print(f"Failed to mount {repo}: {exc}", file=sys.stderr)
+                for done in reversed(mine):
+                    umount_quietly(done)
+                return getattr(exc, "code", EXIT_CATALOG)
+            if fresh:
+                mine.append(repo)
+    except Interrupted as stop:
+        for done in reversed(mine):
+            umount_quietly(done)
+        return 128 + stop.signum
+    except MountError as exc:
+        print(f"Failed to mount: {exc}", file=sys.stderr)
+        return exc.code
 
     env = dict(os.environ)
     if nesting:

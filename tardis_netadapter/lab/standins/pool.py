@@ -3,6 +3,7 @@
 
 Usage: pool --listen HOST:PORT --state FILE [--pid-file F] [--name MACHINE]
             [--retire-seconds S] [--expiry-factor K] [--fresh] [-v]
+       pool --request HOST:PORT JSON     (client: one request, answer on stdout)
 
 Honoured: the part of the contract the lab depends on. A startd (the payload
 stand-in) opens ONE long-lived TCP connection, registers its TardisDroneUuid and
@@ -435,13 +436,35 @@ def raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def client(address: str, request: str) -> int:
+    """`pool --request HOST:PORT '{"op":"set_load",...}'` for humans and the demo."""
+    try:
+        host, port = parse_hostport(address)
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(request.strip().encode() + b"\n")
+            with sock.makefile("rb") as stream:
+                line = stream.readline()
+        answer = json.loads(line)
+    except (OSError, ValueError) as exc:
+        print(f"pool: request to {address} failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer, indent=1, sort_keys=True))
+    return 0 if isinstance(answer, dict) and answer.get("ok") else 1
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     global VERBOSE
     parser = argparse.ArgumentParser(
         prog="pool", description="HTCondor collector stand-in (JSON lines over TCP)"
     )
-    parser.add_argument("--listen", required=True, help="HOST:PORT (port 0: any)")
-    parser.add_argument("--state", required=True, help="JSON state file")
+    parser.add_argument("--listen", help="HOST:PORT (port 0: any)")
+    parser.add_argument("--state", help="JSON state file")
+    parser.add_argument(
+        "--request",
+        nargs=2,
+        metavar=("HOST:PORT", "JSON"),
+        help="client mode: send one request to a running pool, print the answer",
+    )
     parser.add_argument("--pid-file")
     parser.add_argument("--name", help="collector machine name (default: hostname)")
     parser.add_argument("--retire-seconds", type=float, default=3.0)
@@ -450,6 +473,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     VERBOSE = args.verbose
+    if args.request:
+        return client(*args.request)
+    if not args.listen or not args.state:
+        parser.error("--listen and --state are required to serve")
     try:
         parse_hostport(args.listen)
     except ValueError as exc:
