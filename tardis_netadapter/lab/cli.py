@@ -126,6 +126,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def _print_status(status: dict[str, Any]) -> None:
     print(f"lab {status['name']}: {'up' if status['up'] else 'down'}")
+    if not status["up"]:
+        return
     print(f"  state dir     {status['state_dir']}")
     print(f"  idle timeout  {status['idle_timeout']} s")
     print("  hosts:")

@@ -64,7 +64,7 @@ def slurm_conf(lab: L.LabLayout) -> str:
     )
     return f"""# tardis-netadapter lab {lab.name}: generated, do not edit
 ClusterName={lab.name}
-SlurmctldHost={socket.gethostname()}({L.LOGIN_SITE})
+SlurmctldHost={socket.gethostname().split(".")[0]}({L.LOGIN_SITE})
 SlurmctldPort={L.SLURMCTLD_PORT}
 SlurmdPort={L.SLURMD_PORT}
 SrunPortRange={L.SRUN_PORTS[0]}-{L.SRUN_PORTS[1]}
