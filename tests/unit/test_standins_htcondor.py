@@ -624,3 +624,38 @@ def test_pool_request_client_mode(pool):
     )
     assert bad.returncode == 1
     assert "no connected startd named ghost" in bad.stdout
+
+
+def test_startd_cron_attributes_reach_condor_status(tmp_path, pool, processes):
+    """The project's own STARTD_CRON knobs publish the watchdog's ad file."""
+    from tardis_netadapter.connectivity.startd_cron import (
+        environment,
+        startd_cron_knobs,
+    )
+
+    ad_file = tmp_path / "tna.ad"
+    ad_file.write_text(
+        'TnaVerdict = "connected"\nTnaFailingStage = undefined\n'
+        'TnaHeartbeatTime = 1700000000\nState = "Hijacked"\n'
+    )
+    env = dict(
+        payload_env(pool, "drone-i"), **environment(startd_cron_knobs(str(ad_file), 1))
+    )
+    start_payload(tmp_path, processes, env)
+    wait_for(connected(pool, "drone-i"), what="registration")
+    cmd = (
+        f"condor_status -af:t Machine State TnaVerdict TnaFailingStage TnaHeartbeatTime"
+        f" -constraint 'TnaVerdict =?= \"connected\"' -pool {pool.address}"
+    )
+
+    def row() -> str:
+        result = condor_status(cmd)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert wait_for(row, what="cron attributes") == (
+        "drone-i\tUnclaimed\tconnected\tundefined\t1700000000"
+    )
+    ad_file.write_text('TnaVerdict = "broken"\nTnaFailingStage = "tunnel"\n')
+    wait_for(lambda: pool.drone("drone-i")["attrs"].get("TnaVerdict") == '"broken"')
+    assert row() == "", "the constraint no longer matches"

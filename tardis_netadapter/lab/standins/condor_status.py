@@ -20,7 +20,8 @@ _CONDOR_COLLECTOR_HOST / COLLECTOR_HOST (default port 9618).
 The ads: only CONNECTED drones appear as startds, one partitionable slot each:
 Machine = STARTD_NAME or TardisDroneUuid, Name = slot1@<Machine>, State and
 Activity from the pool, TardisDroneUuid, Cpus/Memory/TotalSlot* from the
-registration, LoadAvg = the pool's load. Any -af argument that is not a plain
+registration, LoadAvg = the pool's load, plus the attributes the drone's
+STARTD_CRON jobs published (they cannot override the attributes above). Any -af argument that is not a plain
 attribute name (a ratio expression such as Real(TotalSlotCpus-Cpus)/TotalSlotCpus)
 evaluates to that drone's load (0..1, set with the pool's set_load op).
 -collector lists the pool itself; -master lists the pool (DaemonStartTime = the
@@ -442,13 +443,24 @@ def query_pool(host: str, port: int) -> dict[str, Any]:
     return answer
 
 
+def cron_value(text: str) -> Any:
+    """A STARTD_CRON attribute's expression, evaluated like a literal."""
+    try:
+        return compile_expr(text)({})
+    except (SyntaxError, RecursionError):
+        return text
+
+
 def startd_ad(drone: dict[str, Any]) -> dict[str, Any]:
     machine = drone.get("name") or drone.get("uuid") or drone.get("host") or "unknown"
     cpus = int(drone.get("cpus") or 1)
     memory = int(drone.get("memory") or 1024)
     load = float(drone.get("load") or 0.0)
     remote = drone.get("remote") or ""
+    attrs = drone.get("attrs") if isinstance(drone.get("attrs"), dict) else {}
+    cron = {str(k).lower(): cron_value(str(v)) for k, v in attrs.items()}
     return {
+        **cron,
         "mytype": "Machine",
         "machine": machine,
         "name": f"slot1@{machine}",

@@ -12,7 +12,11 @@ COLLECTOR_HOST (host[:port], default port 9618; falls back to CONDOR_HOST),
 CCB_ADDRESS (advertised), TardisDroneUuid (ClassAd string quotes stripped),
 STARTD_NAME, NUM_CPUS, MEMORY, CCB_HEARTBEAT_INTERVAL (default 1200; 0 turns
 heartbeats off as in HTCondor), UPDATE_INTERVAL (300), ALIVE_INTERVAL,
-STARTER_UPDATE_INTERVAL (300).
+STARTER_UPDATE_INTERVAL (300), STARTD_CRON_JOBLIST with each job's
+EXECUTABLE, ARGS, PERIOD (30, 30s, 5m, 1h), MODE (Periodic, OneShot) and
+PREFIX: jobs run on schedule and the `Attr = value` lines they print are
+published to the pool (on a short connection of their own, when they change
+and every UPDATE_INTERVAL), so `condor_status -af Attr` shows them.
 
 Model: a startd behind CCB keeps one long-lived TCP connection to the CCB
 server (usually the collector) and sends a heartbeat on it every
@@ -20,9 +24,10 @@ CCB_HEARTBEAT_INTERVAL seconds; that idle-looking connection is what an
 idle-timeout firewall kills. The stand-in opens that one connection to
 COLLECTOR_HOST with a plain socket.create_connection (so proxychains'
 LD_PRELOAD hooks it), registers, then heartbeats at CCB_HEARTBEAT_INTERVAL.
-UPDATE_INTERVAL and the other intervals are only advertised, not sent as
-separate traffic. A heartbeat unanswered within min(10 s, interval), a closed
-or failed connection means the pool is lost: one line
+UPDATE_INTERVAL and the other intervals are only advertised; the only other
+traffic is the short STARTD_CRON ad updates, never on the long-lived link.
+A heartbeat unanswered within min(10 s, interval), a closed or failed
+connection means the pool is lost: one line
 `condor_master stand-in: lost the pool at HOST:PORT: REASON` goes to stderr and
 the stand-in re-registers every --retry seconds (env TNA_PAYLOAD_RETRY,
 default 3) for up to --give-up seconds (env TNA_PAYLOAD_GIVE_UP, default
@@ -42,6 +47,7 @@ import re
 import select
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import Optional
@@ -184,6 +190,65 @@ def total_memory_mb() -> int:
     return 1024
 
 
+def seconds(text: str, default: float) -> float:
+    """HTCondor durations: `30`, `30s`, `5m`, `1h`."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text or "", re.I)
+    if not match:
+        return default
+    return (
+        float(match.group(1))
+        * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2).lower()]
+    )
+
+
+def cron_jobs(config: Config) -> list[dict]:
+    """STARTD_CRON_JOBLIST and each job's EXECUTABLE, ARGS, PERIOD, MODE, PREFIX."""
+    jobs = []
+    for name in re.split(r"[,\s]+", config.get("STARTD_CRON_JOBLIST") or ""):
+        if not name:
+            continue
+        knob = f"STARTD_CRON_{name}_"
+        executable = config.get(knob + "EXECUTABLE")
+        if not executable:
+            log(f"STARTD_CRON job {name} has no EXECUTABLE; skipped")
+            continue
+        mode = (config.get(knob + "MODE") or "Periodic").lower()
+        jobs.append(
+            {
+                "name": name,
+                "argv": [executable, *(config.get(knob + "ARGS") or "").split()],
+                "period": max(1.0, seconds(config.get(knob + "PERIOD") or "", 60)),
+                "prefix": config.get(knob + "PREFIX") or "",
+                "oneshot": mode == "oneshot",
+                "due": 0.0,
+                "attrs": {},
+            }
+        )
+    return jobs
+
+
+def run_cron_job(job: dict) -> Optional[dict[str, str]]:
+    """Run one job; its stdout is `Attr = expression` lines up to a `-` line."""
+    try:
+        result = subprocess.run(
+            job["argv"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=max(1.0, min(job["period"], 10.0)),
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log(f"STARTD_CRON job {job['name']} failed: {exc}")
+        return None
+    attrs: dict[str, str] = {}
+    for line in result.stdout.decode("utf-8", "replace").splitlines():
+        if line.startswith("-"):
+            break
+        match = re.match(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$", line)
+        if match:
+            attrs[job["prefix"] + match.group(1)] = match.group(2)
+    return attrs
+
+
 class Lost(Exception):
     """The pool stopped answering on the long-lived connection."""
 
@@ -221,6 +286,10 @@ class Payload:
             "collector_host": self.where,
             "pid": os.getpid(),
         }
+        self.update_interval = config.number("UPDATE_INTERVAL", 300)
+        self.cron_jobs = cron_jobs(config)
+        self.cron_attrs: dict[str, str] = {}
+        self.next_update = 0.0
         self.stop_requested = False
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_w, False)
@@ -312,20 +381,67 @@ class Payload:
                 f"registered with {self.where} as {self.key} (conn {answer.get('conn')})"
             )
             self.lost_since = None
+            self.next_update = 0.0  # publish cron attributes right away
+            forever = float("inf")
+            now = time.monotonic()
+            next_heartbeat = now + self.interval if self.interval > 0 else forever
             while True:
-                if self.interval > 0:
-                    deadline = time.monotonic() + self.interval
-                    while (left := deadline - time.monotonic()) > 0:
-                        if self.wait([sock.fileno()], left):
-                            self.read_some(sock)
+                self.cron_tick()
+                now = time.monotonic()
+                if now >= next_heartbeat:
                     self.send(sock, {"op": "heartbeat"})
                     ack = self.reply(sock, self.ack_timeout, "heartbeat")
                     self.note_state(ack)
-                else:
-                    if self.wait([sock.fileno()], None):
-                        self.read_some(sock)
+                    next_heartbeat = time.monotonic() + self.interval
+                    continue
+                due = min(next_heartbeat, self.cron_due())
+                timeout = None if due == forever else max(0.0, due - now)
+                if self.wait([sock.fileno()], timeout):
+                    self.read_some(sock)
         finally:
             sock.close()
+
+    # -- STARTD_CRON ----------------------------------------------------------
+    def cron_due(self) -> float:
+        """When the next cron job or ad update is due (monotonic clock)."""
+        due = [job["due"] for job in self.cron_jobs if job["due"] is not None]
+        if self.cron_attrs:
+            due.append(self.next_update)
+        return min(due, default=float("inf"))
+
+    def cron_tick(self) -> None:
+        """Run due STARTD_CRON jobs; publish their attributes when they change
+        and every UPDATE_INTERVAL, on a short connection of their own (as a
+        startd's ad updates to the collector are separate from its CCB link)."""
+        now = time.monotonic()
+        changed = False
+        for job in self.cron_jobs:
+            if job["due"] is not None and job["due"] <= now:
+                attrs = run_cron_job(job)
+                job["due"] = None if job["oneshot"] else now + job["period"]
+                if attrs is not None and attrs != job["attrs"]:
+                    job["attrs"], changed = attrs, True
+        if changed:
+            merged: dict[str, str] = {}
+            for job in self.cron_jobs:
+                merged.update(job["attrs"])
+            self.cron_attrs = merged
+        if self.cron_attrs and (changed or now >= self.next_update):
+            self.next_update = now + max(1.0, self.update_interval)
+            self.send_update()
+
+    def send_update(self) -> None:
+        msg = {"op": "update", "uuid": self.key, "attrs": self.cron_attrs}
+        try:
+            with socket.create_connection((self.host, self.port), timeout=10) as sock:
+                sock.settimeout(10)
+                sock.sendall(json.dumps(msg).encode() + b"\n")
+                with sock.makefile("rb") as stream:
+                    answer = json.loads(stream.readline() or b"null")
+            if not isinstance(answer, dict) or not answer.get("ok"):
+                raise ValueError(f"refused: {answer}")
+        except (OSError, ValueError) as exc:
+            log(f"ad update to {self.where} failed: {exc}")
 
     def note_state(self, ack: dict) -> None:
         state = (ack.get("state"), ack.get("activity"))

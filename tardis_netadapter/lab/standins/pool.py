@@ -27,6 +27,8 @@ Protocol: JSON objects, one per line, each answered with one JSON line.
   {"op":"query"}                        -> {"ok":true,"collector":{..},"drones":[..]}
   {"op":"drain","name":N[,"cancel":true]} -> {"ok":true,"drone":{..}}
   {"op":"set_load","uuid":"*"|U,"load":X} -> {"ok":true,"updated":K}
+  {"op":"update","uuid":U,"attrs":{"Name":"expr",..}} -> {"ok":true}
+                                        (STARTD_CRON attributes, own connection)
   {"op":"info"}                         -> {"ok":true,"machine":M,"start_time":T,..}
 Errors are answered {"ok":false,"error":"..."}; garbage never stops the pool.
 The state file (JSON, replaced atomically within ~50 ms of every change) holds
@@ -40,6 +42,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -273,6 +276,27 @@ class Pool:
             log(f"{name} is Drained/Idle")
             self.changed()
 
+    def update(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """STARTD_CRON attributes of a drone (ClassAd expressions as text)."""
+        target = msg.get("uuid")
+        record = self.records.get(target) if isinstance(target, str) else None
+        if record is None:
+            raise ValueError(f"unknown drone {target!r}")
+        attrs = msg.get("attrs")
+        if not isinstance(attrs, dict) or len(attrs) > 200:
+            raise ValueError("attrs must be an object of at most 200 attributes")
+        for name, value in attrs.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"bad attribute name {name!r}")
+            if not isinstance(value, str) or len(value) > 4096:
+                raise ValueError(f"attribute {name}: value must be a short string")
+        record["attrs"] = attrs
+        record["attrs_updated_at"] = time.time()
+        if VERBOSE:
+            log(f"ad update from {target}: {len(attrs)} attribute(s)")
+        self.changed()
+        return {"ok": True}
+
     def set_load(self, msg: dict[str, Any]) -> dict[str, Any]:
         target = msg.get("uuid")
         load = float(_number(msg.get("load"), 0.0, 0.0))
@@ -336,6 +360,8 @@ class Pool:
                 return dict(self.collector_info(), ok=True), key
             if op == "drain":
                 return self.drain(msg), key
+            if op == "update":
+                return self.update(msg), key
             if op == "set_load":
                 return self.set_load(msg), key
             raise ValueError(f"unknown op {op!r}")
