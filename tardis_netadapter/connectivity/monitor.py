@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from typing import Optional
+from typing import Any, Optional
 
-from .collect import HeartbeatStore, cleanup_command, combine_command, split_output
+from .collect import (
+    Collection,
+    HeartbeatProbe,
+    HeartbeatStore,
+    cleanup_command,
+    combine_command,
+    split_output,
+)
+from .heartbeat import UUID_PATTERN
 from .verdict import Judgement, SlurmView, Timing, Verdict, judge
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
@@ -28,6 +36,8 @@ class SiteMonitor:
         self.store = HeartbeatStore()
         self.first_running: dict[str, float] = {}
         self.judgements: dict[str, Judgement] = {}
+        self.probe = HeartbeatProbe(heartbeat_dir, timeout)
+        self._observed: Any = None  # the snapshot itself: ids get reused
 
     def command(self, batch_command: str) -> str:
         """The poller's batch status command with the heartbeat collection appended."""
@@ -40,6 +50,41 @@ class SiteMonitor:
         if not collection.complete:
             logger.info("heartbeat collection incomplete this cycle; verdicts wait")
         return batch_part
+
+    def observe(
+        self,
+        snapshot: Any,
+        collector: Optional[set[str]] = None,
+        running_for: Optional[Mapping[str, float]] = None,
+    ) -> dict[str, Judgement]:
+        """Ingest a SitePoller snapshot and judge every drone job in it.
+
+        Duck-typed on ``batch.slurm.StatusSnapshot``: ``jobs`` (objects with
+        ``name`` and ``state``) and ``extras[self.probe.name]`` (a Collection).
+        Observing the same snapshot twice does nothing new. ``running_for``
+        (job name -> seconds, from ``ElapsedProbe``) gives start times.
+        """
+        if self._observed is snapshot:
+            return self.judgements
+        self._observed = snapshot
+        extras = getattr(snapshot, "extras", None) or {}
+        collection = extras.get(self.probe.name)
+        if isinstance(collection, Collection):
+            self.store.update(collection)
+        running_for = running_for or extras.get("elapsed") or {}
+        views: dict[str, SlurmView] = {}
+        for job in getattr(snapshot, "jobs", {}).values():
+            name = getattr(job, "name", "")
+            if not UUID_PATTERN.match(name or ""):
+                continue
+            running = getattr(job, "state", "") == "RUNNING"
+            if name in views and views[name].running:
+                continue  # an older job of a resubmitted drone
+            started = None
+            if running and name in running_for and self.store.now is not None:
+                started = self.store.now - running_for[name]
+            views[name] = SlurmView(running, started)
+        return self.judge(views, collector)
 
     def judge(
         self,

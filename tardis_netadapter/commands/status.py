@@ -1,0 +1,181 @@
+"""``tardis-netadapter status CONFIG``: each drone's path to the pool, right now.
+
+Runs the same single executor call as the adapter's poller (squeue with the
+heartbeat collection appended, plus squeue's TimeUsed for start times), judges
+every drone with the adapter's own verdict function and prints a table, or JSON
+with stable keys (``--json``). Nothing is changed at the site.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+
+from ..connectivity.collect import ElapsedProbe
+from ..connectivity.collector_view import collector_uuids
+from ..connectivity.monitor import SiteMonitor
+from ..connectivity.report import StatusRow, make_row, render_table, to_json
+from ..connectivity.verdict import Timing
+from ..schema import ConfigurationError
+
+logger = logging.getLogger("cobald.runtime.tardis.netadapter.status")
+
+_EXECUTORS = {
+    "SSHExecutor": "tardis.utilities.executors.sshexecutor:SSHExecutor",
+    "DupingSSHExecutor": "tardis.utilities.executors.sshexecutor:DupingSSHExecutor",
+    "ShellExecutor": "tardis.utilities.executors.shellexecutor:ShellExecutor",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``status``."""
+    parser = subparsers.add_parser(
+        "status",
+        help="show each drone's connectivity verdict at a site",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("config", type=Path, help="cobald.yml or TARDIS YAML")
+    parser.add_argument("--site", help="site name (default: the only NetSlurm site)")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="list every job of the account, not only this site's drones",
+    )
+    parser.add_argument(
+        "--collector",
+        action="store_true",
+        help="also ask the pool's collector (htcondor2) which drones have a startd ad",
+    )
+    parser.set_defaults(func=run)
+
+
+def build_executor(spec: Any) -> Any:
+    """A TARDIS executor from the config's (inert) ``executor:`` entry."""
+    from ..siteconfig import Tagged
+
+    if spec is None:
+        return _load(_EXECUTORS["ShellExecutor"])()
+    if not isinstance(spec, Tagged):
+        raise ConfigurationError(
+            [f"executor: got {spec!r}; expected a tagged executor such as !SSHExecutor"]
+        )
+    name = spec.tag.lstrip("!")
+    name = name[len("Tardis") :] if name.startswith("Tardis") else name
+    if name not in _EXECUTORS:
+        raise ConfigurationError(
+            [
+                f"executor: {spec.tag} is not supported by status; use one of "
+                + ", ".join(sorted(_EXECUTORS))
+            ]
+        )
+    cls = _load(_EXECUTORS[name])
+    if isinstance(spec.value, Mapping):
+        return cls(**dict(spec.value))
+    return cls()
+
+
+def _load(path: str) -> Any:
+    from importlib import import_module
+
+    module, _, attribute = path.partition(":")
+    return getattr(import_module(module), attribute)
+
+
+def _site_name(config: Path, requested: Optional[str]) -> str:
+    from ..siteconfig import ADAPTER_NAME, read_yaml, tardis_section
+
+    if requested:
+        return requested
+    tardis, source = tardis_section(read_yaml(config), config)
+    names = [
+        str(site.get("name"))
+        for site in tardis.get("Sites") or []
+        if isinstance(site, Mapping) and site.get("adapter") == ADAPTER_NAME
+    ]
+    if len(names) != 1:
+        raise ConfigurationError(
+            [
+                f"{source}: Sites: {len(names)} {ADAPTER_NAME} sites "
+                f"({', '.join(names) or 'none'}); choose one with --site"
+            ]
+        )
+    return names[0]
+
+
+async def collect_rows(
+    executor: Any,
+    site: str,
+    monitor: SiteMonitor,
+    timeout: Optional[float],
+    collector: Optional[str] = None,
+    all_jobs: bool = False,
+) -> list[StatusRow]:
+    """One poller call (squeue + heartbeats + TimeUsed), then a row per drone."""
+    from ..batch.slurm import SitePoller
+
+    poller = SitePoller(
+        executor,
+        timeout=timeout,
+        probes=[monitor.probe, ElapsedProbe()],
+        name=site,
+    )
+    snapshot = await poller.refresh()
+    uuids = await collector_uuids(collector) if collector else None
+    judgements = monitor.observe(snapshot, collector=uuids)
+    prefix = f"{site.lower()}-"
+    rows = []
+    for job in sorted(snapshot.jobs.values(), key=lambda j: (j.name, j.job_id)):
+        if not all_jobs and not job.name.startswith(prefix):
+            continue
+        judgement = judgements.get(job.name)
+        if judgement is None:
+            continue
+        rows.append(
+            make_row(
+                job.name, job.job_id, job.state, judgement, monitor.store.get(job.name)
+            )
+        )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``status`` command; exit 0, 1 if the site could not be asked."""
+    from ..siteconfig import load_site_from_file
+
+    site = _site_name(args.config, args.site)
+    found = load_site_from_file(args.config, site)
+    settings = found.settings
+    monitoring = settings.profile.monitoring
+    if not monitoring.enabled:
+        print(f"{site}: Network.monitoring.enabled is false; no heartbeats to show")
+    executor = build_executor(found.tardis[site].get("executor"))
+    monitor = SiteMonitor(monitoring.heartbeat_dir, Timing.from_budget(settings.budget))
+    collector = settings.profile.pool.collector if args.collector else None
+    try:
+        rows = asyncio.run(
+            collect_rows(
+                executor,
+                site,
+                monitor,
+                settings.command_timeout,
+                collector,
+                args.all,
+            )
+        )
+    except Exception as error:  # any failure to reach the site: say so, no traceback
+        print(
+            f"tardis-netadapter status: {site}: cannot ask the site: {error!r}",
+            file=sys.stderr,
+        )
+        return 1
+    if args.json:
+        print(to_json(rows, site, monitor.store.now))
+    else:
+        sys.stdout.write(render_table(rows, site))
+    return 0

@@ -1,0 +1,134 @@
+"""The rows ``tardis-netadapter status`` shows, as a terminal table or JSON.
+
+Pure functions of the rows so the rendering is tested without a site; the JSON
+keys are a stable interface for scripts (``SCHEMA_VERSION`` changes when they do).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from .heartbeat import Heartbeat
+from .verdict import Judgement, Verdict
+
+SCHEMA_VERSION = 1
+
+COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uuid", "DRONE"),
+    ("job_id", "JOB"),
+    ("slurm_state", "SLURM"),
+    ("verdict", "VERDICT"),
+    ("heartbeat_age", "HB AGE"),
+    ("failing_stage", "STAGE"),
+    ("latency_ms", "LATENCY"),
+    ("reason", "REASON"),
+)
+REASON_WIDTH = 60
+
+
+@dataclass(frozen=True)
+class StatusRow:
+    """One drone as the status command shows it."""
+
+    uuid: str
+    job_id: Optional[str]
+    slurm_state: str
+    verdict: str
+    heartbeat_age: Optional[float] = None
+    failing_stage: Optional[str] = None
+    latency_ms: Optional[float] = None
+    reason: str = ""
+    host: Optional[str] = None
+    restarts: int = 0
+    in_collector: Optional[bool] = None
+
+
+def make_row(
+    uuid: str,
+    job_id: Optional[str],
+    slurm_state: str,
+    judgement: Judgement,
+    heartbeat: Optional[Heartbeat],
+) -> StatusRow:
+    """Combine a verdict with the record it was made from."""
+    return StatusRow(
+        uuid=uuid,
+        job_id=job_id,
+        slurm_state=slurm_state,
+        verdict=judgement.verdict.value,
+        heartbeat_age=judgement.heartbeat_age,
+        failing_stage=judgement.failing_stage,
+        latency_ms=judgement.latency_ms,
+        reason=judgement.reason,
+        host=heartbeat.host if heartbeat else None,
+        restarts=heartbeat.restarts if heartbeat else 0,
+        in_collector=judgement.in_collector,
+    )
+
+
+def _age(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _cell(key: str, row: StatusRow) -> str:
+    value = getattr(row, key)
+    if key == "heartbeat_age":
+        return _age(value)
+    if key == "latency_ms":
+        return "-" if value is None else f"{value:.1f}ms"
+    if key == "reason":
+        text = " ".join(str(value).split())  # no control characters in a terminal
+        return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 3] + "..."
+    text = "-" if value is None or value == "" else str(value)
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def counts(rows: Sequence[StatusRow]) -> dict[str, int]:
+    """Drones per verdict, every verdict present."""
+    result = {v.value: 0 for v in Verdict}
+    for row in rows:
+        result[row.verdict] = result.get(row.verdict, 0) + 1
+    return result
+
+
+def render_table(rows: Sequence[StatusRow], site: str = "") -> str:
+    """An aligned plain-text table with a one-line summary; no colour, no wrapping."""
+    cells = [[title for _, title in COLUMNS]]
+    cells += [[_cell(key, row) for key, _ in COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+        for line in cells
+    ]
+    summary = ", ".join(f"{n} {v}" for v, n in counts(rows).items() if n)
+    title = f"{site}: " if site else ""
+    lines.append(f"{title}{len(rows)} drone(s){': ' + summary if summary else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(
+    rows: Sequence[StatusRow],
+    site: str,
+    site_time: Optional[float],
+    extra: Optional[Mapping[str, Any]] = None,
+) -> str:
+    """The stable machine-readable form: {schema, site, site_time, counts, drones}."""
+    document = {
+        "schema": SCHEMA_VERSION,
+        "site": site,
+        "site_time": site_time,
+        "counts": counts(rows),
+        "drones": [asdict(row) for row in rows],
+    }
+    document.update(extra or {})
+    return json.dumps(document, indent=2, sort_keys=True)

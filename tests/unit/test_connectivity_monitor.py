@@ -1,0 +1,456 @@
+"""SiteMonitor through the real SitePoller and a shell, collector view, metrics, status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from aioprometheus import Registry, render
+
+from tardis_netadapter import cli
+from tardis_netadapter.batch.slurm import SitePoller
+from tardis_netadapter.connectivity.collect import (
+    BEGIN,
+    END,
+    ElapsedProbe,
+    parse_collection,
+)
+from tardis_netadapter.connectivity.collector_view import (
+    collector_uuids,
+    uuids_from_ads,
+)
+from tardis_netadapter.connectivity.metrics import ConnectivityMetrics
+from tardis_netadapter.connectivity.monitor import SiteMonitor
+from tardis_netadapter.connectivity.report import (
+    COLUMNS,
+    StatusRow,
+    make_row,
+    render_table,
+    to_json,
+)
+from tardis_netadapter.connectivity.startd_cron import environment, startd_cron_knobs
+from tardis_netadapter.connectivity.verdict import Judgement, Timing, Verdict
+
+TIMING = Timing(interval=30, grace=120, connect_deadline=600)
+
+
+def record(uuid: str, time_: float, ok: bool = True, **extra) -> dict:
+    data = {
+        "v": 1,
+        "uuid": uuid,
+        "time": time_,
+        "seq": 1,
+        "probes": [
+            {"endpoint": "cm:9618", "ok": ok, "latency_ms": 8.5 if ok else None}
+        ],
+        "last_ok": time_ if ok else extra.pop("last_ok", None),
+        "failing_stage": None if ok else "chain",
+    }
+    data.update(extra)
+    return data
+
+
+class ShellExecutor:
+    """Runs commands like TARDIS's ShellExecutor (sh, stdout stripped), counting calls."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.calls = 0
+
+    async def run_command(self, command: str, stdin_input=None):
+        self.calls += 1
+        result = subprocess.run(
+            ["/bin/sh", "-c", command],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        return SimpleNamespace(
+            stdout=result.stdout.strip(), stderr=result.stderr, exit_code=0
+        )
+
+
+@pytest.fixture
+def login(tmp_path: Path) -> dict:
+    """A fake login node: squeue on PATH answering both formats, a heartbeat dir."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    jobs = tmp_path / "jobs.txt"  # id|state|name|elapsed
+    (bin_dir / "squeue").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in\n'
+        f"  *%M*) awk -F'|' '$2==\"RUNNING\" {{print $4\"|\"$3}}' {jobs} ;;\n"
+        f"  *) awk -F'|' '{{print $1\"|\"$2\"|wn1|None|\"$3}}' {jobs} ;;\n"
+        "esac\n"
+    )
+    (bin_dir / "squeue").chmod(0o755)
+    home = tmp_path / "home"
+    (home / "hb").mkdir(parents=True)
+    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    return {"jobs": jobs, "hb": home / "hb", "env": env, "tmp": tmp_path}
+
+
+def write_heartbeat(login: dict, data: dict) -> None:
+    (login["hb"] / f"{data['uuid']}.json").write_text(json.dumps(data) + "\n")
+
+
+def test_one_executor_call_gives_squeue_heartbeats_and_verdicts(login):
+    now = time.time()
+    login["jobs"].write_text(
+        "11|RUNNING|netlab-aaa|1:00:00\n"
+        "12|RUNNING|netlab-bbb|1:00:00\n"
+        "13|RUNNING|netlab-ccc|0:30\n"
+        "14|RUNNING|netlab-ddd|1:00:00\n"
+        "15|PENDING|netlab-eee|0:00\n"
+    )
+    write_heartbeat(login, record("netlab-aaa", now - 5))
+    write_heartbeat(
+        login,
+        record(
+            "netlab-bbb", now - 5, ok=False, last_ok=now - 500, failing_since=now - 490
+        ),
+    )
+    write_heartbeat(login, record("netlab-gone", now - 9999))
+    executor = ShellExecutor(login["env"])
+    monitor = SiteMonitor("~/hb", TIMING)
+    poller = SitePoller(executor, probes=[monitor.probe, ElapsedProbe()], name="NetLab")
+    snapshot = asyncio.run(poller.refresh())
+    assert executor.calls == 1
+    assert sorted(snapshot.jobs) == ["11", "12", "13", "14", "15"]
+    judgements = monitor.observe(snapshot)
+    verdicts = {uuid: j.verdict for uuid, j in judgements.items()}
+    assert verdicts == {
+        "netlab-aaa": Verdict.CONNECTED,
+        "netlab-bbb": Verdict.LOST,
+        "netlab-ccc": Verdict.CONNECTING,  # 30 s running, no heartbeat yet
+        "netlab-ddd": Verdict.NEVER_CONNECTED,  # an hour running, never a heartbeat
+        "netlab-eee": Verdict.PENDING,
+    }
+    assert monitor.terminal() == ["netlab-bbb", "netlab-ddd"]
+    assert monitor.judgement("netlab-aaa").latency_ms == 8.5
+    assert monitor.observe(snapshot) is monitor.judgements  # same snapshot: no work
+    command = monitor.forget(["netlab-gone", "netlab-bbb"])
+    subprocess.run(["/bin/sh", "-c", command], env=login["env"], check=True)
+    assert sorted(p.name for p in login["hb"].iterdir()) == ["netlab-aaa.json"]
+    assert monitor.judgement("netlab-bbb") is None
+    assert monitor.counts()["never-connected"] == 1
+
+
+def test_first_seen_running_starts_the_deadline():
+    monitor = SiteMonitor("~/hb", TIMING)
+    job = SimpleNamespace(name="netlab-aaa", state="RUNNING", job_id="1")
+
+    def snapshot(site_time: float):
+        collection = parse_collection(f"{BEGIN} {site_time}\n{END}")
+        return SimpleNamespace(jobs={"1": job}, extras={"heartbeats": collection})
+
+    assert monitor.observe(snapshot(1000))["netlab-aaa"].verdict is Verdict.CONNECTING
+    assert monitor.observe(snapshot(1600))["netlab-aaa"].verdict is Verdict.CONNECTING
+    assert (
+        monitor.observe(snapshot(1601))["netlab-aaa"].verdict is Verdict.NEVER_CONNECTED
+    )
+
+
+def test_no_complete_collection_concludes_nothing():
+    monitor = SiteMonitor("~/hb", TIMING)
+    job = SimpleNamespace(name="netlab-aaa", state="RUNNING", job_id="1")
+    cut = parse_collection(f"{BEGIN} 5000\n")  # no END: cut short
+    judgements = monitor.observe(
+        SimpleNamespace(jobs={"1": job}, extras={"heartbeats": cut})
+    )
+    assert judgements["netlab-aaa"].verdict is Verdict.CONNECTING
+
+
+def test_resubmitted_drone_uses_its_running_job():
+    monitor = SiteMonitor("~/hb", TIMING)
+    jobs = {
+        "1": SimpleNamespace(name="netlab-aaa", state="RUNNING", job_id="1"),
+        "2": SimpleNamespace(name="netlab-aaa", state="CANCELLED", job_id="2"),
+        "3": SimpleNamespace(name="not a drone/..", state="RUNNING", job_id="3"),
+    }
+    collection = parse_collection(f"{BEGIN} 100\n{END}")
+    judgements = monitor.observe(
+        SimpleNamespace(jobs=jobs, extras={"heartbeats": collection})
+    )
+    assert list(judgements) == ["netlab-aaa"]
+    assert judgements["netlab-aaa"].verdict is Verdict.CONNECTING
+
+
+# -- collector view --------------------------------------------------------------
+
+
+class Ad(dict):
+    pass
+
+
+async def test_collector_view_from_fake_query():
+    ads = [
+        Ad(TardisDroneUuid="netlab-aaa", Name="slot1@wn1"),
+        Ad(Name="other"),
+        Ad(TardisDroneUuid=5),
+    ]
+    assert await collector_uuids("cm:9618", query=lambda address: ads) == {"netlab-aaa"}
+
+
+async def test_collector_failure_is_unknown():
+    def broken(address):
+        raise RuntimeError("Failed communication with collector")
+
+    assert await collector_uuids("cm:9618", query=broken) is None
+    assert await collector_uuids("", query=broken) is None
+
+
+async def test_collector_timeout_is_unknown():
+    def slow(address):
+        time.sleep(1)
+        return []
+
+    start = time.monotonic()
+    assert await collector_uuids("cm:9618", timeout=0.1, query=slow) is None
+    assert time.monotonic() - start < 0.9
+
+
+async def test_real_bindings_with_nothing_listening_are_unknown():
+    """htcondor2 against a closed loopback port: fails fast, reported as unknown."""
+    pytest.importorskip("htcondor2")
+    assert await collector_uuids("127.0.0.1:1", timeout=20) is None
+
+
+def test_uuids_from_strange_ads():
+    class Broken:
+        def get(self, key):
+            raise KeyError(key)
+
+    assert uuids_from_ads([Broken(), Ad(TardisDroneUuid="x")]) == {"x"}
+
+
+# -- metrics ---------------------------------------------------------------------
+
+
+def test_metrics_values():
+    registry = Registry()
+    metrics = ConnectivityMetrics(registry)
+    judgements = {
+        "a": Judgement(Verdict.CONNECTED, "", None, 10.0, 8.5),
+        "b": Judgement(Verdict.LOST, "", "chain", 300.0),
+        "c": Judgement(Verdict.PENDING, "", None, 9999.0),
+    }
+    parsed = parse_collection(
+        f"{BEGIN} 1000\n"
+        + json.dumps(record("a", 990))
+        + "\n"
+        + json.dumps(record("b", 700, ok=False, last_ok=600))
+        + f"\n{END}"
+    )
+    metrics.update("NetLab", judgements, parsed.records)
+    metrics.update("NetLab", judgements, parsed.records)  # same records: observed once
+    assert metrics.drones.get({"site": "NetLab", "verdict": "connected"}) == 1
+    assert metrics.drones.get({"site": "NetLab", "verdict": "lost"}) == 1
+    assert metrics.drones.get({"site": "NetLab", "verdict": "degraded"}) == 0
+    assert metrics.heartbeat_age.get({"site": "NetLab"}) == 300.0  # pending ignored
+    summary = metrics.latency.get({"site": "NetLab", "endpoint": "cm:9618"})
+    assert summary["count"] == 1 and summary["sum"] == 8.5
+    assert metrics.probe_failures.get({"site": "NetLab", "endpoint": "cm:9618"}) == 1
+    text, _ = render(registry, [])
+    assert b'tna_drones{site="NetLab",verdict="lost"} 1' in text
+
+
+def test_metrics_use_a_private_registry():
+    ConnectivityMetrics()
+    ConnectivityMetrics()  # a second instance must not clash on metric names
+
+
+# -- startd cron -----------------------------------------------------------------
+
+
+def test_startd_cron_knobs():
+    knobs = startd_cron_knobs("/tmp/tna-x/tna.ad", 30, existing_joblist="GLIDEIN")
+    assert knobs == {
+        "STARTD_CRON_JOBLIST": "GLIDEIN TNA",
+        "STARTD_CRON_TNA_EXECUTABLE": "/bin/cat",
+        "STARTD_CRON_TNA_ARGS": "/tmp/tna-x/tna.ad",
+        "STARTD_CRON_TNA_PERIOD": "30s",
+        "STARTD_CRON_TNA_MODE": "Periodic",
+    }
+    assert environment(knobs)["_CONDOR_STARTD_CRON_TNA_PERIOD"] == "30s"
+    for bad in ("/tmp/a b", "", '/x"y'):
+        with pytest.raises(ValueError, match="blanks"):
+            startd_cron_knobs(bad, 30)
+    with pytest.raises(ValueError, match="period"):
+        startd_cron_knobs("/x", 0)
+
+
+def test_startd_cron_knobs_parse_in_htcondor():
+    condor_knobs = pytest.importorskip("tardis_netadapter.condor_knobs")
+    knobs = startd_cron_knobs("/tmp/tna-x/tna.ad", 30)
+    assert condor_knobs.read_back(knobs) == knobs
+
+
+# -- status rendering ------------------------------------------------------------
+
+ROWS = [
+    StatusRow(
+        "netlab-aaa", "11", "RUNNING", "connected", 4.2, None, 8.53, "probes answered"
+    ),
+    StatusRow(
+        "netlab-bbb",
+        "12",
+        "RUNNING",
+        "lost",
+        7300.0,
+        "chain",
+        None,
+        "failing for 490s > grace 120s: " + "x" * 100 + "\nsecond line",
+    ),
+    StatusRow("netlab-ccc", "13", "PENDING", "pending"),
+]
+
+
+def test_render_table():
+    text = render_table(ROWS, "NetLab")
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "DRONE",
+        "JOB",
+        "SLURM",
+        "VERDICT",
+        "HB",
+        "AGE",
+        "STAGE",
+        "LATENCY",
+        "REASON",
+    ]
+    assert lines[1].split()[:7] == [
+        "netlab-aaa",
+        "11",
+        "RUNNING",
+        "connected",
+        "4s",
+        "-",
+        "8.5ms",
+    ]
+    assert lines[2].split()[:6] == [
+        "netlab-bbb",
+        "12",
+        "RUNNING",
+        "lost",
+        "2h01m",
+        "chain",
+    ]
+    assert lines[2].endswith("...") and "second line" not in text
+    assert lines[3].split()[:5] == ["netlab-ccc", "13", "PENDING", "pending", "-"]
+    assert lines[-1] == "NetLab: 3 drone(s): 1 pending, 1 connected, 1 lost"
+    # columns align: every row's VERDICT starts where the header's does
+    column = lines[0].index("VERDICT")
+    assert all(line[column - 2 : column] == "  " for line in lines[1:4])
+
+
+def test_render_empty_table():
+    assert render_table([], "NetLab").splitlines()[-1] == "NetLab: 0 drone(s)"
+
+
+def test_json_keys_are_stable():
+    document = json.loads(to_json(ROWS, "NetLab", 1000.0))
+    assert set(document) == {"schema", "site", "site_time", "counts", "drones"}
+    assert document["schema"] == 1 and document["counts"]["lost"] == 1
+    assert set(document["drones"][0]) == {
+        "uuid",
+        "job_id",
+        "slurm_state",
+        "verdict",
+        "heartbeat_age",
+        "failing_stage",
+        "latency_ms",
+        "reason",
+        "host",
+        "restarts",
+        "in_collector",
+    }
+    assert {key for key, _ in COLUMNS} <= set(document["drones"][0])
+
+
+def test_make_row_carries_record_facts():
+    from tardis_netadapter.connectivity.heartbeat import Heartbeat
+
+    row = make_row(
+        "d",
+        "1",
+        "RUNNING",
+        Judgement(Verdict.DEGRADED, "r", "tunnel", 3.0, None, False),
+        Heartbeat("d", 1.0, host="wn7", restarts=2),
+    )
+    assert (row.host, row.restarts, row.verdict, row.in_collector) == (
+        "wn7",
+        2,
+        "degraded",
+        False,
+    )
+
+
+# -- the status command end to end -----------------------------------------------
+
+CONFIG = """\
+Sites:
+  - name: NetLab
+    adapter: NetSlurm
+    quota: 10
+NetLab:
+  executor: !TardisShellExecutor {{}}
+  MachineTypes: [small]
+  MachineTypeConfiguration:
+    small: {{Walltime: "60", Partition: batch}}
+  MachineMetaData:
+    small: {{Cores: 1, Memory: 2, Disk: 4}}
+  Network:
+    mode: direct
+    chain: {{tool: none}}
+    pool: {{collector: "cm.example.org:9618"}}
+    monitoring: {{heartbeat_dir: "{hb}"}}
+"""
+
+
+def test_status_command(login, capsys, monkeypatch):
+    now = time.time()
+    login["jobs"].write_text(
+        "21|RUNNING|netlab-aaa|10:00\n22|RUNNING|netlab-bbb|2:00:00\n30|RUNNING|other|1:00\n"
+    )
+    write_heartbeat(login, record("netlab-aaa", now - 3))
+    config = login["tmp"] / "cobald.yml"
+    config.write_text(CONFIG.format(hb=login["hb"]))
+    monkeypatch.setenv("PATH", login["env"]["PATH"])
+    assert cli.main(["status", str(config), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["site"] == "NetLab"
+    verdicts = {d["uuid"]: (d["verdict"], d["job_id"]) for d in document["drones"]}
+    assert verdicts == {
+        "netlab-aaa": ("connected", "21"),
+        "netlab-bbb": ("never-connected", "22"),
+    }
+    assert cli.main(["status", str(config)]) == 0
+    table = capsys.readouterr().out
+    assert "netlab-bbb" in table and "never-connected" in table and "other" not in table
+
+
+def test_status_unreachable_site_is_an_error_not_a_traceback(
+    login, capsys, monkeypatch
+):
+    config = login["tmp"] / "cobald.yml"
+    config.write_text(CONFIG.format(hb=login["hb"]))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert cli.main(["status", str(config), "--site", "NetLab"]) == 1
+    assert "cannot ask the site" in capsys.readouterr().err
+
+
+def test_status_names_a_missing_site(login, capsys):
+    config = login["tmp"] / "cobald.yml"
+    config.write_text(CONFIG.format(hb=login["hb"]))
+    assert cli.main(["status", str(config), "--site", "Nowhere"]) == 2
+    assert "no site named 'Nowhere'" in capsys.readouterr().err
