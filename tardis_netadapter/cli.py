@@ -19,6 +19,7 @@ from .schema import ConfigurationError
 
 COMMAND_MODULES: tuple[str, ...] = (
     "tardis_netadapter.lab.cli",
+    "tardis_netadapter.commands.status",
     "tardis_netadapter.commands.render",
 )
 
