@@ -33,18 +33,20 @@ def install(bin_dir: Path) -> list[str]:
     bin_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
     os.chmod(bin_dir, 0o755)
     installed = []
-    if not STANDINS_DIR.is_dir():
-        log.warning("no stand-ins at %s: lab runs without them", STANDINS_DIR)
-        return installed
+    missing = sorted(set(COMMANDS) - {path.stem for path in STANDINS_DIR.glob("*.py")})
+    if missing:
+        # a broken install, not a lab to half-start: the tests would fail later
+        # with far less obvious messages
+        raise FileNotFoundError(
+            f"stand-ins missing from {STANDINS_DIR}: {', '.join(missing)}; "
+            "reinstall the package (pip install -e .)"
+        )
     for module in sorted(STANDINS_DIR.glob("*.py")):
         shutil.copyfile(module, bin_dir / module.name)
         os.chmod(bin_dir / module.name, 0o644)
         for command in COMMANDS.get(module.stem, ()):
             _install_command(module, bin_dir / command)
             installed.append(command)
-    missing = sorted(set(COMMANDS) - {path.stem for path in STANDINS_DIR.glob("*.py")})
-    if missing:
-        log.warning("stand-ins not written yet: %s", ", ".join(missing))
     return installed
 
 
