@@ -214,3 +214,15 @@ def test_probe_command_is_valid_shell(tmp_path):
         ["bash", "-n", "-c", poller.command()], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_refresh(clock):
+    executor = FakeExecutor({"1": "RUNNING"}, latency=0.05)
+    poller = poller_for(executor, clock)
+    impatient = asyncio.ensure_future(poller.snapshot())
+    patient = asyncio.ensure_future(poller.snapshot())
+    await asyncio.sleep(0.01)
+    impatient.cancel()
+    snapshot = await patient
+    assert "1" in snapshot.jobs and len(executor.commands) == 1
+    assert impatient.cancelled()
