@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Status polling at scale: NetSlurm beside TARDIS's stock SlurmAdapter, in one run.
+
+Both adapters poll the same N drones through the same fake executor, which
+sleeps a fixed latency per call (an SSH round trip to a login node) and
+answers ``squeue`` with realistic lines for the jobs asked about (70 %
+RUNNING, 20 % PENDING, 10 % COMPLETED). One cycle = every drone asks for its
+status once, concurrently, through TARDIS's SiteAgent (so handle_exceptions
+and all per-drone glue are inside the measurement), as happens when drone
+heartbeats line up. Per adapter and N: executor calls per cycle, wall time and
+CPU time (``time.process_time``) per cycle, median over the cycles.
+
+    python benchmarks/adapter_scale.py [--drones 1000 5000] [--cycles 5]
+                                       [--latency 0.05] [--bulk-size 100]
+
+The stock adapter runs with its defaults (bulk_size 100, bulk_delay 1 s);
+NetSlurm with one squeue per site and cycle. Output: a markdown table
+(docs/benchmarks.md keeps the last one with its command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tardis.adapters.sites.slurm import SlurmAdapter
+from tardis.agents.siteagent import SiteAgent
+from tardis.configuration.configuration import Configuration
+from tardis.interfaces.siteadapter import ResourceStatus
+from tardis.utilities.attributedict import AttributeDict
+
+from tardis_netadapter import siteadapter
+from tardis_netadapter.siteadapter import NetSlurmAdapter
+
+STATES = ["RUNNING"] * 7 + ["PENDING"] * 2 + ["COMPLETED"]
+EXPECTED = {
+    "RUNNING": ResourceStatus.Running,
+    "PENDING": ResourceStatus.Booting,
+    "COMPLETED": ResourceStatus.Deleted,
+}
+FIRST_JOB = 4_200_000
+
+
+class FakeLoginNode:
+    """squeue over a fake executor: fixed latency, realistic output, calls counted."""
+
+    def __init__(self, drones: int, latency: float):
+        self.latency = latency
+        self.calls = 0
+        self.ids = [str(FIRST_JOB + index) for index in range(drones)]
+        self.state = {
+            job: STATES[index % len(STATES)] for index, job in enumerate(self.ids)
+        }
+        node = {job: f"jrc{int(job) % 900:04d}" for job in self.ids}
+        # what the stock adapter asks for: -o "%A|%N|%T" --job=<ids>
+        self.stock_lines = {
+            job: f"{job}|{node[job]}|{self.state[job]}" for job in self.ids
+        }
+        # what NetSlurm asks for: --me -o '%i|%T|%N|%r|%j'
+        self.me_output = "\n".join(
+            f"{job}|{self.state[job]}|{node[job] if self.state[job] != 'PENDING' else ''}|"
+            f"{'None' if self.state[job] != 'PENDING' else 'Resources'}|bench-{job}"
+            for job in self.ids
+        )
+
+    async def run_command(self, command: str, stdin_input: str | None = None):
+        self.calls += 1
+        await asyncio.sleep(self.latency)
+        if "--me" in command:
+            stdout = self.me_output
+        else:
+            match = re.search(r"--job=([\d,]+)", command)
+            wanted = match.group(1).split(",") if match else []
+            stdout = "\n".join(
+                self.stock_lines[j] for j in wanted if j in self.stock_lines
+            )
+        return AttributeDict(stdout=stdout, stderr="", exit_code=0)
+
+
+@dataclass
+class Result:
+    adapter: str
+    drones: int
+    calls: float
+    wall: float
+    cpu: float
+
+
+def configure(executor: FakeLoginNode, netslurm: bool) -> None:
+    """A one-site TARDIS configuration using the fake login node."""
+    Configuration._shared_state.clear()
+    siteadapter.reset_caches()
+    site = {
+        "executor": executor,
+        "MachineTypes": ["m"],
+        "MachineTypeConfiguration": {"m": {"Walltime": "60", "Partition": "batch"}},
+        "MachineMetaData": {"m": {"Cores": 8, "Memory": 16, "Disk": 40}},
+    }
+    if netslurm:
+        site["Network"] = {
+            "tunnel": {"hops": [{"host": "login"}]},
+            "pool": {"collector": "pool.example.org:9618"},
+        }
+        site["status_max_age"] = 30
+    else:
+        site["MachineTypeConfiguration"]["m"]["StartupCommand"] = "drone.sh"
+    name = "Bench"
+    Configuration().update_config(
+        {
+            "Sites": [{"name": name, "adapter": "NetSlurm" if netslurm else "Slurm"}],
+            name: site,
+        }
+    )
+
+
+async def one_cycle(agent: SiteAgent, drones: Sequence[AttributeDict]) -> list:
+    return await asyncio.gather(*(agent.resource_status(d) for d in drones))
+
+
+async def measure(netslurm: bool, drones: int, cycles: int, latency: float) -> Result:
+    login = FakeLoginNode(drones, latency)
+    configure(login, netslurm)
+    if netslurm:
+        adapter = NetSlurmAdapter(machine_type="m", site_name="Bench")
+        clock = [0.0]
+        adapter.poller.clock = lambda: clock[0]
+    else:
+        adapter = SlurmAdapter(machine_type="m", site_name="Bench")
+    agent = SiteAgent(adapter)
+    attributes = [
+        AttributeDict(remote_resource_uuid=int(job) if not netslurm else job)
+        for job in login.ids
+    ]
+    # warm-up cycle: imports, first-call caches; not measured
+    await one_cycle(agent, attributes)
+    calls, walls, cpus = [], [], []
+    for _ in range(cycles):
+        if netslurm:
+            clock[0] += 60  # a new cycle: the last snapshot is too old
+        gc.collect()
+        before_calls = login.calls
+        wall, cpu = time.perf_counter(), time.process_time()
+        results = await one_cycle(agent, attributes)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        calls.append(login.calls - before_calls)
+        for job, result in zip(login.ids, results):
+            assert result.resource_status is EXPECTED[login.state[job]], (job, result)
+    return Result(
+        adapter="NetSlurm" if netslurm else "TARDIS SlurmAdapter",
+        drones=drones,
+        calls=statistics.median(calls),
+        wall=statistics.median(walls),
+        cpu=statistics.median(cpus),
+    )
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| drones | adapter | executor calls / cycle | wall time / cycle | CPU time / cycle | CPU vs stock |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    stock = {r.drones: r for r in results if r.adapter.startswith("TARDIS")}
+    for r in results:
+        ratio = r.cpu / stock[r.drones].cpu if r.drones in stock else float("nan")
+        lines.append(
+            f"| {r.drones:,} | {r.adapter} | {r.calls:g} | {r.wall * 1000:.0f} ms "
+            f"| {r.cpu * 1000:.0f} ms | {ratio:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+async def main_async(args: argparse.Namespace) -> list[Result]:
+    results = []
+    for drones in args.drones:
+        for netslurm in (False, True):
+            results.append(await measure(netslurm, drones, args.cycles, args.latency))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drones", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per call")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # the Completed drones would log per cycle
+    saved = dict(Configuration._shared_state)
+    try:
+        results = asyncio.run(main_async(args))
+    finally:
+        Configuration._shared_state.clear()
+        Configuration._shared_state.update(saved)
+    print(
+        f"<!-- python {platform.python_version()}, {platform.machine()}, "
+        f"latency {args.latency * 1000:.0f} ms/call, median of {args.cycles} cycles -->"
+    )
+    print(table(results))
+    worst = max(
+        (r.cpu / s.cpu, r.calls <= s.calls)
+        for r in results
+        for s in results
+        if r.adapter == "NetSlurm" and s.drones == r.drones and s is not r
+    )
+    ok = all(
+        r.calls <= s.calls and r.cpu <= 1.2 * s.cpu
+        for r in results
+        for s in results
+        if r.adapter == "NetSlurm" and s.drones == r.drones and s is not r
+    )
+    print(
+        f"\ntarget (calls <= stock, CPU <= 1.2x stock): {'met' if ok else 'MISSED'}"
+        f" (worst CPU ratio {worst[0]:.2f}x)"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
