@@ -362,11 +362,20 @@ class Monitoring:
     grace: Optional[int] = None
     connect_deadline: Optional[int] = None
     heartbeat_dir: str = "~/.tardis-netadapter/heartbeats"
+    #: serve Prometheus metrics of the verdicts on 127.0.0.1:PORT (unset: off)
+    metrics_port: Optional[int] = None
 
     def check(self, path: str) -> list[str]:
         problems = []
         for key in ("heartbeat_interval", "grace", "connect_deadline"):
             problems += _check_positive(f"{path}.{key}", getattr(self, key), "seconds")
+        if self.metrics_port is not None:
+            problems += _check_port(f"{path}.metrics_port", self.metrics_port)
+        if not self.heartbeat_dir.strip() or "\n" in self.heartbeat_dir:
+            problems.append(
+                f"{path}.heartbeat_dir: got {self.heartbeat_dir!r}; expected a "
+                "directory path on the site's shared filesystem"
+            )
         return problems
 
 

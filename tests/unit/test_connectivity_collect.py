@@ -253,3 +253,30 @@ def test_probe_objects_fit_the_poller():
 )
 def test_parse_elapsed(text, seconds):
     assert parse_elapsed(text) == seconds
+
+
+@pytest.mark.parametrize(
+    "monitoring, fragment",
+    [
+        ({"metrics_port": 0}, "Network.monitoring.metrics_port: got 0"),
+        ({"metrics_port": 70000}, "Network.monitoring.metrics_port: got 70000"),
+        ({"heartbeat_dir": " "}, "Network.monitoring.heartbeat_dir"),
+    ],
+)
+def test_monitoring_keys_are_validated(monitoring, fragment):
+    from tardis_netadapter.config import load_profile
+    from tardis_netadapter.schema import ConfigurationError
+
+    base = {
+        "mode": "direct",
+        "chain": {"tool": "none"},
+        "pool": {"collector": "cm:9618"},
+    }
+    with pytest.raises(ConfigurationError, match=fragment):
+        load_profile({**base, "monitoring": monitoring})
+    assert (
+        load_profile(
+            {**base, "monitoring": {"metrics_port": 9100}}
+        ).monitoring.metrics_port
+        == 9100
+    )
