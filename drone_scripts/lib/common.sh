@@ -43,7 +43,7 @@ log() {
 fail() {
     local stage=$1 code=$2
     log "stage $stage failed: ${*:3}"
-    run_hook tna_stage "$stage" failed "${*:3}"
+    run_hook watchdog_report "$stage" failed "${*:3}"
     exit "$code"
 }
 
@@ -52,13 +52,13 @@ stage_ready() {
     local stage=$1 started=$2
     log "stage $stage ready after $(seconds_since "$started")s" \
         "($(seconds_since "$DRONE_START_US")s since start)"
-    run_hook tna_stage "$stage" ok
+    run_hook watchdog_report "$stage" ok
 }
 
 stage_skipped() {
     local stage=$1
     log "stage $stage skipped: ${*:2}"
-    run_hook tna_stage "$stage" skipped "${*:2}"
+    run_hook watchdog_report "$stage" skipped "${*:2}"
 }
 
 # Call a function if a sourced extension (e.g. lib/watchdog.sh) defines it.
@@ -151,6 +151,7 @@ drone_setup() {
     DRONE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tardis-drone.$DRONE_UUID.XXXXXX") ||
         fail setup "$EXIT_SETUP" "cannot create a work directory in ${TMPDIR:-/tmp}"
     mkdir -p "$DRONE_DIR/stages" "$DRONE_DIR/bin"
+    run_hook watchdog_setup
     log "drone of site $SITE_NAME, machine type $MACHINE_TYPE, on $(hostname)," \
         "job ${SLURM_JOB_ID:-none}, work directory $DRONE_DIR"
 }

@@ -132,6 +132,24 @@ payload_verdict() {
     fi
 }
 
+# When cvmfsexec or singcvmfs mount around the payload, log the mount as the
+# cvmfs stage once the layers are up (or the command line ended).
+payload_track_layers() {
+    local launched=$1 marks=$DRONE_DIR/stages
+    case $CVMFS_ACTIVE_MODE in
+    cvmfsexec | singcvmfs) ;;
+    *) return 0 ;;
+    esac
+    wait_until $((CVMFS_MOUNT_TIMEOUT_S * 1000)) payload_layers_done
+    if [[ -e $marks/payload ]]; then
+        stage_ready cvmfs "$launched"
+    fi
+}
+
+payload_layers_done() {
+    [[ -e $DRONE_DIR/stages/payload ]] || process_gone "$PAYLOAD_PID"
+}
+
 payload_stop() {
     if [[ -n $PAYLOAD_PID ]] && ! process_gone "$PAYLOAD_PID"; then
         log "stopping the payload (process group $PAYLOAD_PID)"
@@ -142,7 +160,7 @@ payload_stop() {
 }
 
 payload_stage() {
-    local argv=() status verdict code
+    local argv=() status verdict code launched
     payload_environment || fail payload "$EXIT_PAYLOAD" "cannot write the HTCondor config"
     if ((${#CONTAINER_ARGV[@]})); then
         container_env_file "${PAYLOAD_ENV[@]}" >"$DRONE_DIR/container.env" ||
@@ -151,12 +169,14 @@ payload_stage() {
     write_enter_helper || fail payload "$EXIT_PAYLOAD" "cannot write $DRONE_DIR/bin/enter"
     mapfile -d '' argv < <(payload_argv)
     # its own process group, so stopping it reaches every process it started
+    launched=$(now_us)
     setsid "${argv[@]}" </dev/null &
     PAYLOAD_PID=$!
     CLEANUP+=(payload_stop)
     log "stage payload started: ${PAYLOAD_ARGV[*]} (pid $PAYLOAD_PID," \
         "$(seconds_since "$DRONE_START_US")s since start)"
-    run_hook tna_stage payload ok "pid $PAYLOAD_PID"
+    run_hook watchdog_report payload ok "pid $PAYLOAD_PID"
+    payload_track_layers "$launched"
     wait "$PAYLOAD_PID"
     status=$?
     PAYLOAD_PID=""

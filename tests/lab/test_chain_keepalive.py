@@ -1,0 +1,86 @@
+"""The keepalive budget against the lab's idle-killing firewall (20 s).
+
+Two drones run side by side through chain (b) (worker -> login -> dante:443 ->
+collector), their pool connection otherwise idle for 120 s:
+  * budgeted: the derived budget (ServerAliveInterval 6 s, CCB heartbeat 10 s)
+    keeps both legs across the firewall busy -> the same connection survives;
+  * control: keepalive switched off and the payload silent for 125 s -> the
+    firewall has forgotten the flows, the first heartbeat dies, the payload
+    has lost the pool and registers anew.
+The watchdog is off in both, so only the budget differs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from test_chain_support import COLLECTOR, DANTE, LOGIN, Drone
+
+from tardis_netadapter.lab import Lab
+from tardis_netadapter.lab import layout as L
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+IDLE_TIMEOUT = 20
+IDLE = 120
+
+
+@pytest.fixture
+def twenty_second_firewall(lab: Lab) -> Iterator[int]:
+    before = lab.idle_timeout
+    lab.set_idle_timeout(IDLE_TIMEOUT)
+    try:
+        yield IDLE_TIMEOUT
+    finally:
+        lab.set_idle_timeout(before)
+
+
+def profile(socks_port: int, keepalive: dict) -> dict:
+    return {
+        "firewall": {"idle_timeout": IDLE_TIMEOUT},
+        "tunnel": {"hops": [LOGIN], "socks_port": socks_port},
+        "chain": {"proxies": [DANTE], "localnet": ["127.0.0.0/8", L.SITE_NET]},
+        "keepalive": keepalive,
+        "pool": {"collector": COLLECTOR},
+        "monitoring": {"enabled": False},
+    }
+
+
+def test_idle_pool_connection_survives_only_with_the_budget(
+    lab: Lab, twenty_second_firewall: int
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    budgeted = Drone(lab, f"netlab-ka-{tag}", profile(1080, {}))
+    control = Drone(
+        lab,
+        f"netlab-nokeepalive-{tag}",
+        profile(
+            1081,
+            {"enabled": False, "condor_knobs": {"CCB_HEARTBEAT_INTERVAL": IDLE + 5}},
+        ),
+    )
+    try:
+        for drone in (budgeted, control):
+            drone.submit()
+        first = {d.uuid: d.wait_registered() for d in (budgeted, control)}
+        assert first[budgeted.uuid]["heartbeat_interval"] == IDLE_TIMEOUT // 2
+        assert first[control.uuid]["heartbeat_interval"] == IDLE + 5
+        time.sleep(IDLE + 5 + 10)  # the control's first heartbeat and its ack timeout
+        kept, lost = budgeted.record(), control.record()
+    finally:
+        for drone in (budgeted, control):
+            drone.cancel()
+    print(
+        f"budgeted: conn {first[budgeted.uuid]['conn']} -> {kept['conn']}, "
+        f"{kept['heartbeats']} heartbeats; control: connect_count "
+        f"{lost['connect_count']}, reason {lost.get('disconnect_reason')!r}"
+    )
+    assert kept["connected"] and kept["conn"] == first[budgeted.uuid]["conn"]
+    assert kept["connect_count"] == 1
+    assert kept["heartbeats"] >= IDLE // (IDLE_TIMEOUT // 2) - 1
+    assert "lost the pool" not in budgeted.output
+    assert "lost the pool" in control.output, control.output
+    assert lost["connect_count"] >= 2 or not lost["connected"], lost
