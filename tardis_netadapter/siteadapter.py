@@ -278,6 +278,7 @@ class NetSlurmAdapter(SiteAdapter):
         COBalD daemon, so only errors not known to be transient become one.
         """
         site = self.site_name
+        warning = _WarnOnce()
         try:
             yield
         except (
@@ -289,10 +290,11 @@ class NetSlurmAdapter(SiteAdapter):
         ):
             raise
         except asyncio.TimeoutError as error:
-            logger.warning("%s: Slurm command timed out", site)
+            warning(error, "%s: Slurm command timed out", site)
             raise NetadapterTimeout(f"{site}: Slurm command timed out") from error
         except CommandExecutionFailure as error:
-            logger.warning(
+            warning(
+                error,
                 "%s: command failed (exit %s): stdout=%r stderr=%r",
                 site,
                 error.exit_code,
@@ -303,25 +305,44 @@ class NetSlurmAdapter(SiteAdapter):
                 f"{site}: {error.message}"
             ) from error
         except ExecutorFailure as error:
-            logger.warning("%s: executor failed: %s", site, error.description)
+            warning(error, "%s: executor failed: %s", site, error.description)
             raise TardisResourceStatusUpdateFailed(
                 f"{site}: {error.description}"
             ) from error
         except asyncssh.Error as error:
-            logger.warning("%s: SSH failed: %s", site, error)
+            warning(error, "%s: SSH failed: %s", site, error)
             raise TardisResourceStatusUpdateFailed(f"{site}: SSH: {error}") from error
         except (OSError, EOFError) as error:  # ConnectionError is an OSError
-            logger.warning("%s: connection failed: %r", site, error)
+            warning(error, "%s: connection failed: %r", site, error)
             raise TardisResourceStatusUpdateFailed(f"{site}: {error!r}") from error
         except (slurm.SlurmOutputError, slurm.StatusUnavailable) as error:
-            logger.warning("%s: %s", site, error)
+            warning(error, "%s: %s", site, error)
             raise TardisResourceStatusUpdateFailed(f"{site}: {error}") from error
         except UnicodeError as error:
-            logger.warning("%s: undecodable output: %s", site, error)
+            warning(error, "%s: undecodable output: %s", site, error)
             raise TardisResourceStatusUpdateFailed(f"{site}: {error}") from error
         except Exception as error:
             logger.exception("%s: unexpected error, not known to be transient", site)
             raise TardisError(f"{site}: {error!r}") from error
+
+
+class _WarnOnce:
+    """Warn once per failure, not once per drone.
+
+    Every drone waiting on a failed shared squeue gets the same exception (or a
+    StatusUnavailable caused by it); at thousands of drones a warning each
+    would flood the log. Repeats are logged at debug level.
+    """
+
+    _last: Optional[BaseException] = None
+
+    def __call__(self, error: BaseException, message: str, *args: Any) -> None:
+        root = error.__cause__ if isinstance(error, slurm.StatusUnavailable) else error
+        if root is not None and root is _WarnOnce._last:
+            logger.debug(message, *args)
+            return
+        _WarnOnce._last = root
+        logger.warning(message, *args)
 
 
 def _already_gone(text: Optional[str]) -> bool:

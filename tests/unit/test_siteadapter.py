@@ -491,3 +491,29 @@ async def test_command_timeout(configure, executor):
         await SiteAgent(adapter).deploy_resource(drone())
     with pytest.raises(TardisTimeout):
         await SiteAgent(adapter).resource_status(drone(job_id="1"))
+
+
+def test_a_shared_failure_is_warned_once_not_per_drone(adapter, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    error = ConnectionRefusedError(111, "refused")
+    for _ in range(3):
+        with (
+            pytest.raises(TardisResourceStatusUpdateFailed),
+            adapter.handle_exceptions(),
+        ):
+            raise error
+    try:
+        raise slurm.StatusUnavailable("later") from error
+    except slurm.StatusUnavailable as later:
+        with (
+            pytest.raises(TardisResourceStatusUpdateFailed),
+            adapter.handle_exceptions(),
+        ):
+            raise later
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "refused" in warnings[0].getMessage()
+    with pytest.raises(TardisResourceStatusUpdateFailed), adapter.handle_exceptions():
+        raise ConnectionRefusedError(111, "refused again")
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
