@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,15 +20,9 @@ from ..connectivity.collector_view import collector_uuids
 from ..connectivity.monitor import SiteMonitor
 from ..connectivity.report import StatusRow, make_row, render_table, to_json
 from ..connectivity.verdict import Timing
-from ..schema import ConfigurationError
+from .sitecli import build_executor, site_name
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.status")
-
-_EXECUTORS = {
-    "SSHExecutor": "tardis.utilities.executors.sshexecutor:SSHExecutor",
-    "DupingSSHExecutor": "tardis.utilities.executors.sshexecutor:DupingSSHExecutor",
-    "ShellExecutor": "tardis.utilities.executors.shellexecutor:ShellExecutor",
-}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -53,59 +46,6 @@ def add_parser(subparsers: Any) -> None:
         help="also ask the pool's collector (htcondor2) which drones have a startd ad",
     )
     parser.set_defaults(func=run)
-
-
-def build_executor(spec: Any) -> Any:
-    """A TARDIS executor from the config's (inert) ``executor:`` entry."""
-    from ..siteconfig import Tagged
-
-    if spec is None:
-        return _load(_EXECUTORS["ShellExecutor"])()
-    if not isinstance(spec, Tagged):
-        raise ConfigurationError(
-            [f"executor: got {spec!r}; expected a tagged executor such as !SSHExecutor"]
-        )
-    name = spec.tag.lstrip("!")
-    name = name[len("Tardis") :] if name.startswith("Tardis") else name
-    if name not in _EXECUTORS:
-        raise ConfigurationError(
-            [
-                f"executor: {spec.tag} is not supported by status; use one of "
-                + ", ".join(sorted(_EXECUTORS))
-            ]
-        )
-    cls = _load(_EXECUTORS[name])
-    if isinstance(spec.value, Mapping):
-        return cls(**dict(spec.value))
-    return cls()
-
-
-def _load(path: str) -> Any:
-    from importlib import import_module
-
-    module, _, attribute = path.partition(":")
-    return getattr(import_module(module), attribute)
-
-
-def _site_name(config: Path, requested: Optional[str]) -> str:
-    from ..siteconfig import ADAPTER_NAME, read_yaml, tardis_section
-
-    if requested:
-        return requested
-    tardis, source = tardis_section(read_yaml(config), config)
-    names = [
-        str(site.get("name"))
-        for site in tardis.get("Sites") or []
-        if isinstance(site, Mapping) and site.get("adapter") == ADAPTER_NAME
-    ]
-    if len(names) != 1:
-        raise ConfigurationError(
-            [
-                f"{source}: Sites: {len(names)} {ADAPTER_NAME} sites "
-                f"({', '.join(names) or 'none'}); choose one with --site"
-            ]
-        )
-    return names[0]
 
 
 async def collect_rows(
@@ -148,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     """The ``status`` command; exit 0, 1 if the site could not be asked."""
     from ..siteconfig import load_site_from_file
 
-    site = _site_name(args.config, args.site)
+    site = site_name(args.config, args.site)
     found = load_site_from_file(args.config, site)
     settings = found.settings
     monitoring = settings.profile.monitoring
