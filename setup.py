@@ -27,7 +27,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["tardis_netadapter", "tardis_netadapter.*"]),
+    packages=find_packages(include=["tardis_netadapter", "tardis_netadapter.*"])
+    # drone_scripts/ has no __init__.py: name it, or package_dir alone installs nothing
+    + ["tardis_netadapter.drone_scripts"],
     # drone_scripts/ lives at the top level for reviewers and shellcheck; it is
     # installed as tardis_netadapter/drone_scripts so the renderer finds it.
     package_dir={"tardis_netadapter.drone_scripts": "drone_scripts"},
