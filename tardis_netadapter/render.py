@@ -13,7 +13,7 @@ at all: they arrive as environment variables exported by sbatch.
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
 import ipaddress
 import math
 import re
@@ -62,11 +62,13 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def template_dir() -> Path:
     """drone_scripts/ of an installed package, else of the repository checkout."""
     try:
-        installed = importlib.resources.files(TEMPLATE_PACKAGE)
-        if installed.joinpath("drone.sh.j2").is_file():
-            return Path(str(installed))
+        spec = importlib.util.find_spec(TEMPLATE_PACKAGE)
     except ModuleNotFoundError:
-        pass
+        spec = None
+    # a namespace package (no __init__.py): its directories, not a resource path
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(location) / "drone.sh.j2").is_file():
+            return Path(location)
     checkout = Path(__file__).resolve().parent.parent / "drone_scripts"
     if (checkout / "drone.sh.j2").is_file():
         return checkout

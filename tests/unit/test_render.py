@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,16 @@ def words(output: str) -> list[str]:
 
 def test_templates_are_found_in_the_checkout() -> None:
     assert (render.template_dir() / "drone.sh.j2").is_file()
+
+
+def test_templates_are_found_in_an_installed_package(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Installed, drone_scripts/ is the namespace package tardis_netadapter.drone_scripts."""
+    (tmp_path / "drone.sh.j2").write_text("#!/bin/bash\n")
+    spec = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
+    monkeypatch.setattr(render.importlib.util, "find_spec", lambda name: spec)
+    assert render.template_dir() == tmp_path
 
 
 def test_rendering_is_deterministic_and_has_no_per_drone_values() -> None:
