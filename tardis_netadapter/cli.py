@@ -2,8 +2,8 @@
 
 Each module in COMMAND_MODULES provides ``add_parser(subparsers)`` that
 registers its subcommand(s) and sets ``func`` (taking the parsed arguments and
-returning an exit code). Modules are imported lazily so a broken optional
-dependency of one command does not break the others.
+returning an exit code). Heavy imports (TARDIS, asyncssh, htcondor) stay
+inside each command's ``run`` so ``--help`` and ``lab`` start quickly.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tardis_netadapter.lab.cli",
     "tardis_netadapter.commands.status",
     "tardis_netadapter.commands.render",
+    "tardis_netadapter.commands.check",
 )
 
 
@@ -48,6 +49,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # asyncssh logs every channel at INFO (TARDIS's session probe opens
+        # hundreds); an operator wants the checklist, not the chatter
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except ConfigurationError as error:

@@ -37,6 +37,10 @@ from tardis.utilities.attributedict import AttributeDict
 from tardis.utilities.executors.shellexecutor import ShellExecutor
 
 from .batch import slurm
+from .connectivity.collect import ElapsedProbe, cleanup_command
+from .connectivity.metrics import ConnectivityMetrics, serve
+from .connectivity.monitor import SiteMonitor
+from .connectivity.verdict import Timing
 from .schema import ConfigurationError
 from .siteconfig import SiteSettings, load_site_settings
 
@@ -74,6 +78,9 @@ class _SiteState:
     section: Any
     settings: SiteSettings
     poller: Optional[slurm.SitePoller] = None
+    monitor: Optional[SiteMonitor] = None
+    metrics: Optional[ConnectivityMetrics] = None
+    exporter: Optional[asyncio.Task] = None
 
 
 _SITES: dict[str, _SiteState] = {}
@@ -100,6 +107,36 @@ def site_state(site_name: str, section: Any) -> _SiteState:
             state.settings.budget.server_alive_interval,
         )
     return state
+
+
+def site_monitor(site_name: str) -> Optional[SiteMonitor]:
+    """The connectivity monitor of a site (None if monitoring is off or no adapter yet)."""
+    state = _SITES.get(site_name)
+    return state.monitor if state is not None else None
+
+
+def _new_poller(
+    settings: SiteSettings, executor: Executor, max_age: float
+) -> tuple[slurm.SitePoller, Optional[SiteMonitor]]:
+    """The site's poller; with monitoring, heartbeats ride in the same executor call."""
+    monitor = None
+    probes: list[slurm.Probe] = []
+    monitoring = settings.profile.monitoring
+    if monitoring.enabled:
+        monitor = SiteMonitor(
+            monitoring.heartbeat_dir,
+            Timing.from_budget(settings.budget),
+            timeout=int(min(30, settings.command_timeout)),
+        )
+        probes = [monitor.probe, ElapsedProbe()]
+    poller = slurm.SitePoller(
+        executor,
+        max_age=max_age,
+        timeout=settings.command_timeout,
+        probes=probes,
+        name=settings.name,
+    )
+    return poller, monitor
 
 
 def site_poller(site_name: str) -> Optional[slurm.SitePoller]:
@@ -165,12 +202,15 @@ class NetSlurmAdapter(SiteAdapter):
             )
         self._kind = self._settings.machine_types[machine_type]
         if state.poller is None or state.poller.executor is not self._executor:
-            state.poller = slurm.SitePoller(
-                self._executor,
-                max_age=self._status_max_age(),
-                timeout=self._settings.command_timeout,
-                name=site_name,
+            state.poller, state.monitor = _new_poller(
+                self._settings, self._executor, self._status_max_age()
             )
+            if (
+                state.monitor is not None
+                and self._settings.profile.monitoring.metrics_port
+            ):
+                state.metrics = ConnectivityMetrics()
+        self._state = state
         self._poller = state.poller
         # render now: a template or profile problem stops the daemon at start
         drone_script(self._settings, machine_type)
@@ -246,13 +286,69 @@ class NetSlurmAdapter(SiteAdapter):
         status = self._poller.status_of(
             None if job_id is None else str(job_id), snapshot
         )
+        self._judge_connectivity(
+            resource_attributes.get("drone_uuid"), status, snapshot
+        )
         return AttributeDict(resource_status=status)
+
+    def _judge_connectivity(
+        self,
+        drone_uuid: Optional[str],
+        status: ResourceStatus,
+        snapshot: slurm.StatusSnapshot,
+    ) -> None:
+        """End a running drone that lost the pool, so COBalD replaces it.
+
+        TARDIS answers TardisDroneCrashed with its CleanupState, which cancels
+        the job; a drone merely ``degraded`` (failing for less than the grace)
+        is left alone.
+        """
+        monitor = self._state.monitor
+        if monitor is None or drone_uuid is None:
+            return
+        monitor.observe(snapshot)
+        self._update_metrics(monitor)
+        if status is ResourceStatus.Deleted:
+            monitor.forget([drone_uuid])
+            return
+        judgement = monitor.judgement(drone_uuid)
+        if status is not ResourceStatus.Running or judgement is None:
+            return
+        if judgement.verdict.terminal:
+            logger.warning(
+                "%s: drone %s is %s (%s; failing stage: %s): ending it",
+                self.site_name,
+                drone_uuid,
+                judgement.verdict.value,
+                judgement.reason,
+                judgement.failing_stage or "unknown",
+            )
+            raise TardisDroneCrashed(
+                f"{drone_uuid}: {judgement.verdict.value}: {judgement.reason}"
+            )
+
+    def _update_metrics(self, monitor: SiteMonitor) -> None:
+        state = self._state
+        if state.metrics is None:
+            return
+        if state.exporter is None:
+            port = self._settings.profile.monitoring.metrics_port
+            state.exporter = asyncio.ensure_future(serve(state.metrics, int(port)))
+            state.exporter.add_done_callback(_log_exporter_failure)
+        state.metrics.update(self.site_name, monitor.judgements, monitor.store.records)
 
     async def terminate_resource(self, resource_attributes: AttributeDict) -> None:
         job_id = resource_attributes.get("remote_resource_uuid")
         if job_id is None:
             return
         command = slurm.scancel_command(str(job_id), self._kind.slurm.TerminateOptions)
+        if self._state.monitor is not None:
+            # the heartbeat file goes in the same call; scancel's status decides
+            cleanup = cleanup_command(
+                self._state.monitor.heartbeat_dir, [resource_attributes.drone_uuid]
+            )
+            if cleanup:
+                command = f"{command}; status=$?; {cleanup}; exit $status"
         try:
             response = await self._run(command)
         except CommandExecutionFailure as failure:
@@ -324,6 +420,12 @@ class NetSlurmAdapter(SiteAdapter):
         except Exception as error:
             logger.exception("%s: unexpected error, not known to be transient", site)
             raise TardisError(f"{site}: {error!r}") from error
+
+
+def _log_exporter_failure(task: asyncio.Task) -> None:
+    """The metrics exporter is optional: its failure is logged, never raised."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("connectivity metrics exporter failed: %r", task.exception())
 
 
 class _WarnOnce:

@@ -138,6 +138,9 @@ class Lab:
         self._write_configs()
         webroot.build(lab.www_dir)
         toolbox.install(lab.bin_dir)
+        toolbox.install_site_software(
+            lab.home(lab.drone_user), lab.bin_dir, lab.drone_user
+        )
         self._save_config()
         self._start_services()
 

@@ -56,3 +56,24 @@ def _install_command(module: Path, target: Path) -> None:
         text = text.split("\n", 1)[1] if "\n" in text else ""
     target.write_text(SHEBANG + text)
     os.chmod(target, 0o755)
+
+
+def install_site_software(home: Path, bin_dir: Path, user: str) -> Path:
+    """What a site operator sets up once in the drone user's shared home.
+
+    cvmfsexec's ``makedist`` leaves ``~/cvmfsexec/{cvmfsexec,mountrepo,
+    umountrepo,dist/}``; the profile default ``cvmfs.dist: ~/cvmfsexec/dist``
+    expects exactly that. ``~/image`` is a directory image for the apptainer
+    stand-in. Returns the cvmfsexec directory.
+    """
+    tools = home / "cvmfsexec"
+    (tools / "dist").mkdir(parents=True, exist_ok=True)
+    for command in COMMANDS["cvmfsexec"]:
+        link = tools / command
+        if not link.is_symlink():
+            link.symlink_to(bin_dir / command)
+    image = home / "image"
+    image.mkdir(exist_ok=True)
+    for path in (tools, tools / "dist", image):
+        shutil.chown(path, user, user)
+    return tools

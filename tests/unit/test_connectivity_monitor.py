@@ -6,11 +6,11 @@ import asyncio
 import json
 import subprocess
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from aioprometheus import Registry, render
+from fakelogin import ShellExecutor, record, write_heartbeat
 
 from tardis_netadapter import cli
 from tardis_netadapter.batch.slurm import SitePoller
@@ -37,69 +37,6 @@ from tardis_netadapter.connectivity.startd_cron import environment, startd_cron_
 from tardis_netadapter.connectivity.verdict import Judgement, Timing, Verdict
 
 TIMING = Timing(interval=30, grace=120, connect_deadline=600)
-
-
-def record(uuid: str, time_: float, ok: bool = True, **extra) -> dict:
-    data = {
-        "v": 1,
-        "uuid": uuid,
-        "time": time_,
-        "seq": 1,
-        "probes": [
-            {"endpoint": "cm:9618", "ok": ok, "latency_ms": 8.5 if ok else None}
-        ],
-        "last_ok": time_ if ok else extra.pop("last_ok", None),
-        "failing_stage": None if ok else "chain",
-    }
-    data.update(extra)
-    return data
-
-
-class ShellExecutor:
-    """Runs commands like TARDIS's ShellExecutor (sh, stdout stripped), counting calls."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.env = env
-        self.calls = 0
-
-    async def run_command(self, command: str, stdin_input=None):
-        self.calls += 1
-        result = subprocess.run(
-            ["/bin/sh", "-c", command],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        return SimpleNamespace(
-            stdout=result.stdout.strip(), stderr=result.stderr, exit_code=0
-        )
-
-
-@pytest.fixture
-def login(tmp_path: Path) -> dict:
-    """A fake login node: squeue on PATH answering both formats, a heartbeat dir."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    jobs = tmp_path / "jobs.txt"  # id|state|name|elapsed
-    (bin_dir / "squeue").write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f"  *%M*) awk -F'|' '$2==\"RUNNING\" {{print $4\"|\"$3}}' {jobs} ;;\n"
-        f"  *) awk -F'|' '{{print $1\"|\"$2\"|wn1|None|\"$3}}' {jobs} ;;\n"
-        "esac\n"
-    )
-    (bin_dir / "squeue").chmod(0o755)
-    home = tmp_path / "home"
-    (home / "hb").mkdir(parents=True)
-    env = {"HOME": str(home), "PATH": f"{bin_dir}:/usr/bin:/bin"}
-    return {"jobs": jobs, "hb": home / "hb", "env": env, "tmp": tmp_path}
-
-
-def write_heartbeat(login: dict, data: dict) -> None:
-    (login["hb"] / f"{data['uuid']}.json").write_text(json.dumps(data) + "\n")
 
 
 def test_one_executor_call_gives_squeue_heartbeats_and_verdicts(login):

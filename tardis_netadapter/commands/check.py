@@ -1,0 +1,335 @@
+"""``tardis-netadapter check CONFIG [--probe]``: is this site ready for drones?
+
+Offline it validates every NetSlurm site of the configuration, renders each
+machine type's drone script and checks it with ``bash -n``, and reads the
+generated HTCondor knobs back through HTCondor's own parser. With ``--probe``
+it also logs in to the site once, through the site's own executor, and checks
+what the login node can show. Every failed item comes with its fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..config import NetworkProfile
+from ..siteconfig import ADAPTER_NAME, SiteSettings
+from .sitecli import build_executor
+
+#: the marker that starts every line of the remote probe's answer
+MARK = "TNA-CHECK"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the checklist."""
+
+    ok: bool
+    what: str
+    fix: str = ""
+    warning: bool = False
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else ("warn" if self.warning else "FAIL")
+        text = f"[{mark}] {self.what}"
+        return f"{text}\n       fix: {self.fix}" if self.fix and not self.ok else text
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``check``."""
+    parser = subparsers.add_parser(
+        "check",
+        help="validate a configuration (offline) and probe the site (--probe)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("config", type=Path, help="cobald.yml or TARDIS YAML")
+    parser.add_argument(
+        "--site", help="check only this site (default: all NetSlurm sites)"
+    )
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="also log in to the login node and check what it can show",
+    )
+    parser.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------
+# offline checks
+# --------------------------------------------------------------------------
+
+
+def offline_items(settings: SiteSettings) -> list[Item]:
+    """Checks that need nothing but the configuration and this machine."""
+    from .. import render
+    from ..condor_knobs import mismatches
+
+    profile, budget = settings.profile, settings.budget
+    items = [Item(True, f"{settings.name}: configuration valid")]
+    for leg, protection in budget.legs():
+        items.append(Item(True, f"keepalive: {leg}: {protection}"))
+    if not profile.tunnel.strict_host_key_checking and profile.mode == "socks":
+        items.append(
+            Item(
+                False,
+                "tunnel.strict_host_key_checking is false: host keys are not verified",
+                "add the hops' keys to tunnel.known_hosts and remove the key",
+                warning=True,
+            )
+        )
+    if profile.firewall.idle_timeout and not budget.enabled:
+        items.append(
+            Item(
+                False,
+                f"keepalive.enabled is false with firewall.idle_timeout="
+                f"{profile.firewall.idle_timeout}: idle pool connections will die",
+                "remove keepalive.enabled: false",
+                warning=True,
+            )
+        )
+    for machine_type in settings.machine_types:
+        script = render.render_drone_script(
+            profile, budget, settings.name, machine_type
+        )
+        items.append(_bash_syntax(machine_type, script))
+    try:
+        wrong = mismatches(budget.condor_knobs) if budget.condor_knobs else []
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        items.append(
+            Item(
+                False,
+                f"HTCondor knobs could not be read back: {error}",
+                "install the htcondor Python bindings (pip install htcondor)",
+                warning=True,
+            )
+        )
+    else:
+        items.append(
+            Item(
+                not wrong,
+                "HTCondor reads the generated knobs as intended"
+                if not wrong
+                else "HTCondor reads knobs differently: " + "; ".join(wrong),
+                "fix keepalive.condor_knobs",
+            )
+        )
+    return items
+
+
+def _bash_syntax(machine_type: str, script: str) -> Item:
+    bash = shutil.which("bash")
+    if bash is None:
+        return Item(True, f"{machine_type}: drone script rendered (bash not here)")
+    result = subprocess.run(
+        [bash, "-n"], input=script, capture_output=True, text=True, check=False
+    )
+    return Item(
+        result.returncode == 0,
+        f"{machine_type}: drone script renders and passes bash -n"
+        if result.returncode == 0
+        else f"{machine_type}: rendered script fails bash -n: {result.stderr.strip()}",
+        "report this as a bug in tardis-netadapter with the rendered script",
+    )
+
+
+# --------------------------------------------------------------------------
+# the remote probe: one executor call, every value quoted
+# --------------------------------------------------------------------------
+
+
+def _first_hop_out(profile: NetworkProfile) -> Optional[tuple[str, int, str]]:
+    """(host, port, role) the login node itself must open for the chain to work."""
+    hops = profile.tunnel.hops
+    if len(hops) > 1:
+        return hops[1].host, hops[1].port, "second ssh hop"
+    if profile.chain.proxies:
+        first = profile.chain.proxies[0]
+        return first.host, first.port, f"{first.type} proxy"
+    return None
+
+
+def probe_script(settings: SiteSettings) -> str:
+    """A POSIX shell script whose every output line is ``MARK name ok|fail detail``."""
+    profile = settings.profile
+    q = shlex.quote
+    lines = [
+        f'mark() {{ printf \'{MARK} %s %s %s\\n\' "$1" "$2" "$3"; }}',
+        'have() { if command -v "$1" >/dev/null 2>&1; then mark "cmd:$1" ok '
+        '"$(command -v "$1")"; else mark "cmd:$1" fail missing; fi; }',
+        'for c in sbatch squeue scancel; do have "$c"; done',
+    ]
+    if profile.mode == "socks":
+        lines.append("have ssh")
+        if profile.tunnel.supervisor == "autossh":
+            lines.append("have autossh")
+        tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
+            profile.chain.tool
+        )
+        if tool:
+            lines.append(f"have {q(tool)}")
+        lines += [
+            f"f={_home(profile.tunnel.identity_file)}",
+            'if [ -r "$f" ]; then mark key ok "$f"; else mark key fail "$f"; fi',
+            f"k={_home(profile.tunnel.known_hosts)}",
+        ]
+        for hop in profile.tunnel.hops:
+            name = hop.host if hop.port == 22 else f"[{hop.host}]:{hop.port}"
+            lines.append(
+                f'if ssh-keygen -F {q(name)} -f "$k" >/dev/null 2>&1; then '
+                f'mark {q("known_hosts:" + name)} ok "$k"; else '
+                f'mark {q("known_hosts:" + name)} fail "$k"; fi'
+            )
+    if profile.cvmfs.mode != "none":
+        lines += [
+            f"d={_home(profile.cvmfs.dist)}",
+            'if [ -d "$d" ]; then mark cvmfs-dist ok "$d"; '
+            'else mark cvmfs-dist fail "$d"; fi',
+        ]
+    lines += [
+        f"h={_home(profile.monitoring.heartbeat_dir)}",
+        'if mkdir -p "$h" 2>/dev/null && [ -w "$h" ]; then mark heartbeat-dir ok "$h"; '
+        'else mark heartbeat-dir fail "$h"; fi',
+    ]
+    out = _first_hop_out(profile) if profile.mode == "socks" else None
+    if out is not None:
+        host, port, role = out
+        lines.append(
+            f"if timeout 5 bash -c {q(f'exec 3<>/dev/tcp/{host}/{port}')} "
+            f"2>/dev/null; then mark {q(f'outbound:{host}:{port}')} ok {q(role)}; "
+            f"else mark {q(f'outbound:{host}:{port}')} fail {q(role)}; fi"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _home(path: str) -> str:
+    """Quote a worker path, keeping a leading ``~/`` meaningful to the shell."""
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+_FIXES = {
+    "cmd:sbatch": "the executor must log in where Slurm's client commands are on PATH",
+    "cmd:squeue": "the executor must log in where Slurm's client commands are on PATH",
+    "cmd:scancel": "the executor must log in where Slurm's client commands are on PATH",
+    "cmd:ssh": "install openssh-client on the workers (checked here on the login node)",
+    "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: loop",
+    "cmd:proxychains4": "install proxychains4 (proxychains-ng) or set Network.chain.library",
+    "cmd:tsocks": "install tsocks or set Network.chain.library",
+    "key": "create the tunnel key (ssh-keygen -t ed25519) at Network.tunnel.identity_file "
+    "and authorize it on the login node (restrict,port-forwarding)",
+    "cvmfs-dist": "build the cvmfsexec dist (makedist) at Network.cvmfs.dist on the shared "
+    "file system",
+    "heartbeat-dir": "make Network.monitoring.heartbeat_dir a writable directory on the "
+    "shared file system",
+}
+
+
+def parse_probe(stdout: str) -> list[Item]:
+    """Checklist items from the probe's output; lines without the marker are ignored."""
+    items = []
+    for line in stdout.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) < 3 or parts[0] != MARK:
+            continue
+        name, state = parts[1], parts[2]
+        detail = parts[3] if len(parts) > 3 else ""
+        items.append(Item(state == "ok", f"{name}: {detail}".strip(), _fix(name)))
+    return items
+
+
+def _fix(name: str) -> str:
+    if name.startswith("known_hosts:"):
+        host = name.split(":", 1)[1]
+        return (
+            f"add the host key of {host} to Network.tunnel.known_hosts "
+            f"(compare ssh-keyscan with the key the site publishes)"
+        )
+    if name.startswith("outbound:"):
+        return (
+            "the login node cannot open this port: ask the site, or reach it "
+            "through an ssh hop on 443"
+        )
+    return _FIXES.get(name, "")
+
+
+async def _probe(executor: Any, script: str, timeout: float) -> str:
+    result = await asyncio.wait_for(
+        executor.run_command("/bin/sh -s", stdin_input=script), timeout
+    )
+    return result.stdout
+
+
+def probe_items(settings: SiteSettings, executor_spec: Any) -> list[Item]:
+    """Run the probe through the site's executor; a failure to log in is one item."""
+    try:
+        executor = build_executor(executor_spec)
+        stdout = asyncio.run(
+            _probe(executor, probe_script(settings), settings.command_timeout)
+        )
+    except Exception as error:  # reaching a site fails in many ways: report, not crash
+        return [
+            Item(
+                False,
+                f"log in to the login node: {error!r}",
+                "check the executor's host, username, client_keys and known_hosts",
+            )
+        ]
+    items = parse_probe(stdout)
+    if not items:
+        return [Item(False, "the probe printed nothing", "check that /bin/sh runs")]
+    return [Item(True, "logged in to the login node")] + items
+
+
+# --------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------
+
+
+def _sites(config: Path, requested: Optional[str]) -> list[str]:
+    from ..siteconfig import read_yaml, tardis_section
+
+    if requested:
+        return [requested]
+    tardis, source = tardis_section(read_yaml(config), config)
+    return [
+        str(site.get("name"))
+        for site in tardis.get("Sites") or []
+        if isinstance(site, Mapping) and site.get("adapter") == ADAPTER_NAME
+    ]
+
+
+def report(items: Iterable[Item]) -> tuple[str, bool]:
+    """The checklist text and whether every item passed (warnings pass)."""
+    items = list(items)
+    text = "\n".join(item.line() for item in items)
+    return text, all(item.ok or item.warning for item in items)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``check`` command; exit 0 when ready, 1 when an item failed."""
+    from ..siteconfig import load_site_from_file
+
+    sites = _sites(args.config, args.site)
+    if not sites:
+        print(f"{args.config}: no {ADAPTER_NAME} site to check", file=sys.stderr)
+        return 1
+    ready = True
+    for site in sites:
+        found = load_site_from_file(args.config, site)
+        items = offline_items(found.settings)
+        if args.probe:
+            items += probe_items(found.settings, found.tardis[site].get("executor"))
+        text, passed = report(items)
+        print(text)
+        ready = ready and passed
+    print("ready" if ready else "not ready: fix the items marked FAIL")
+    return 0 if ready else 1
