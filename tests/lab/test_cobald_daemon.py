@@ -15,13 +15,9 @@ Asserted on TARDIS's own records (SqliteRegistry) and on Slurm (squeue).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,71 +26,17 @@ import pytest
 
 from tardis_netadapter.lab import Lab
 from tardis_netadapter.lab import layout as L
+from tardis_netadapter.lab.daemon import (
+    CobaldDaemon,
+    pool_request,
+    slurm_jobs,
+    write_config,
+)
 from tardis_netadapter.lab.netns import pids_in_namespaces, terminate
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
-COBALD = Path(sys.executable).parent / "cobald"
-POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
 OUTAGE = 20.0
-
-
-def prepare_site(lab: Lab) -> None:
-    """What an operator does once per site: install cvmfsexec in the drone's home.
-
-    configs/lab.yml keeps cvmfs.dist at its default ~/cvmfsexec/dist; the lab
-    ships the cvmfsexec stand-in in its bin dir, so copy its three commands
-    beside an (empty) dist, as `makedist` would leave them.
-    """
-    tools = lab.layout.home(lab.drone_user) / "cvmfsexec"
-    if (tools / "mountrepo").exists():
-        return
-    (tools / "dist").mkdir(parents=True, exist_ok=True)
-    for name in ("cvmfsexec", "mountrepo", "umountrepo"):
-        shutil.copy2(lab.layout.bin_dir / name, tools / name)
-    for path in (tools, tools / "dist", *tools.iterdir()):
-        shutil.chown(path, lab.drone_user, lab.drone_user)
-
-
-def write_config(lab: Lab, directory: Path) -> Path:
-    """configs/lab.yml with ${lab} replaced by this lab's name."""
-    text = (ROOT / "configs" / "lab.yml").read_text().replace("${lab}", lab.name)
-    assert "${" not in text
-    path = directory / "cobald.yml"
-    path.write_text(text)
-    return path
-
-
-def drones(db: Path) -> dict[str, tuple[str, str]]:
-    """drone uuid -> (Slurm job id, TARDIS state) from the SqliteRegistry."""
-    if not db.exists():
-        return {}
-    try:
-        with sqlite3.connect(db, timeout=5) as con:
-            rows = con.execute(
-                "SELECT R.drone_uuid, R.remote_resource_uuid, S.state FROM Resources R "
-                "JOIN ResourceStates S ON R.state_id = S.state_id"
-            ).fetchall()
-    except sqlite3.Error:
-        return {}
-    return {uuid: (str(job), state) for uuid, job, state in rows}
-
-
-def slurm_jobs(lab: Lab) -> dict[str, str]:
-    """job id -> state of the drone user's jobs, as squeue on login sees them."""
-    result = lab.run(
-        "login", ["squeue", "-h", "-t", "all", "-o", "%i %T"], user=lab.drone_user
-    )
-    return dict(line.split()[:2] for line in result.stdout.splitlines() if line.split())
-
-
-def pool_request(lab: Lab, request: dict) -> dict:
-    result = lab.run("control", ["pool", "--request", POOL, json.dumps(request)])
-    try:
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"ok": False, "error": result.stderr.strip()}
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, explain) -> None:
@@ -126,12 +68,8 @@ def control_sessions(lab: Lab) -> list[int]:
 
 
 def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: Path):
-    if not COBALD.exists():
-        pytest.skip(f"cobald console script not found at {COBALD}")
-    prepare_site(lab)
     config = write_config(lab, tmp_path)
-    db = tmp_path / "drones.db"
-    log_path = tmp_path / "cobald.log"
+    cobald = CobaldDaemon(lab, tmp_path, config)
     home = lab.layout.home(lab.drone_user)
 
     def explain() -> str:
@@ -139,20 +77,13 @@ def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: 
             f"--- {path.name}\n{path.read_text()[-1500:]}"
             for path in sorted(home.glob("tardis-*.out"))[-2:]
         )
-        tail = log_path.read_text()[-4000:] if log_path.exists() else ""
         return (
-            f"drones={drones(db)}\nslurm={slurm_jobs(lab)}\n"
-            f"{outputs}\n--- cobald.log (tail)\n{tail}"
+            f"drones={cobald.drones()}\nslurm={slurm_jobs(lab)}\n"
+            f"{outputs}\n--- cobald.log (tail)\n{cobald.log_tail()}"
         )
 
-    with open(log_path, "w") as log:
-        daemon = lab.popen(
-            "control",
-            [str(COBALD), str(config)],
-            cwd=str(tmp_path),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    daemon = cobald.start().process
+    log_path = cobald.log_path
     ours: dict[str, str] = {}
     try:
         # 1. TARDIS submits two drones; each registers with the pool through its
@@ -161,14 +92,14 @@ def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: 
 
         def two_available() -> bool:
             assert daemon.poll() is None, f"cobald exited ({daemon.returncode})"
-            for uuid in drones(db):
+            for uuid in cobald.drones():
                 if uuid not in loaded and pool_request(
                     lab, {"op": "set_load", "uuid": uuid, "load": 1.0}
                 ).get("ok"):
                     loaded.add(uuid)
             available = {
                 uuid: job
-                for uuid, (job, state) in drones(db).items()
+                for uuid, (job, state) in cobald.drones().items()
                 if state == "AvailableState"
             }
             if len(available) >= 2:
@@ -178,7 +109,9 @@ def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: 
 
         wait_for("two drones in AvailableState", two_available, 240, explain)
         jobs = slurm_jobs(lab)
-        assert all(jobs.get(job) == "RUNNING" for job in ours.values()), explain()
+        assert all(jobs.get(job, ("",))[0] == "RUNNING" for job in ours.values()), (
+            explain()
+        )
 
         # 2. The login node's sshd goes away for 20 s, the daemon's session with it.
         assert lab.kill_service("login-sshd")
@@ -202,27 +135,22 @@ def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: 
 
         def ours_gone() -> bool:
             assert daemon.poll() is None, f"cobald exited ({daemon.returncode})"
-            return not set(ours) & set(drones(db))
+            return not set(ours) & set(cobald.drones())
 
         wait_for("our drones in DownState", ours_gone, 240, explain)
         jobs = slurm_jobs(lab)
+        active = ("RUNNING", "PENDING", "COMPLETING", "CONFIGURING")
         still = {
-            job: jobs.get(job)
+            job: jobs[job][0]
             for job in ours.values()
-            if jobs.get(job) in ("RUNNING", "PENDING", "COMPLETING", "CONFIGURING")
+            if job in jobs and jobs[job][0] in active
         }
         assert not still, f"jobs still active in Slurm: {still}\n{explain()}"
         after = log_path.read_text()
         assert "Traceback" not in after and "unexpected error" not in after, explain()
         assert len(sessions) >= 1, "the daemon's ssh session was not found on login"
     finally:
-        if daemon.poll() is None:
-            daemon.terminate()
-            try:
-                daemon.wait(15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait(5)
+        cobald.stop()
         lab.run("login", ["scancel", "--me"], user=lab.drone_user)
         if os.environ.get("TNA_KEEP_LOGS"):
             shutil.copytree(tmp_path, os.environ["TNA_KEEP_LOGS"], dirs_exist_ok=True)

@@ -1,0 +1,147 @@
+"""A real COBalD daemon on the lab's control host, and what it can be asked.
+
+The lab tests and ``tardis-netadapter demo`` run the installed ``cobald`` with
+``configs/lab.yml`` (the lab's name filled in) in the ``control`` namespace,
+then watch three sources of truth: TARDIS's SqliteRegistry (drone states),
+Slurm on the login node (job states) and the pool stand-in (registrations).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Optional
+
+from . import layout as L
+from .site import Lab
+
+#: the repository's lab configuration; ``${lab}`` stands for the lab's name
+LAB_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lab.yml"
+POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
+
+
+def write_config(
+    lab: Lab, directory: Path, source: Path = LAB_CONFIG, replace: Optional[dict] = None
+) -> Path:
+    """``configs/lab.yml`` for this lab in ``directory``; ``replace`` edits the text."""
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"{source} not found: run from a checkout of tardis-netadapter"
+        )
+    text = source.read_text().replace("${lab}", lab.name)
+    for old, new in (replace or {}).items():
+        if old not in text:
+            raise ValueError(f"{old!r} does not occur in {source}")
+        text = text.replace(old, new)
+    path = directory / "cobald.yml"
+    path.write_text(text)
+    return path
+
+
+def drone_states(db: Path) -> dict[str, tuple[str, str]]:
+    """drone uuid -> (Slurm job id, TARDIS state) from the SqliteRegistry."""
+    if not db.exists():
+        return {}
+    try:
+        with sqlite3.connect(db, timeout=5) as connection:
+            rows = connection.execute(
+                "SELECT R.drone_uuid, R.remote_resource_uuid, S.state FROM Resources R "
+                "JOIN ResourceStates S ON R.state_id = S.state_id"
+            ).fetchall()
+    except sqlite3.Error:  # the daemon may be creating or writing it
+        return {}
+    return {uuid: (str(job), state) for uuid, job, state in rows}
+
+
+def slurm_jobs(lab: Lab) -> dict[str, tuple[str, str]]:
+    """job id -> (state, job name) of the drone user's jobs, as squeue sees them."""
+    result = lab.run(
+        "login",
+        ["squeue", "-h", "-t", "all", "-o", "%i %T %j"],
+        user=lab.drone_user,
+    )
+    jobs = {}
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if len(words) >= 3:
+            jobs[words[0]] = (words[1], words[2])
+    return jobs
+
+
+def pool_request(lab: Lab, request: dict[str, Any]) -> dict[str, Any]:
+    """One request to the pool stand-in, sent from the control host."""
+    result = lab.run("control", ["pool", "--request", POOL, json.dumps(request)])
+    try:
+        return json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"ok": False, "error": result.stderr.strip()}
+
+
+@dataclass
+class CobaldDaemon:
+    """``cobald run CONFIG`` in the control namespace, with its log and registry."""
+
+    lab: Lab
+    workdir: Path
+    config: Path
+    process: Optional[subprocess.Popen] = None
+    _log: Optional[IO[str]] = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "cobald.log"
+
+    @property
+    def db(self) -> Path:
+        """The SqliteRegistry file (configs/lab.yml: ``db_file: drones.db``)."""
+        return self.workdir / "drones.db"
+
+    def start(self) -> CobaldDaemon:
+        cobald = Path(sys.executable).parent / "cobald"
+        if not cobald.exists():
+            raise FileNotFoundError(f"the cobald daemon is not installed at {cobald}")
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - lives as long as the daemon
+        self.process = self.lab.popen(
+            "control",
+            [str(cobald), str(self.config)],
+            cwd=str(self.workdir),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def drones(self) -> dict[str, tuple[str, str]]:
+        return drone_states(self.db)
+
+    def log_tail(self, characters: int = 4000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-characters:]
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; only the process we started."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> CobaldDaemon:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
