@@ -97,7 +97,7 @@ def start_drone(lab: Lab, stack: ExitStack) -> tuple[str, str]:
     if result.returncode != 0:
         raise RuntimeError(f"sbatch failed: {result.stderr}")
     job_id = result.stdout.strip().split(";")[0]
-    stack.callback(lab.run, "login", ["scancel", job_id], user=lab.drone_user)
+    stack.callback(cancel, lab, job_id)
     output = lab.layout.home(lab.drone_user) / f"{drone_uuid}.out"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -110,6 +110,17 @@ def start_drone(lab: Lab, stack: ExitStack) -> tuple[str, str]:
     raise RuntimeError(
         f"drone did not start:\n{output.read_text() if output.exists() else ''}"
     )
+
+
+def cancel(lab: Lab, job_id: str) -> None:
+    """scancel, then wait for the drone's own cleanup before the lab goes down."""
+    lab.run("login", ["scancel", job_id], user=lab.drone_user)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        queue = lab.run("login", ["squeue", "-h", "-j", job_id], user=lab.drone_user)
+        if not queue.stdout.strip():
+            return
+        time.sleep(0.2)
 
 
 def iperf3(
