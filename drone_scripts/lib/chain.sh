@@ -73,7 +73,8 @@ chain_stage() {
         CHAIN_ENV=("LD_PRELOAD=$library" "TSOCKS_CONF_FILE=$conf")
     fi
     if ! wait_until "$CHAIN_READY_TIMEOUT_MS" chain_probe; then
-        fail chain "$EXIT_CHAIN" "the pool's collector $CHAIN_PROBE_HOST:$CHAIN_PROBE_PORT" \
+        stage_unready chain "$EXIT_CHAIN" chain_probe \
+            "the pool's collector $CHAIN_PROBE_HOST:$CHAIN_PROBE_PORT" \
             "is not reachable through $CHAIN_ROUTE within" \
             "$((CHAIN_READY_TIMEOUT_MS / 1000))s"
     fi

@@ -47,6 +47,23 @@ fail() {
     exit "$code"
 }
 
+# A path stage (tunnel, chain) whose readiness probe did not succeed in time:
+# STAGE CODE PROBE MESSAGE... Without monitoring the drone ends with the
+# stage's exit code. With monitoring it waits for the stage instead while the
+# watchdog's records name it, so the adapter decides (never-connected after
+# its connect deadline, with the failing stage shown by `status`) and a hop
+# that comes back late still gives a working drone.
+stage_unready() {
+    local stage=$1 code=$2 probe=$3
+    if declare -F watchdog_wait >/dev/null; then
+        log "stage $stage not ready: ${*:4}; retrying until it works or the" \
+            "adapter ends the drone"
+        watchdog_wait "$stage" "$probe" "${*:4}"
+        return 0
+    fi
+    fail "$stage" "$code" "${@:4}"
+}
+
 # The line a stage logs when it is up, with its own and the script's time.
 stage_ready() {
     local stage=$1 started=$2

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # monitoring.sh: feed the connectivity watchdog (lib/watchdog.sh) this drone's
-# identity, stages, chain and tunnel, and start it once the chain works.
+# identity, stages, chain and tunnel, and start it once the chain works (or,
+# when the tunnel or chain is not ready in time, at once: see stage_unready).
 # Included only when monitoring is enabled; the stages report through run_hook.
 
 # From drone_setup: the watchdog's identity and files, so stages can report.
@@ -16,15 +17,39 @@ watchdog_setup() {
     done
 }
 
-# After the chain: probe through it, watch the tunnel supervisor, publish.
-watchdog_stage() {
-    TNA_TUNNEL_PID=$TUNNEL_PID
+# The watchdog with the tunnel and chain as they are now (it is a background
+# process: what is set later does not reach it, so it is restarted then).
+# [PID]: the tunnel supervisor to watch (default TUNNEL_PID; empty: none).
+watchdog_run() {
+    watchdog_stop
+    TNA_TUNNEL_PID=${1-$TUNNEL_PID}
     TNA_CHAIN_PREFIX=()
     if ((${#CHAIN_ENV[@]})); then
         TNA_CHAIN_PREFIX=(env "${CHAIN_ENV[@]}")
     fi
     tna_watchdog_start
     CLEANUP+=(watchdog_stop)
+}
+
+# From stage_unready: STAGE PROBE DETAIL. Report the stage failed, run the
+# watchdog now (its records name the stage, so the adapter can judge the drone
+# never-connected) and probe once a second until the stage works.
+watchdog_wait() {
+    local stage=$1 probe=$2
+    tna_stage "$stage" failed "$3"
+    if [[ $stage == tunnel ]]; then
+        watchdog_run "" # a live supervisor would clear the failed tunnel stage
+    else
+        watchdog_run
+    fi
+    until "$probe"; do
+        sleep 1
+    done
+}
+
+# After the chain: probe through it, watch the tunnel supervisor, publish.
+watchdog_stage() {
+    watchdog_run
     tna_startd_cron_env
     local name
     for name in "${!_CONDOR_STARTD_CRON_@}"; do
@@ -36,6 +61,7 @@ watchdog_stage() {
 watchdog_stop() {
     if [[ -n ${TNA_WATCHDOG_PID:-} ]]; then
         stop_process "$TNA_WATCHDOG_PID" 2000
+        TNA_WATCHDOG_PID=""
     fi
 }
 

@@ -110,7 +110,8 @@ tunnel_stage() {
     TUNNEL_PID=$!
     CLEANUP+=(tunnel_stop)
     if ! wait_until "$TUNNEL_READY_TIMEOUT_MS" tunnel_probe; then
-        fail tunnel "$EXIT_TUNNEL" "SOCKS port 127.0.0.1:$TUNNEL_SOCKS_PORT" \
+        stage_unready tunnel "$EXIT_TUNNEL" tunnel_probe \
+            "SOCKS port 127.0.0.1:$TUNNEL_SOCKS_PORT" \
             "not up after $((TUNNEL_READY_TIMEOUT_MS / 1000))s through $TUNNEL_ROUTE;" \
             "see ssh's messages above"
     fi

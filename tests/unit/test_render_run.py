@@ -153,6 +153,56 @@ def test_unreachable_login_is_exit_20_and_stops_ssh(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == [] and work_dirs(tmp_path) == []
 
 
+def test_unready_tunnel_with_monitoring_keeps_trying_and_names_the_stage(
+    tmp_path: Path,
+) -> None:
+    """With monitoring the adapter decides: the drone waits, its records say why."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        socks_port = probe.getsockname()[1]
+    data = {
+        "tunnel": {
+            "hops": [{"host": "127.0.0.1", "port": closed_port}],
+            "socks_port": socks_port,
+            "ready_timeout": 1.5,
+            "identity_file": str(tmp_path / "no-key"),
+            "known_hosts": str(tmp_path / "known_hosts"),
+        },
+        "chain": {"tool": "none"},
+        "pool": {"collector": f"127.0.0.1:{closed_port}"},
+        "monitoring": {
+            "heartbeat_interval": 1,
+            "grace": 2,
+            "heartbeat_dir": str(tmp_path / "hb"),
+        },
+    }
+    proc = start(data, tmp_path)
+    record_file = tmp_path / "hb" / f"{UUID}.json"
+    record: dict[str, Any] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and proc.poll() is None:
+        if record_file.exists():
+            try:
+                record = json.loads(record_file.read_text())
+            except ValueError:  # replaced atomically, but be patient
+                record = {}
+            if record.get("seq", 0) >= 2:
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the drone gave up instead of waiting for the tunnel"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert record.get("failing_stage") == "tunnel", record
+    assert record["stages"]["tunnel"] == "failed" and record["last_ok"] is None
+    assert f"SOCKS port 127.0.0.1:{socks_port}" in record["last_error"]
+    assert "stage tunnel not ready" in err and "stage tunnel failed" not in err
+    assert leftovers(tmp_path) == [] and work_dirs(tmp_path) == []
+
+
 def test_missing_cvmfs_dist_is_exit_10(tmp_path: Path) -> None:
     data = {**DIRECT, "cvmfs": {"mode": "auto", "repositories": ["cms.cern.ch"]}}
     code, _, err = run(data, tmp_path)
