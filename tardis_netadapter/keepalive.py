@@ -63,13 +63,12 @@ class KeepaliveBudget:
         """(leg, what protects it) for docs, ``check`` and the rendered script header."""
         if not self.enabled:
             return [("all legs", "nothing: keepalive is switched off")]
-        ccb = self.condor_knobs.get("CCB_HEARTBEAT_INTERVAL", "HTCondor default")
         return [
             (
                 "worker -> login ssh",
                 f"ServerAliveInterval={self.server_alive_interval}s",
             ),
-            ("login -> pool (sshd-opened legs)", f"CCB_HEARTBEAT_INTERVAL={ccb}s"),
+            ("login -> pool (sshd-opened legs)", self._knob("CCB_HEARTBEAT_INTERVAL")),
             ("startd -> collector updates", self._knob("UPDATE_INTERVAL")),
             ("schedd <-> startd claim", self._knob("ALIVE_INTERVAL")),
             ("starter -> shadow", self._knob("STARTER_UPDATE_INTERVAL")),

@@ -76,9 +76,10 @@ def pool_request(lab: Lab, request: dict[str, Any]) -> dict[str, Any]:
     """One request to the pool stand-in, sent from the control host."""
     result = lab.run("control", ["pool", "--request", POOL, json.dumps(request)])
     try:
-        return json.loads(result.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        return {"ok": False, "error": result.stderr.strip()}
+        answer = json.loads(result.stdout)
+    except ValueError:
+        return {"ok": False, "error": result.stderr.strip() or result.stdout[-200:]}
+    return answer if isinstance(answer, dict) else {"ok": False, "error": repr(answer)}
 
 
 @dataclass
