@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tardis_netadapter.commands.status",
     "tardis_netadapter.commands.render",
     "tardis_netadapter.commands.check",
+    "tardis_netadapter.commands.demo",
 )
 
 
