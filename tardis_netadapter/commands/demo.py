@@ -280,7 +280,7 @@ def summary(events: Events, drones_seen: set[str]) -> str:
         f"  most drones Available at once : {events.peak_available}",
         f"  first drone Available after   : {at(events.first_available)}",
         f"  tunnel killed                 : {at(events.fault_at)}",
-        f"  fault detected (watchdog)     : {at(events.detected_at)}",
+        f"  fault detected                : {at(events.detected_at)}",
         f"  healed (tunnel + pool again)  : {at(events.healed_at)}",
     ]
     ok = (
