@@ -17,9 +17,12 @@ from typing import Any, Literal, Optional, Union
 from .schema import ConfigurationError, load
 
 __all__ = [
+    "AUTO",
     "ConfigurationError",
     "NetworkProfile",
+    "PortSetting",
     "load_profile",
+    "proxy_elements",
 ]
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")
@@ -73,17 +76,39 @@ class Hop:
         return f"{self.user}@{self.host}" if self.user else self.host
 
 
+#: a local port on the worker: a number, or ``auto`` for one chosen per drone
+PortSetting = Union[int, Literal["auto"]]
+AUTO = "auto"
+#: default candidates for ``auto`` ports: below Linux's ephemeral range
+#: (32768-60999), so outgoing connections do not take them
+DEFAULT_PORT_RANGE = (20000, 32767)
+_FORWARD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class Forward:
-    """An ``ssh -L`` forward opened by the tunnel, e.g. to a squid for CVMFS."""
+    """An ``ssh -L`` forward opened by the tunnel, e.g. to a squid for CVMFS.
 
-    listen_port: int
+    ``name`` lets other settings refer to the forward whatever its local port
+    (``cvmfs.http_proxy: forward:NAME``), which an ``auto`` port needs.
+    """
+
     host: str
     port: int
+    listen_port: PortSetting = AUTO
+    name: Optional[str] = None
 
     def check(self, path: str) -> list[str]:
+        problems = []
+        if self.listen_port != AUTO:
+            problems += _check_port(f"{path}.listen_port", self.listen_port)
+        if self.name is not None and not _FORWARD_NAME.match(self.name):
+            problems.append(
+                f"{path}.name: got {self.name!r}; expected a letter followed by "
+                "letters, digits or _ (it becomes part of an environment variable)"
+            )
         return (
-            _check_port(f"{path}.listen_port", self.listen_port)
+            problems
             + _check_host(f"{path}.host", self.host)
             + _check_port(f"{path}.port", self.port)
         )
@@ -97,14 +122,17 @@ class Tunnel:
     identity_file: str = "~/.ssh/id_ed25519"
     known_hosts: str = "~/.ssh/known_hosts"
     strict_host_key_checking: bool = True
-    socks_port: int = 1080
+    socks_port: PortSetting = AUTO
     forwards: tuple[Forward, ...] = ()
+    port_range: tuple[int, ...] = DEFAULT_PORT_RANGE
     ciphers: str = "auto"
     supervisor: Literal["autossh", "loop"] = "autossh"
     ready_timeout: float = 10.0
 
     def check(self, path: str) -> list[str]:
-        problems = _check_port(f"{path}.socks_port", self.socks_port)
+        problems = []
+        if self.socks_port != AUTO:
+            problems += _check_port(f"{path}.socks_port", self.socks_port)
         problems += _check_positive(
             f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
         )
@@ -114,13 +142,57 @@ class Tunnel:
                 "ssh cipher list such as 'aes128-gcm@openssh.com,chacha20-poly1305"
                 "@openssh.com'"
             )
-        listen = [f.listen_port for f in self.forwards]
-        if self.socks_port in listen or len(set(listen)) != len(listen):
+        fixed = [p for p in self.local_ports if p != AUTO]
+        if len(set(fixed)) != len(fixed):
+            listen = [f.listen_port for f in self.forwards]
             problems.append(
                 f"{path}.forwards: got listen ports {listen!r} with socks_port "
-                f"{self.socks_port}; every local port must be different"
+                f"{self.socks_port!r}; every local port must be different (or "
+                "auto: chosen per drone)"
             )
-        return problems
+        names = [f.name.lower() for f in self.forwards if f.name]
+        if len(set(names)) != len(names):
+            problems.append(
+                f"{path}.forwards: got names {names!r}; every forward needs its "
+                "own name (compared without case)"
+            )
+        return problems + self._check_port_range(path)
+
+    def _check_port_range(self, path: str) -> list[str]:
+        """Room for two candidate sets at least: a drone retries on a taken port."""
+        got = f"{path}.port_range: got {list(self.port_range)!r}"
+        if len(self.port_range) != 2:
+            return [f"{got}; expected [LOW, HIGH], e.g. [20000, 32767]"]
+        low, high = self.port_range
+        if not 1024 <= low < high <= 65535:
+            return [
+                f"{got}; expected 1024 <= LOW < HIGH <= 65535 (ports below 1024 "
+                "need root)"
+            ]
+        if high - low + 1 < 2 * self.auto_ports:
+            return [
+                f"{got}; {self.auto_ports} local ports are auto, so the range needs "
+                f"at least {2 * self.auto_ports} ports (better hundreds: one set "
+                "per drone on a node)"
+            ]
+        return []
+
+    @property
+    def local_ports(self) -> tuple[PortSetting, ...]:
+        """The SOCKS port, then each forward's listen port (numbers or auto)."""
+        return (self.socks_port, *(f.listen_port for f in self.forwards))
+
+    @property
+    def auto_ports(self) -> int:
+        """How many local ports a drone chooses at run time."""
+        return sum(1 for port in self.local_ports if port == AUTO)
+
+    def forward_index(self, name: str) -> Optional[int]:
+        """Position of the forward called ``name`` (compared without case)."""
+        for index, forward in enumerate(self.forwards):
+            if forward.name and forward.name.lower() == name.lower():
+                return index
+        return None
 
 
 @dataclass(frozen=True)
@@ -237,15 +309,68 @@ class Cvmfs:
                 f"{path}.repositories: empty with mode {self.mode!r}; list the "
                 "repositories to mount, or set mode: none"
             )
-        for proxy in re.split(r"[;|]", self.http_proxy):
+        for proxy in proxy_elements(self.http_proxy):
             problems += _check_numeric_proxy(f"{path}.http_proxy", proxy)
         return problems
+
+    def check_forwards(self, path: str, tunnel: Tunnel, socks: bool) -> list[str]:
+        """``forward:NAME`` must name a forward; a loopback proxy must not dangle.
+
+        The rule: ``http://127.0.0.1:PORT`` is taken literally. It reaches a
+        forward only when that forward's listen_port is the number PORT; an
+        ``auto`` forward has a different port on every drone, so it must be
+        referred to as ``forward:NAME``. A loopback proxy that matches no
+        numbered forward while some forward is auto is that mistake.
+        """
+        problems = []
+        fixed = {f.listen_port for f in tunnel.forwards if f.listen_port != AUTO}
+        auto = [f for f in tunnel.forwards if f.listen_port == AUTO]
+        for proxy in proxy_elements(self.http_proxy):
+            reference = _FORWARD_REF.match(proxy)
+            if reference and not socks:
+                problems.append(
+                    f"{path}.http_proxy: got {proxy!r} without a tunnel (mode "
+                    "direct): there is no forward to use"
+                )
+            elif reference and tunnel.forward_index(reference.group(1)) is None:
+                names = [f.name for f in tunnel.forwards if f.name]
+                problems.append(
+                    f"{path}.http_proxy: got {proxy!r}; no forward of that name "
+                    f"(named forwards: {names or 'none'}): add name: "
+                    f"{reference.group(1)} to its tunnel.forwards entry"
+                )
+            loopback = re.match(r"^http://127\.[0-9.]+:(\d+)/?$", proxy)
+            if loopback and auto and int(loopback.group(1)) not in fixed:
+                problems.append(
+                    f"{path}.http_proxy: got {proxy!r}, but no forward listens on "
+                    f"port {loopback.group(1)}: forwards with listen_port auto get "
+                    "a port per drone; refer to one as forward:NAME (e.g. name: "
+                    "squid, http_proxy: forward:squid)"
+                )
+        return problems
+
+
+#: ``forward:NAME`` in cvmfs.http_proxy: the tunnel's forward of that name
+_FORWARD_REF = re.compile(r"^forward:(.*)$")
+
+
+def proxy_elements(http_proxy: str) -> list[str]:
+    """The proxies of a CVMFS_HTTP_PROXY value, without the ';' and '|' between."""
+    return re.split(r"[;|]", http_proxy)
 
 
 def _check_numeric_proxy(path: str, proxy: str) -> list[str]:
     """cvmfs resolves names itself (c-ares), past proxychains: proxies must be numeric."""
     if proxy in ("DIRECT", "auto"):
         return []
+    reference = _FORWARD_REF.match(proxy)
+    if reference:
+        if _FORWARD_NAME.match(reference.group(1)):
+            return []
+        return [
+            f"{path}: got {proxy!r}; expected forward:NAME with the name of a "
+            "tunnel.forwards entry"
+        ]
     match = re.match(r"^http://([^/:]+):(\d+)/?$", proxy)
     if not match:
         return [
@@ -407,6 +532,9 @@ class NetworkProfile:
                 "singcvmfs mounts CVMFS inside a container: set container.runtime "
                 "and container.image, or choose another cvmfs.mode"
             )
+        problems += self.cvmfs.check_forwards(
+            f"{path}.cvmfs", self.tunnel, socks=self.mode == "socks"
+        )
         if self.mode == "direct" and self.chain.tool != "none":
             problems.append(
                 f"{path}.chain.tool: got {self.chain.tool!r} with mode 'direct'; "

@@ -7,7 +7,10 @@ configs they are, so a site operator can review exactly what runs
 bash through ``shquote`` (single quotes) and ssh_config through ``sshvalue``;
 the bash libraries in drone_scripts/lib are plain files inserted verbatim, so
 no configured value is ever parsed as code. Per-drone values are not rendered
-at all: they arrive as environment variables exported by sbatch.
+at all: they arrive as environment variables exported by sbatch, or, for the
+local ports set to ``auto``, are chosen by the script at run time; the rendered
+text holds a placeholder ``@TARDIS_PORT_<i>@`` (0: SOCKS, i: forward i) for
+each such port, which the script replaces once it has chosen.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any
 
 import jinja2
 
-from .config import NetworkProfile
+from .config import AUTO, NetworkProfile, PortSetting
 from .keepalive import KeepaliveBudget
 from .schema import ConfigurationError
 
 __all__ = [
+    "cvmfs_http_proxy",
+    "port_placeholder",
     "proxychains_conf_text",
     "render_drone_script",
     "ssh_config_text",
@@ -164,17 +169,27 @@ def _hops(profile: NetworkProfile) -> list[dict[str, Any]]:
     return hops
 
 
+def port_placeholder(index: int) -> str:
+    """What the script replaces with the ``index``-th local port it chose."""
+    return f"@TARDIS_PORT_{index}@"
+
+
+def _port(index: int, setting: PortSetting) -> str:
+    """A local port in rendered text: its number, or the run-time placeholder."""
+    return port_placeholder(index) if setting == AUTO else str(setting)
+
+
 def tunnel_route(profile: NetworkProfile) -> str:
     """Human wording of the tunnel for log lines and headers."""
     if profile.mode != "socks" or not profile.tunnel.hops:
         return "no tunnel"
     hops = " -> ".join(f"{hop.destination}:{hop.port}" for hop in profile.tunnel.hops)
-    return f"ssh {hops}, SOCKS on 127.0.0.1:{profile.tunnel.socks_port}"
+    return f"ssh {hops}, SOCKS on 127.0.0.1:{_port(0, profile.tunnel.socks_port)}"
 
 
 def chain_route(profile: NetworkProfile) -> str:
     """Human wording of the proxy chain for log lines and headers."""
-    hops = [f"socks5 127.0.0.1:{profile.tunnel.socks_port} (ssh tunnel)"]
+    hops = [f"socks5 127.0.0.1:{_port(0, profile.tunnel.socks_port)} (ssh tunnel)"]
     hops += [
         f"{proxy.type} {_endpoint(proxy.host, proxy.port)}"
         for proxy in profile.chain.proxies
@@ -202,20 +217,52 @@ def _check_paths(profile: NetworkProfile, path: str = "Network") -> None:
         raise ConfigurationError(problems)
 
 
-def ssh_config_text(profile: NetworkProfile, budget: KeepaliveBudget) -> str:
-    """The tunnel's ssh_config (hops as ProxyJump chain, forwards on the last)."""
-    _check_paths(profile)
+def cvmfs_http_proxy(profile: NetworkProfile) -> str:
+    """CVMFS_HTTP_PROXY with every ``forward:NAME`` turned into its local address.
+
+    An ``auto`` forward's port becomes its placeholder, replaced at run time.
+    """
     tunnel = profile.tunnel
-    forwards = [
-        {"listen_port": f.listen_port, "target": _endpoint(f.host, f.port)}
+
+    def resolve(part: str) -> str:
+        if not part.startswith("forward:"):
+            return part  # a proxy, DIRECT, or a ';' or '|' between them
+        index = tunnel.forward_index(part.removeprefix("forward:"))
+        if index is None:  # load_profile refuses this; a hand-built profile may not
+            raise ConfigurationError([f"cvmfs.http_proxy: no forward for {part!r}"])
+        return (
+            f"http://127.0.0.1:{_port(index + 1, tunnel.forwards[index].listen_port)}"
+        )
+
+    return "".join(
+        resolve(part) for part in re.split(r"([;|])", profile.cvmfs.http_proxy)
+    )
+
+
+def _forward_lines(profile: NetworkProfile) -> list[str]:
+    """The -L/-D options the script gives ssh, for the ssh_config's header."""
+    tunnel = profile.tunnel
+    lines = [
+        f"-L 127.0.0.1:{f.listen_port}:{_endpoint(f.host, f.port)}"
+        + (f" ({f.name})" if f.name else "")
         for f in tunnel.forwards
     ]
+    return lines + [f"-D 127.0.0.1:{tunnel.socks_port}"]
+
+
+def ssh_config_text(profile: NetworkProfile, budget: KeepaliveBudget) -> str:
+    """The tunnel's ssh_config (hops as ProxyJump chain).
+
+    The -D/-L forwards are not in it: their local ports may be chosen per
+    drone, so the script gives them on ssh's command line (tunnel_command).
+    """
+    _check_paths(profile)
+    tunnel = profile.tunnel
     return _render(
         "conf/ssh_config.j2",
         route=tunnel_route(profile),
         hops=_hops(profile),
-        socks_port=tunnel.socks_port,
-        forwards=forwards,
+        forwards=_forward_lines(profile),
         strict_host_key_checking="yes" if tunnel.strict_host_key_checking else "no",
         known_hosts=tunnel.known_hosts,
         identity_file=tunnel.identity_file,
@@ -250,7 +297,7 @@ def proxychains_conf_text(profile: NetworkProfile) -> str:
         quiet=profile.chain.quiet,
         remote_dns=profile.chain.remote_dns,
         localnet=localnet,
-        socks_port=profile.tunnel.socks_port,
+        socks_port=_port(0, profile.tunnel.socks_port),
         proxies=profile.chain.proxies,
     )
 
@@ -266,7 +313,7 @@ def tsocks_conf_text(profile: NetworkProfile) -> str:
         "conf/tsocks.conf.j2",
         route=chain_route(profile),
         localnet=localnet,
-        socks_port=profile.tunnel.socks_port,
+        socks_port=_port(0, profile.tunnel.socks_port),
     )
 
 
@@ -324,7 +371,11 @@ def render_drone_script(
         legs=budget.legs(),
         tunnel_target=f"tardis-hop-{len(profile.tunnel.hops)}" if socks else "",
         tunnel_route=tunnel_route(profile),
-        local_ports=[f.listen_port for f in profile.tunnel.forwards],
+        forward_names=[f.name or "" for f in profile.tunnel.forwards],
+        forward_ports=[f.listen_port for f in profile.tunnel.forwards],
+        forward_targets=[_endpoint(f.host, f.port) for f in profile.tunnel.forwards],
+        cvmfs_http_proxy=cvmfs_http_proxy(profile),
+        cvmfs_proxy_per_drone="@TARDIS_PORT_" in cvmfs_http_proxy(profile),
         tunnel_ready_timeout_ms=ready_ms,
         cvmfs_mount_timeout_s=CVMFS_MOUNT_TIMEOUT,
         chain_route=chain_route(profile),

@@ -42,7 +42,8 @@ def _describe(hint: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(hint))
     if origin is Union:
         args = [a for a in get_args(hint) if a is not type(None)]
-        return " or ".join(_describe(a) for a in args) + " (or null)"
+        text = " or ".join(_describe(a) for a in args)
+        return text + " (or null)" if type(None) in get_args(hint) else text
     if origin in (list, tuple):
         return f"a list of {_describe(get_args(hint)[0])}"
     if origin in (dict, Mapping):

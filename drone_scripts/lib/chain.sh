@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # chain.sh: send the unmodified payload's connections into the tunnel.
 # The proxychains-ng (or tsocks) configuration is rendered from the profile
-# (write_proxychains_conf / write_tsocks_conf); the payload gets it through
+# (write_proxychains_conf / write_tsocks_conf; the SOCKS port is the one the
+# tunnel stage chose, put in by with_ports); the payload gets it through
 # LD_PRELOAD, so no program needs to know about SOCKS.
 
 CHAIN_ENV=()
@@ -62,14 +63,16 @@ chain_stage() {
     fi
     if [[ $CHAIN_TOOL == proxychains ]]; then
         conf=$DRONE_DIR/proxychains.conf
-        write_proxychains_conf >"$conf" || fail chain "$EXIT_CHAIN" "cannot write $conf"
+        with_ports "$(write_proxychains_conf)" >"$conf" ||
+            fail chain "$EXIT_CHAIN" "cannot write $conf"
         CHAIN_ENV=("LD_PRELOAD=$library" "PROXYCHAINS_CONF_FILE=$conf")
         if ((CHAIN_QUIET)); then
             CHAIN_ENV+=(PROXYCHAINS_QUIET_MODE=1)
         fi
     else
         conf=$DRONE_DIR/tsocks.conf
-        write_tsocks_conf >"$conf" || fail chain "$EXIT_CHAIN" "cannot write $conf"
+        with_ports "$(write_tsocks_conf)" >"$conf" ||
+            fail chain "$EXIT_CHAIN" "cannot write $conf"
         CHAIN_ENV=("LD_PRELOAD=$library" "TSOCKS_CONF_FILE=$conf")
     fi
     if ! wait_until "$CHAIN_READY_TIMEOUT_MS" chain_probe; then

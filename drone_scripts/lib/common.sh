@@ -112,6 +112,31 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
+# TEXT with each @TARDIS_PORT_<i>@ replaced by the i-th local port this drone
+# chose (TUNNEL_PORTS: 0 the SOCKS port, i forward i; set by the tunnel stage).
+with_ports() {
+    local text=$1 index
+    for index in "${!TUNNEL_PORTS[@]}"; do
+        text=${text//"@TARDIS_PORT_$index@"/${TUNNEL_PORTS[index]}}
+    done
+    printf '%s\n' "$text"
+}
+
+# True when PID is ANCESTOR or descends from it (parents from /proc/PID/stat).
+pid_descends() {
+    local pid=$1 ancestor=$2 stat
+    while [[ $pid =~ ^[0-9]+$ ]] && ((pid > 1)); do
+        if ((pid == ancestor)); then
+            return 0
+        fi
+        IFS= read -r stat 2>/dev/null <"/proc/$pid/stat" || return 1
+        stat=${stat##*") "} # past "PID (COMM) ": "STATE PPID ..."
+        stat=${stat#* }
+        pid=${stat%% *}
+    done
+    return 1
+}
+
 # Stop a process (and, with -g, its process group): TERM, then KILL.
 stop_process() {
     local target=$1 pid=${1#-} grace_ms=${2:-5000}

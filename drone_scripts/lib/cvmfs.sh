@@ -12,12 +12,21 @@ CVMFS_ROOT=""
 CVMFS_MOUNTED=()
 
 # cvmfs resolves names itself, past the chain: the proxy is a numeric address,
-# written where every mode's cvmfs2 reads it (DIST/etc/cvmfs/default.d).
+# written where every mode's cvmfs2 reads it (DIST/etc/cvmfs/default.d). The
+# file is shared by every drone of the site: a proxy through a forward with a
+# per-drone port is written as a reference to TARDIS_CVMFS_HTTP_PROXY, which
+# cvmfs2 expands (it reads its configuration through sh) in the environment of
+# the drone that mounts, so drones on one node do not overwrite each other.
 cvmfs_write_config() {
     local dist=$1 dir=$1/etc/cvmfs/default.d file text
     file=$dir/90-tardis-netadapter.conf
     text="# written by tardis-netadapter drones (settings of the Network profile)"$'\n'
-    text+="CVMFS_HTTP_PROXY=\"$CVMFS_HTTP_PROXY\""$'\n'
+    if ((CVMFS_PROXY_PER_DRONE)); then
+        # shellcheck disable=SC2016  # expanded by cvmfs2's sh, not here
+        text+='CVMFS_HTTP_PROXY="${TARDIS_CVMFS_HTTP_PROXY}"'$'\n'
+    else
+        text+="CVMFS_HTTP_PROXY=\"$CVMFS_HTTP_PROXY\""$'\n'
+    fi
     if [[ -n $CVMFS_SERVER_URL ]]; then
         text+="CVMFS_SERVER_URL=\"$CVMFS_SERVER_URL\""$'\n'
     fi
@@ -96,7 +105,8 @@ cvmfs_stage() {
         fail cvmfs "$EXIT_CVMFS" "$CVMFS_TOOLS/$CVMFS_ACTIVE_MODE not found or not executable"
     cvmfs_write_config "$dist" ||
         fail cvmfs "$EXIT_CVMFS" "cannot write the proxy configuration into $dist/etc/cvmfs"
-    export CVMFS_HTTP_PROXY
+    TARDIS_CVMFS_HTTP_PROXY=$CVMFS_HTTP_PROXY
+    export CVMFS_HTTP_PROXY TARDIS_CVMFS_HTTP_PROXY
     case $CVMFS_ACTIVE_MODE in
     mountrepo)
         cvmfs_mountrepo

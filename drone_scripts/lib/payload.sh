@@ -49,8 +49,10 @@ payload_environment() {
     PAYLOAD_ENV+=("TardisDroneUuid=$DRONE_UUID" "TARDIS_DRONE_DIR=$DRONE_DIR"
         "TARDIS_CONDOR_CONFIG_DIR=$config_dir")
     if [[ -n $CVMFS_ROOT ]]; then
-        PAYLOAD_ENV+=("TARDIS_CVMFS_ROOT=$CVMFS_ROOT")
+        PAYLOAD_ENV+=("TARDIS_CVMFS_ROOT=$CVMFS_ROOT"
+            "TARDIS_CVMFS_HTTP_PROXY=$CVMFS_HTTP_PROXY")
     fi
+    tunnel_port_environment
     if ((${#CHAIN_ENV[@]})); then
         PAYLOAD_ENV+=("${CHAIN_ENV[@]}")
         if [[ $CONTAINER_RUNTIME == none && -n ${LD_PRELOAD:-} ]]; then
@@ -60,6 +62,23 @@ payload_environment() {
     if ((${#PAYLOAD_EXTRA_ENV[@]})); then
         PAYLOAD_ENV+=("${PAYLOAD_EXTRA_ENV[@]}")
     fi
+}
+
+# The local ports this drone chose, for payloads that configure a proxy of
+# their own (e.g. Frontier through the squid forward): TARDIS_SOCKS_PORT and
+# TARDIS_FORWARD_PORT_<NAME> for each named forward (NAME in upper case).
+tunnel_port_environment() {
+    local index name
+    if ((${#TUNNEL_PORTS[@]} == 0)); then
+        return 0
+    fi
+    PAYLOAD_ENV+=("TARDIS_SOCKS_PORT=${TUNNEL_PORTS[0]}")
+    for index in "${!TUNNEL_FORWARD_NAMES[@]}"; do
+        name=${TUNNEL_FORWARD_NAMES[index]}
+        if [[ -n $name ]]; then
+            PAYLOAD_ENV+=("TARDIS_FORWARD_PORT_${name^^}=${TUNNEL_PORTS[index + 1]}")
+        fi
+    done
 }
 
 # A tiny helper that notes a stage was reached (after checking that each DIR

@@ -1,9 +1,23 @@
 # shellcheck shell=bash
 # tunnel.sh: the supervised ssh tunnel from the worker out of the site.
-# What ssh does is declared in the rendered ssh_config (write_ssh_config);
-# this file picks the cipher, supervises ssh and waits for its ports.
+# What ssh does is declared in the rendered ssh_config (write_ssh_config),
+# except its local ports: this file chooses them (many drones share a node),
+# gives them to ssh as -L/-D, picks the cipher, supervises ssh and waits until
+# every port listens and belongs to this drone's ssh.
 
 TUNNEL_PID=""
+# this drone's local ports, as numbers: [0] SOCKS, [i] forward i
+TUNNEL_PORTS=()
+# the next candidate set for auto ports (a set is one port per auto port)
+TUNNEL_SLOT=""
+# how often a port taken by someone else while ssh started is tolerated
+TUNNEL_PORT_ATTEMPTS=5
+# a port of TUNNEL_PORTS another process listens on (ssh cannot have it)
+TUNNEL_FOREIGN=""
+# port -> inode of the socket listening on 127.0.0.1 (or "other": elsewhere)
+declare -gA TUNNEL_LISTEN=()
+# port -> inode of a listening socket found to be this drone's ssh's
+declare -gA TUNNEL_OWNED=()
 
 # Ciphers in order of preference, keeping only those this ssh knows:
 # AES-GCM first where the CPU has AES instructions, ChaCha20 first elsewhere.
@@ -29,9 +43,14 @@ tunnel_ciphers() {
     printf '%s' "${chosen[*]}"
 }
 
-# The supervisor's command: autossh -M 0 (restarts ssh on failure) or ssh.
+# The supervisor's command: autossh -M 0 (restarts ssh on failure) or ssh,
+# with this drone's ports as -L and -D (-D last: ssh binds in this order).
 tunnel_command() {
-    local ssh_argv=(ssh -N -F "$DRONE_DIR/ssh_config" "$TUNNEL_TARGET")
+    local ssh_argv=(ssh -N -F "$DRONE_DIR/ssh_config") index
+    for index in "${!TUNNEL_FORWARD_TARGETS[@]}"; do
+        ssh_argv+=(-L "127.0.0.1:${TUNNEL_PORTS[index + 1]}:${TUNNEL_FORWARD_TARGETS[index]}")
+    done
+    ssh_argv+=(-D "127.0.0.1:${TUNNEL_PORTS[0]}" "$TUNNEL_TARGET")
     if [[ $TUNNEL_SUPERVISOR == autossh ]] && command -v autossh >/dev/null; then
         printf '%s\0' env AUTOSSH_GATETIME=0 AUTOSSH_POLL=30 \
             "AUTOSSH_PATH=$(command -v ssh)" autossh -M 0 "${ssh_argv[@]:1}"
@@ -63,55 +82,224 @@ tunnel_supervise() {
     done
 }
 
-tunnel_ports() {
-    printf '%s\n' "$TUNNEL_SOCKS_PORT" "${TUNNEL_LOCAL_PORTS[@]}"
+# The configured ports, [0] SOCKS then each forward: numbers or auto.
+tunnel_wanted() {
+    printf '%s\n' "$TUNNEL_SOCKS_PORT" "${TUNNEL_FORWARD_PORTS[@]}"
 }
 
-# True when the SOCKS port accepts connections. ssh binds it after every -L
-# forward (the ssh_config lists it last) and exits if one fails
-# (ExitOnForwardFailure), so the forwards need no probe of their own, which
-# would open a connection to the service behind each of them.
+# Where this drone's candidates start: from the Slurm job id, so drones that
+# start together on a node (nearby ids) try different sets; else the uuid.
+tunnel_seed() {
+    local id=${SLURM_JOB_ID:-} hash=5381 char index
+    if [[ $id =~ ^[0-9]{1,15}$ ]]; then
+        printf '%s' "$((10#$id))"
+        return
+    fi
+    for ((index = 0; index < ${#DRONE_UUID}; index++)); do
+        printf -v char '%d' "'${DRONE_UUID:index:1}"
+        hash=$(((hash * 33 + char) % 2147483647))
+    done
+    printf '%s' "$hash"
+}
+
+# Every TCP listener of this node (IPv4 and IPv6, one awk over /proc/net) into
+# TUNNEL_LISTEN. False where /proc/net/tcp cannot be read.
+tunnel_listeners() {
+    local address inode port
+    TUNNEL_LISTEN=()
+    [[ -r /proc/net/tcp ]] || return 1
+    while read -r address inode; do
+        port=$((16#${address##*:}))
+        case ${address%:*} in
+        0100007F | 7F000001) TUNNEL_LISTEN[$port]=$inode ;; # 127.0.0.1, either byte order
+        *) TUNNEL_LISTEN[$port]=${TUNNEL_LISTEN[$port]:-other} ;;
+        esac
+    done < <(awk '$4 == "0A" { print $2, $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null)
+}
+
+# Fill TUNNEL_PORTS: configured numbers as they are, auto ports from the next
+# candidate set of TUNNEL_PORT_RANGE on which nothing listens. A set is
+# consecutive ports; the first one tried comes from tunnel_seed.
+tunnel_pick_ports() {
+    local wanted=() auto=0 low=${TUNNEL_PORT_RANGE[0]} high=${TUNNEL_PORT_RANGE[1]}
+    local slots tries candidate port fixed proc=1
+    mapfile -t wanted < <(tunnel_wanted)
+    for port in "${wanted[@]}"; do
+        [[ $port == auto ]] && auto=$((auto + 1))
+    done
+    TUNNEL_PORTS=("${wanted[@]}")
+    ((auto > 0)) || return 0
+    fixed=" ${wanted[*]} "
+    tunnel_listeners || proc=0
+    slots=$(((high - low + 1) / auto))
+    if [[ -z $TUNNEL_SLOT ]]; then
+        TUNNEL_SLOT=$(($(tunnel_seed) % slots))
+    fi
+    for ((tries = 0; tries < slots; tries++)); do
+        candidate=$((low + TUNNEL_SLOT * auto))
+        TUNNEL_SLOT=$(((TUNNEL_SLOT + 1) % slots))
+        TUNNEL_PORTS=()
+        for port in "${wanted[@]}"; do
+            if [[ $port == auto ]]; then
+                if [[ -n ${TUNNEL_LISTEN[$candidate]:-} || $fixed == *" $candidate "* ]] ||
+                    { ((!proc)) && port_open "$candidate"; }; then
+                    continue 2 # taken: the next set
+                fi
+                port=$candidate
+                candidate=$((candidate + 1))
+            fi
+            TUNNEL_PORTS+=("$port")
+        done
+        return 0
+    done
+    return 1
+}
+
+# True when the socket with INODE belongs to this drone's tunnel: a process
+# holding it (a /proc/PID/fd link) descends from the supervisor TUNNEL_PID.
+tunnel_holds() {
+    local inode=$1 link pid
+    while IFS= read -r link; do
+        pid=${link#/proc/}
+        if pid_descends "${pid%%/*}" "$TUNNEL_PID"; then
+            return 0
+        fi
+    done < <(find /proc/[0-9]*/fd -maxdepth 1 -lname "socket:\[$inode\]" 2>/dev/null)
+    return 1
+}
+
+# 0 when every port of TUNNEL_PORTS listens on 127.0.0.1 and is this drone's
+# ssh's, 1 while some are not up yet, 2 when another process listens on one
+# (TUNNEL_FOREIGN): then ssh cannot bind it (ExitOnForwardFailure ends it).
+# Checking the owner keeps a drone from using another drone's tunnel.
+# Without /proc/net/tcp: only whether the SOCKS port accepts connections.
+tunnel_ports_state() {
+    local port inode missing=0
+    if ! tunnel_listeners; then
+        port_open "${TUNNEL_PORTS[0]}"
+        return
+    fi
+    for port in "${TUNNEL_PORTS[@]}"; do
+        inode=${TUNNEL_LISTEN[$port]:-}
+        if [[ -z $inode ]]; then
+            missing=1
+        elif [[ ${TUNNEL_OWNED[$port]:-} != "$inode" ]]; then
+            if [[ $inode == other ]] || ! tunnel_holds "$inode"; then
+                TUNNEL_FOREIGN=$port
+                return 2
+            fi
+            TUNNEL_OWNED[$port]=$inode
+        fi
+    done
+    return "$missing"
+}
+
+# Poll tunnel_ports_state every 50 ms for up to TUNNEL_READY_TIMEOUT_MS: its
+# status, 1 when the time is up.
+tunnel_wait_ports() {
+    local deadline state
+    deadline=$(($(now_us) + TUNNEL_READY_TIMEOUT_MS * 1000))
+    while :; do
+        tunnel_ports_state
+        state=$?
+        if ((state != 1)); then
+            return "$state"
+        fi
+        if (($(now_us) >= deadline)); then
+            return 1
+        fi
+        sleep 0.05
+    done
+}
+
+# True when the tunnel works: every port listens and is this drone's ssh's.
 tunnel_probe() {
-    port_open "$TUNNEL_SOCKS_PORT"
+    tunnel_ports_state
+}
+
+# The chosen ports into every setting that holds a placeholder for them.
+tunnel_use_ports() {
+    TUNNEL_ROUTE=$(with_ports "$TUNNEL_ROUTE")
+    CHAIN_ROUTE=$(with_ports "$CHAIN_ROUTE")
+    CVMFS_HTTP_PROXY=$(with_ports "$CVMFS_HTTP_PROXY")
+}
+
+# "socks 127.0.0.1:P, squid 127.0.0.1:Q" for the log.
+tunnel_ports_text() {
+    local index name text="socks 127.0.0.1:${TUNNEL_PORTS[0]}"
+    for index in "${!TUNNEL_FORWARD_TARGETS[@]}"; do
+        name=${TUNNEL_FORWARD_NAMES[index]:-forward $((index + 1))}
+        text+=", $name 127.0.0.1:${TUNNEL_PORTS[index + 1]} -> ${TUNNEL_FORWARD_TARGETS[index]}"
+    done
+    printf '%s' "$text"
 }
 
 tunnel_stop() {
     if [[ -n $TUNNEL_PID ]]; then
         stop_process "$TUNNEL_PID" 5000
+        TUNNEL_PID=""
         log "tunnel stopped"
     fi
 }
 
+# Write the ssh_config, start the supervisor on the picked ports and wait: 0
+# ready, 1 not up in time, 2 a port was taken by another process meanwhile.
+tunnel_start() {
+    local ciphers
+    ciphers=$(tunnel_ciphers)
+    {
+        with_ports "$(write_ssh_config)"
+        if [[ -n $ciphers ]]; then
+            printf '    Ciphers %s\n' "$ciphers"
+        fi
+    } >"$DRONE_DIR/ssh_config" ||
+        fail tunnel "$EXIT_TUNNEL" "cannot write $DRONE_DIR/ssh_config"
+    TUNNEL_OWNED=()
+    TUNNEL_FOREIGN=""
+    tunnel_supervise &
+    TUNNEL_PID=$!
+    tunnel_wait_ports
+}
+
 tunnel_stage() {
-    local started port
+    local started port attempt state
     started=$(now_us)
     if [[ $NETWORK_MODE != socks ]]; then
         stage_skipped tunnel "network mode $NETWORK_MODE"
         return 0
     fi
     command -v ssh >/dev/null || fail tunnel "$EXIT_TUNNEL" "ssh not found in PATH"
-    for port in $(tunnel_ports); do
-        if port_open "$port"; then
+    for port in $(tunnel_wanted); do
+        if [[ $port != auto ]] && port_open "$port"; then
             fail tunnel "$EXIT_TUNNEL" "127.0.0.1:$port is already in use on" \
-                "$(hostname) (another drone?): give each drone on a node its own" \
-                "tunnel.socks_port and forwards"
+                "$(hostname) (another drone?): set tunnel.socks_port and the" \
+                "forwards' listen_port to auto to give each drone its own ports"
         fi
     done
-    local ciphers
-    ciphers=$(tunnel_ciphers)
-    {
-        write_ssh_config
-        if [[ -n $ciphers ]]; then
-            printf '    Ciphers %s\n' "$ciphers"
-        fi
-    } >"$DRONE_DIR/ssh_config" ||
-        fail tunnel "$EXIT_TUNNEL" "cannot write $DRONE_DIR/ssh_config"
-    tunnel_supervise &
-    TUNNEL_PID=$!
     CLEANUP+=(tunnel_stop)
-    if ! wait_until "$TUNNEL_READY_TIMEOUT_MS" tunnel_probe; then
+    for ((attempt = 1; ; attempt++)); do
+        tunnel_pick_ports ||
+            fail tunnel "$EXIT_TUNNEL" "no free local ports in" \
+                "${TUNNEL_PORT_RANGE[0]}-${TUNNEL_PORT_RANGE[1]} on $(hostname);" \
+                "widen tunnel.port_range"
+        tunnel_start
+        state=$?
+        ((state == 2)) || break
+        tunnel_stop
+        if [[ " $(tunnel_wanted | tr '\n' ' ') " == *" $TUNNEL_FOREIGN "* ]] ||
+            ((attempt >= TUNNEL_PORT_ATTEMPTS)); then
+            fail tunnel "$EXIT_TUNNEL" "127.0.0.1:$TUNNEL_FOREIGN was taken by" \
+                "another process on $(hostname) while the tunnel started" \
+                "(attempt $attempt)"
+        fi
+        log "tunnel: 127.0.0.1:$TUNNEL_FOREIGN was taken by another process;" \
+            "trying other ports"
+    done
+    tunnel_use_ports
+    log "tunnel: local ports $(tunnel_ports_text)"
+    if ((state != 0)); then
         stage_unready tunnel "$EXIT_TUNNEL" tunnel_probe \
-            "SOCKS port 127.0.0.1:$TUNNEL_SOCKS_PORT" \
+            "SOCKS port 127.0.0.1:${TUNNEL_PORTS[0]}" \
             "not up after $((TUNNEL_READY_TIMEOUT_MS / 1000))s through $TUNNEL_ROUTE;" \
             "see ssh's messages above"
     fi

@@ -19,7 +19,8 @@ def test_minimal_profile_gets_documented_defaults() -> None:
     profile = load_profile(LOGIN)
     assert isinstance(profile, NetworkProfile)
     assert profile.mode == "socks"
-    assert profile.tunnel.socks_port == 1080
+    assert profile.tunnel.socks_port == "auto"
+    assert profile.tunnel.port_range == (20000, 32767)
     assert profile.tunnel.strict_host_key_checking is True
     assert profile.chain.tool == "proxychains"
     assert profile.cvmfs.mode == "none"
@@ -82,6 +83,7 @@ def test_forward_ports_must_not_collide_with_socks_port() -> None:
     data = {
         "tunnel": {
             "hops": [{"host": "login"}],
+            "socks_port": 1080,
             "forwards": [{"listen_port": 1080, "host": "127.0.0.1", "port": 3128}],
         }
     }

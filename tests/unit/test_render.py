@@ -31,6 +31,8 @@ FZJ: dict[str, Any] = {
     "firewall": {"idle_timeout": 20},
     "tunnel": {
         "hops": [LOGIN],
+        # numbered ports, as before `auto` (tests/unit/test_render_ports.py)
+        "socks_port": 1080,
         "forwards": [{"listen_port": 3128, "host": "127.0.0.1", "port": 3128}],
     },
     "chain": {
@@ -111,13 +113,15 @@ def test_no_key_material_only_the_path() -> None:
 # -- ssh_config: read back with ssh's own parser -----------------------------------
 
 
-def ssh_settings(config: str, host: str, tmp_path: Path) -> dict[str, list[str]]:
+def ssh_settings(
+    config: str, host: str, tmp_path: Path, options: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
     if shutil.which("ssh") is None:
         pytest.skip("ssh is not installed")
     path = tmp_path / "ssh_config"
     path.write_text(config)
     output = subprocess.run(
-        ["ssh", "-G", "-F", str(path), host],
+        ["ssh", "-G", "-F", str(path), *options, host],
         capture_output=True,
         text=True,
         check=True,
@@ -130,10 +134,25 @@ def ssh_settings(config: str, host: str, tmp_path: Path) -> dict[str, list[str]]
     return settings
 
 
+def forward_options(data: dict[str, Any], tmp_path: Path, *ports: int) -> tuple:
+    """The -L/-D options tunnel_command gives ssh once the ports are chosen."""
+    argv = words(
+        bash_with(
+            script_of(data),
+            f"DRONE_DIR={tmp_path}; TUNNEL_SUPERVISOR=loop;"
+            f" TUNNEL_PORTS=({' '.join(map(str, ports))}); tunnel_command",
+            tmp_path,
+        )
+    )
+    assert argv[:4] == ["ssh", "-N", "-F", f"{tmp_path}/ssh_config"]
+    return tuple(argv[4:-1])
+
+
 def test_one_hop_tunnel_as_ssh_reads_it(tmp_path: Path) -> None:
     profile = profile_of(FZJ)
     config = render.ssh_config_text(profile, derive_budget(profile))
-    ssh = ssh_settings(config, "tardis-hop-1", tmp_path)
+    options = forward_options(FZJ, tmp_path, 1080, 3128)
+    ssh = ssh_settings(config, "tardis-hop-1", tmp_path, options)
     assert ssh["hostname"] == ["10.66.1.1"]
     assert ssh["user"] == ["drone"]
     assert ssh["port"] == ["22"]
@@ -157,11 +176,13 @@ def test_hops_become_a_proxyjump_chain_with_forwards_on_the_last(
     data = {**FZJ, "tunnel": {**FZJ["tunnel"], "hops": [LOGIN, GATEWAY, third]}}
     profile = profile_of(data)
     config = render.ssh_config_text(profile, derive_budget(profile))
-    last = ssh_settings(config, "tardis-hop-3", tmp_path)
+    options = forward_options(data, tmp_path, 1080, 3128)
+    last = ssh_settings(config, "tardis-hop-3", tmp_path, options)
     assert last["hostname"] == ["gw2.example.org"]
     assert last["port"] == ["2222"]
     assert last["proxyjump"] == ["tardis-hop-2"]
     assert last["dynamicforward"] == ["[127.0.0.1]:1080"]
+    # ProxyJump starts its own ssh from the config alone: no forwards there
     middle = ssh_settings(config, "tardis-hop-2", tmp_path)
     assert middle["proxyjump"] == ["tardis-hop-1"]
     assert middle["port"] == ["443"]
@@ -193,7 +214,8 @@ def test_ipv6_forward_target_is_bracketed(tmp_path: Path) -> None:
     data = {**FZJ, "tunnel": {**FZJ["tunnel"], "forwards": [forward]}}
     profile = profile_of(data)
     config = render.ssh_config_text(profile, derive_budget(profile))
-    ssh = ssh_settings(config, "tardis-hop-1", tmp_path)
+    options = forward_options(data, tmp_path, 1080, 8443)
+    ssh = ssh_settings(config, "tardis-hop-1", tmp_path, options)
     assert ssh["localforward"] == ["[127.0.0.1]:8443 [2001:db8::1]:443"]
 
 
