@@ -19,8 +19,10 @@ from typing import IO, Any, Optional
 from . import layout as L
 from .site import Lab
 
+#: the checkout (or installation) this module comes from
+SOURCE = Path(__file__).resolve().parents[2]
 #: the repository's lab configuration; ``${lab}`` stands for the lab's name
-LAB_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "lab.yml"
+LAB_CONFIG = SOURCE / "configs" / "lab.yml"
 POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
 
 
@@ -109,6 +111,9 @@ class CobaldDaemon:
         self.process = self.lab.popen(
             "control",
             [str(cobald), str(self.config)],
+            # the daemon runs the code of the caller's checkout, not whichever
+            # one is installed in develop mode (lab commands get a fresh env)
+            env={"PYTHONPATH": str(SOURCE)},
             cwd=str(self.workdir),
             stdout=self._log,
             stderr=subprocess.STDOUT,
