@@ -71,6 +71,8 @@ class Drone:
     profile: dict[str, Any]
     state: Path = field(default=Path())
     job_id: str = ""
+    #: further sbatch options, e.g. ("-w", "worker1") to pick the node
+    sbatch_options: tuple[str, ...] = ()
 
     def submit(self) -> Drone:
         profile = load_profile(json.loads(json.dumps(self.profile)))
@@ -87,6 +89,7 @@ class Drone:
                 f"drone-{self.uuid}.out",
                 "--export",
                 exports,
+                *self.sbatch_options,
             ],
             user=self.lab.drone_user,
             input=script,
