@@ -351,9 +351,7 @@ def render_drone_script(
         ssh_config=ssh_config, proxychains=proxychains_conf, tsocks=tsocks_conf
     )
     names = list(LIBRARIES)
-    watchdog = profile.monitoring.enabled and all(
-        (directory / "lib" / name).is_file() for name in MONITORING_LIBRARIES
-    )
+    watchdog = profile.monitoring.enabled
     if watchdog:
         names += MONITORING_LIBRARIES
     endpoints = profile.pool.endpoints

@@ -11,6 +11,7 @@ watchdog_setup() {
     TNA_HEARTBEAT_INTERVAL=$MONITORING_INTERVAL
     TNA_POOL_ENDPOINTS=${MONITORING_ENDPOINTS[*]}
     TNA_RUN_DIR=$DRONE_DIR/watchdog
+    TNA_TUNNEL_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
     local stage
     for stage in cvmfs tunnel chain payload; do
         tna_stage "$stage" pending

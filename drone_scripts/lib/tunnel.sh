@@ -77,6 +77,8 @@ tunnel_supervise() {
             delay_ms=200
         fi
         log "tunnel: ${argv[0]} exited with status $status; restarting in ${delay_ms}ms"
+        # one line per restart: the watchdog reports the count in its heartbeat
+        printf '%s %s\n' "$(now_us)" "$status" >>"$DRONE_DIR/tunnel.restarts"
         sleep "$((delay_ms / 1000)).$(printf '%03d' $((delay_ms % 1000)))"
         delay_ms=$((delay_ms * 2 > 10000 ? 10000 : delay_ms * 2))
     done

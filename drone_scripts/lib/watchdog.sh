@@ -22,6 +22,8 @@
 #   TNA_TUNNEL_RESTART       name of a shell function that restarts the tunnel
 #                            (must return quickly; runs in the watchdog's process
 #                            and may set TNA_TUNNEL_PID)
+#   TNA_TUNNEL_RESTARTS_FILE a file the tunnel's own supervisor appends one
+#                            line to per restart: counted into "restarts"
 #   TNA_RUN_DIR              node-local directory for stage files and the ad
 #                            file (default ${TMPDIR:-/tmp}/tna-$TNA_DRONE_UUID)
 #   TNA_SLURM_JOB_ID         default $SLURM_JOB_ID
@@ -267,16 +269,26 @@ tna_write_record() {
   return 0
 }
 
+# tna_restarts VAR: tunnel restarts so far, the watchdog's and the supervisor's.
+tna_restarts() {
+  local __tna_lines=0
+  if [[ -n ${TNA_TUNNEL_RESTARTS_FILE:-} && -r $TNA_TUNNEL_RESTARTS_FILE ]]; then
+    __tna_lines=$(wc -l <"$TNA_TUNNEL_RESTARTS_FILE" 2>/dev/null) || __tna_lines=0
+  fi
+  printf -v "$1" '%d' "$((TNA_RESTARTS + ${__tna_lines//[^0-9]/}))"
+}
+
 # tna_write_ad VERDICT STAGE LATENCY NOW: the ClassAd lines for STARTD_CRON.
 tna_write_ad() {
-  local dir stage=undefined latency=undefined err=undefined
+  local dir stage=undefined latency=undefined err=undefined restarts
   dir=$(tna_run_dir)
+  tna_restarts restarts
   [[ -n $2 ]] && tna_classad_escape stage "$2"
   [[ -n $3 ]] && latency=$3
   [[ -n $TNA_LAST_ERROR ]] && tna_classad_escape err "$TNA_LAST_ERROR"
   mkdir -p -- "$dir" 2>/dev/null || return 0
   printf 'TnaVerdict = "%s"\nTnaFailingStage = %s\nTnaHeartbeatTime = %s\nTnaProbeLatencyMs = %s\nTnaRestarts = %s\nTnaLastError = %s\n' \
-    "$1" "$stage" "$4" "$latency" "$TNA_RESTARTS" "$err" >"$dir/.tna.ad.tmp" 2>/dev/null &&
+    "$1" "$stage" "$4" "$latency" "$restarts" "$err" >"$dir/.tna.ad.tmp" 2>/dev/null &&
     mv -f -- "$dir/.tna.ad.tmp" "$dir/tna.ad" 2>/dev/null
   return 0
 }
@@ -378,13 +390,14 @@ tna_watchdog_once() {
     tna_json_escape state "${states[$name]}"
     stage_json+="${stage_json:+,}\"$name\":$state"
   done
-  local j_uuid j_job j_host j_err j_stage
+  local j_uuid j_job j_host j_err j_stage restarts
+  tna_restarts restarts
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
   tna_json_opt j_job "${TNA_SLURM_JOB_ID:-${SLURM_JOB_ID:-}}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"
-  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$TNA_RESTARTS,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage}"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage}"
 
   local verdict=connected
   if [[ -n $failing ]]; then

@@ -297,6 +297,22 @@ kill "$(cat "$pidfile")"
     assert b"restart 1" in result.stderr
 
 
+def test_restarts_by_the_tunnel_supervisor_are_counted(site, listener):
+    """autossh or the supervisor loop heal a killed ssh before the watchdog looks;
+    their restarts still show in the heartbeat and the startd ad."""
+    restarts = site["tmp"] / "tunnel.restarts"
+    restarts.write_text("1795000000000000 255\n1795000001000000 255\n")
+    result = bash(
+        site,
+        "tna_stage tunnel ok\ntna_watchdog_once\n",
+        endpoints=f"127.0.0.1:{listener}",
+        TNA_TUNNEL_RESTARTS_FILE=str(restarts),
+    )
+    assert result.returncode == 0, result.stderr
+    assert read_record(site)["restarts"] == 2
+    assert "TnaRestarts = 2" in (site["run"] / "tna.ad").read_text()
+
+
 def test_dead_tunnel_without_restart_function_fails(site, listener):
     result = bash(
         site,
