@@ -133,11 +133,21 @@ def cleanup_command(heartbeat_dir: str, uuids: Iterable[str]) -> Optional[str]:
     return "rm -f -- " + " ".join(names)
 
 
-def prune_command(heartbeat_dir: str, days: int = 7) -> str:
-    """Remove heartbeat files untouched for ``days``: a net under missed cleanups."""
+#: heartbeat files untouched this long belong to no live drone (walltime is shorter)
+PRUNE_AFTER_DAYS = 7
+
+
+def prune_command(
+    heartbeat_dir: str, days: int = PRUNE_AFTER_DAYS, timeout: int = 30
+) -> str:
+    """Remove heartbeat files untouched for ``days``: a net under missed cleanups.
+
+    Bounded by ``timeout`` like the collection, so a hung shared filesystem
+    cannot hang the adapter's poll; always exits 0.
+    """
     return (
-        f"find {shell_path(heartbeat_dir)} -maxdepth 1 -type f -name '*.json' "
-        f"-mtime +{int(days)} -delete 2>/dev/null; true"
+        f"timeout -k 5 {int(timeout)} find {shell_path(heartbeat_dir)} -maxdepth 1 "
+        f"-type f -name '*.json' -mtime +{int(days)} -delete 2>/dev/null; true"
     )
 
 
@@ -187,7 +197,12 @@ class HeartbeatProbe:
 
     @property
     def command(self) -> str:
-        return collection_command(self.heartbeat_dir, self.timeout)
+        # records of drones that ended without the adapter's cleanup (killed at
+        # walltime, cut off while being cancelled) are pruned on the way
+        return (
+            f"{prune_command(self.heartbeat_dir, PRUNE_AFTER_DAYS, self.timeout)}; "
+            f"{collection_command(self.heartbeat_dir, self.timeout)}"
+        )
 
     def parse(self, text: str) -> Collection:
         return parse_collection(text)

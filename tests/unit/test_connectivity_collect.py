@@ -232,7 +232,9 @@ def test_prune_command_runs(tmp_path):
 def test_probe_objects_fit_the_poller():
     probe = HeartbeatProbe("~/hb")
     assert probe.name == "heartbeats"
-    assert probe.command == collection_command("~/hb")
+    assert probe.command == (
+        f"{prune_command('~/hb', 7, 30)}; {collection_command('~/hb')}"
+    )
     assert probe.parse(f"{BEGIN} 5\n{END}").complete
     elapsed = ElapsedProbe()
     assert elapsed.parse("1:02|d-1\n1-02:03:04|d-2\nINVALID|d-3\n\n5:00|") == {

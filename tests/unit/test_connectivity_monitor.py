@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 from types import SimpleNamespace
@@ -391,3 +392,18 @@ def test_status_names_a_missing_site(login, capsys):
     config.write_text(CONFIG.format(hb=login["hb"]))
     assert cli.main(["status", str(config), "--site", "Nowhere"]) == 2
     assert "no site named 'Nowhere'" in capsys.readouterr().err
+
+
+def test_the_poll_prunes_records_no_drone_has_touched_for_a_week(login):
+    now = time.time()
+    login["jobs"].write_text("11|RUNNING|netlab-aaa|1:00:00\n")
+    write_heartbeat(login, record("netlab-aaa", now - 5))
+    write_heartbeat(login, record("netlab-orphan", now - 9 * 86400))
+    orphan = login["hb"] / "netlab-orphan.json"
+    os.utime(orphan, (now - 9 * 86400, now - 9 * 86400))
+    monitor = SiteMonitor("~/hb", TIMING)
+    poller = SitePoller(ShellExecutor(login["env"]), probes=[monitor.probe], name="S")
+    snapshot = asyncio.run(poller.refresh())
+    assert not orphan.exists()
+    assert (login["hb"] / "netlab-aaa.json").exists()
+    assert monitor.observe(snapshot)["netlab-aaa"].verdict is Verdict.CONNECTED
