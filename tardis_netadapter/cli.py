@@ -18,11 +18,12 @@ from . import __version__
 from .schema import ConfigurationError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "tardis_netadapter.lab.cli",
-    "tardis_netadapter.commands.status",
-    "tardis_netadapter.commands.render",
+    # in the order an operator meets them: write a config, then run and watch
     "tardis_netadapter.commands.check",
+    "tardis_netadapter.commands.render",
+    "tardis_netadapter.commands.status",
     "tardis_netadapter.commands.demo",
+    "tardis_netadapter.lab.cli",
 )
 
 
