@@ -68,44 +68,18 @@ class Events:
         return time.monotonic() - (self.fault_at or time.monotonic())
 
 
-class LabLoginExecutor:
-    """A TARDIS-style executor running commands on the lab's login node.
-
-    The demo process lives in the root namespace, which must never send
-    traffic to lab addresses; ``Lab.run`` enters the login namespace instead,
-    as the drone user, which is what the daemon's SSH session amounts to.
-    """
-
-    def __init__(self, lab: Any) -> None:
-        self.lab = lab
-
-    async def run_command(self, command: str, stdin_input: Optional[str] = None) -> Any:
-        from tardis.utilities.attributedict import AttributeDict
-
-        result = await asyncio.to_thread(
-            self.lab.run,
-            "login",
-            ["/bin/sh", "-c", command],
-            user=self.lab.drone_user,
-            input=stdin_input,
-            timeout=60,
-        )
-        return AttributeDict(
-            stdout=result.stdout, stderr=result.stderr, exit_code=result.returncode
-        )
-
-
 def connectivity_rows(lab: Any, settings: Any) -> list[Any]:
     """The same rows ``tardis-netadapter status`` shows, gathered inside the lab."""
     from ..connectivity.monitor import SiteMonitor
     from ..connectivity.verdict import Timing
+    from ..lab.daemon import LoginExecutor
     from .status import collect_rows
 
     monitor = SiteMonitor(
         settings.profile.monitoring.heartbeat_dir, Timing.from_budget(settings.budget)
     )
     return asyncio.run(
-        collect_rows(LabLoginExecutor(lab), SITE, monitor, settings.command_timeout)
+        collect_rows(LoginExecutor(lab), SITE, monitor, settings.command_timeout)
     )
 
 

@@ -8,6 +8,7 @@ Slurm on the login node (job states) and the pool stand-in (registrations).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -82,6 +83,34 @@ def pool_request(lab: Lab, request: dict[str, Any]) -> dict[str, Any]:
     except ValueError:
         return {"ok": False, "error": result.stderr.strip() or result.stdout[-200:]}
     return answer if isinstance(answer, dict) else {"ok": False, "error": repr(answer)}
+
+
+class LoginExecutor:
+    """A TARDIS-style executor running commands on the lab's login node.
+
+    Callers in the root namespace (tests, the demo) must never send traffic
+    to lab addresses; ``Lab.run`` enters the login namespace instead, as the
+    drone user, which is what the daemon's SSH session amounts to.
+    """
+
+    def __init__(self, lab: Lab, timeout: float = 60) -> None:
+        self.lab = lab
+        self.timeout = timeout
+
+    async def run_command(self, command: str, stdin_input: Optional[str] = None) -> Any:
+        from tardis.utilities.attributedict import AttributeDict
+
+        result = await asyncio.to_thread(
+            self.lab.run,
+            "login",
+            ["/bin/sh", "-c", command],
+            user=self.lab.drone_user,
+            input=stdin_input,
+            timeout=self.timeout,
+        )
+        return AttributeDict(
+            stdout=result.stdout, stderr=result.stderr, exit_code=result.returncode
+        )
 
 
 @dataclass

@@ -15,7 +15,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,24 +42,6 @@ SITE_NET = ["127.0.0.0/8", L.SITE_NET]
 @pytest.fixture(scope="module")
 def cvmfsexec(lab: Lab) -> Path:
     return install_cvmfsexec(lab)
-
-
-@pytest.fixture
-def drones(lab: Lab) -> Iterator[list[Drone]]:
-    """Drones of one test; each is cancelled and checked for leftovers."""
-    started: list[Drone] = []
-    yield started
-    problems = []
-    for drone in started:
-        drone.cancel()
-        deadline = time.monotonic() + 10
-        while drone.leftovers() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if drone.leftovers():
-            problems.append(f"{drone.uuid} left {drone.leftovers()}")
-        if "exiting with status" not in drone.output:
-            problems.append(f"{drone.uuid} did not log its exit:\n{drone.output}")
-    assert not problems, problems
 
 
 def new_uuid(tag: str) -> str:

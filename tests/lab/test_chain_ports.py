@@ -11,9 +11,7 @@ ports and register with the pool stand-in, each through its own chain.
 from __future__ import annotations
 
 import re
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,24 +35,6 @@ SQUID = {"name": "squid", "host": "127.0.0.1", "port": L.SQUID_PORT}
 PORTS = re.compile(
     r"tunnel: local ports socks 127\.0\.0\.1:(\d+), squid 127\.0\.0\.1:(\d+) "
 )
-
-
-@pytest.fixture
-def drones(lab: Lab) -> Iterator[list[Drone]]:
-    """Drones of the test; each is cancelled and checked for leftovers."""
-    started: list[Drone] = []
-    yield started
-    problems = []
-    for drone in started:
-        drone.cancel()
-        deadline = time.monotonic() + 10
-        while drone.leftovers() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if drone.leftovers():
-            problems.append(f"{drone.uuid} left {drone.leftovers()}")
-        if "exiting with status" not in drone.output:
-            problems.append(f"{drone.uuid} did not log its exit:\n{drone.output}")
-    assert not problems, problems
 
 
 def ports_of(drone: Drone) -> tuple[int, int]:

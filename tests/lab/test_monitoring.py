@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from tardis.utilities.attributedict import AttributeDict
 
 from tardis_netadapter.commands.status import collect_rows
 from tardis_netadapter.connectivity.monitor import SiteMonitor
@@ -46,6 +45,7 @@ from tardis_netadapter.lab import Lab
 from tardis_netadapter.lab.daemon import (
     SOURCE,
     CobaldDaemon,
+    LoginExecutor,
     pool_request,
     write_config,
 )
@@ -99,31 +99,6 @@ DEAD_HOP = {
     ),
 }
 ACTIVE = {"RUNNING", "PENDING", "CONFIGURING", "COMPLETING"}
-
-
-class LoginExecutor:
-    """A TARDIS executor running commands on the lab's login node, as the drone user.
-
-    The test lives in the root namespace, which must never send to lab
-    addresses; ``Lab.run`` enters the login namespace instead, which is what
-    the daemon's SSH session amounts to.
-    """
-
-    def __init__(self, lab: Lab) -> None:
-        self.lab = lab
-
-    async def run_command(self, command: str, stdin_input: Optional[str] = None) -> Any:
-        result = await asyncio.to_thread(
-            self.lab.run,
-            "login",
-            ["/bin/sh", "-c", command],
-            user=self.lab.drone_user,
-            input=stdin_input,
-            timeout=60,
-        )
-        return AttributeDict(
-            stdout=result.stdout, stderr=result.stderr, exit_code=result.returncode
-        )
 
 
 @dataclass
