@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import leftovers
 
 from tardis_netadapter import render
 from tardis_netadapter.config import ConfigurationError, load_profile
@@ -358,20 +359,6 @@ def chosen_ports(err: str) -> tuple[int, int]:
     )
     assert match, err
     return int(match.group(1)), int(match.group(2))
-
-
-def leftovers(tmp_path: Path) -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(tmp_path) in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
 
 
 def run_together(

@@ -10,13 +10,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from procs import free_port, leftovers
 
 from tardis_netadapter import render
 from tardis_netadapter.config import load_profile
@@ -77,21 +77,6 @@ def failure(err: str) -> tuple[str, str]:
     return match[1], match[2]
 
 
-def leftovers(tmp_path: Path) -> list[str]:
-    """Processes whose command line mentions the test's directory."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(tmp_path) in cmdline:
-            found.append(f"{entry.name}: {cmdline}")
-    return found
-
-
 def work_dirs(tmp_path: Path) -> list[Path]:
     return list(tmp_path.glob("tardis-drone.*"))
 
@@ -127,12 +112,7 @@ def test_bad_cores_is_exit_5(tmp_path: Path) -> None:
 
 
 def test_unreachable_login_is_exit_20_and_stops_ssh(tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        socks_port = probe.getsockname()[1]
+    closed_port, socks_port = free_port(), free_port()
     data = {
         "tunnel": {
             "hops": [{"host": "127.0.0.1", "port": closed_port}],
@@ -157,12 +137,7 @@ def test_unready_tunnel_with_monitoring_keeps_trying_and_names_the_stage(
     tmp_path: Path,
 ) -> None:
     """With monitoring the adapter decides: the drone waits, its records say why."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        socks_port = probe.getsockname()[1]
+    closed_port, socks_port = free_port(), free_port()
     data = {
         "tunnel": {
             "hops": [{"host": "127.0.0.1", "port": closed_port}],
