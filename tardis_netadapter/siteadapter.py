@@ -81,6 +81,7 @@ class _SiteState:
     monitor: Optional[SiteMonitor] = None
     metrics: Optional[ConnectivityMetrics] = None
     exporter: Optional[asyncio.Task] = None
+    metered: Any = None  # the snapshot the metrics were last set from
 
 
 _SITES: dict[str, _SiteState] = {}
@@ -307,7 +308,7 @@ class NetSlurmAdapter(SiteAdapter):
         if monitor is None or drone_uuid is None:
             return
         monitor.observe(snapshot)
-        self._update_metrics(monitor)
+        self._update_metrics(monitor, snapshot)
         if status is ResourceStatus.Deleted:
             monitor.forget([drone_uuid])
             return
@@ -327,10 +328,14 @@ class NetSlurmAdapter(SiteAdapter):
                 f"{drone_uuid}: {judgement.verdict.value}: {judgement.reason}"
             )
 
-    def _update_metrics(self, monitor: SiteMonitor) -> None:
+    def _update_metrics(
+        self, monitor: SiteMonitor, snapshot: slurm.StatusSnapshot
+    ) -> None:
+        """Set the site's gauges once per snapshot, not once per drone."""
         state = self._state
-        if state.metrics is None:
+        if state.metrics is None or state.metered is snapshot:
             return
+        state.metered = snapshot
         if state.exporter is None:
             port = self._settings.profile.monitoring.metrics_port
             state.exporter = asyncio.ensure_future(serve(state.metrics, int(port)))

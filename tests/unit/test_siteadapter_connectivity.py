@@ -111,3 +111,31 @@ async def test_without_monitoring_heartbeats_are_not_collected(configure, login)
     status = await agent.resource_status(drone("netlab-fff", job_id="51"))
     assert status.resource_status is ResourceStatus.Running
     assert site_monitor("NetLab") is None
+
+
+async def test_metrics_are_set_once_per_cycle_not_once_per_drone(
+    configure, login, monkeypatch
+):
+    from tardis_netadapter import siteadapter
+    from tardis_netadapter.connectivity.metrics import ConnectivityMetrics
+
+    updates = []
+    monkeypatch.setattr(
+        ConnectivityMetrics, "update", lambda self, site, j, r: updates.append(site)
+    )
+
+    async def no_exporter(metrics, port):
+        return None
+
+    monkeypatch.setattr(siteadapter, "serve", no_exporter)
+    executor = ShellExecutor(login["env"])
+    network = {**MONITORED, "monitoring": {"heartbeat_dir": "~/hb", "metrics_port": 9}}
+    configure(site_section(executor, Network=network))
+    agent = SiteAgent(NetSlurmAdapter(machine_type="small", site_name="NetLab"))
+    now = time.time()
+    jobs(login, *(f"{60 + i}|RUNNING|netlab-m{i}|1:00:00" for i in range(5)))
+    for i in range(5):
+        write_heartbeat(login, record(f"netlab-m{i}", now - 3))
+    for i in range(5):
+        await agent.resource_status(drone(f"netlab-m{i}", job_id=str(60 + i)))
+    assert executor.calls == 1 and updates == ["NetLab"]
