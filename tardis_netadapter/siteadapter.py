@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import asyncssh
@@ -23,24 +22,23 @@ from tardis.exceptions.executorexceptions import (
     CommandExecutionFailure,
     ExecutorFailure,
 )
-from tardis.exceptions.tardisexceptions import (
-    TardisAuthError,
-    TardisDroneCrashed,
-    TardisError,
-    TardisQuotaExceeded,
-    TardisResourceStatusUpdateFailed,
-    TardisTimeout,
-)
+from tardis.exceptions.tardisexceptions import TardisDroneCrashed
 from tardis.interfaces.executor import Executor
 from tardis.interfaces.siteadapter import ResourceStatus, SiteAdapter
 from tardis.utilities.attributedict import AttributeDict
 from tardis.utilities.executors.shellexecutor import ShellExecutor
 
-from .batch import slurm
+from .batch import runner, slurm
 from .connectivity.collect import ElapsedProbe, cleanup_command
 from .connectivity.metrics import ConnectivityMetrics, serve
 from .connectivity.monitor import SiteMonitor
 from .connectivity.verdict import Timing
+from .failures import (
+    NetadapterTimeout,
+    StatusUndecided,
+    short,
+    transient_failures,
+)
 from .schema import ConfigurationError
 from .siteconfig import SiteSettings, load_site_settings
 
@@ -48,16 +46,6 @@ logger = logging.getLogger("cobald.runtime.tardis_netadapter.siteadapter")
 
 #: HTCondor's unit translation (cores, MB, KB), used when no batch system says otherwise
 HTCONDOR_TRANSLATION = AttributeDict(Cores=1, Memory=1024, Disk=1024 * 1024)
-
-
-class NetadapterTimeout(TardisTimeout, TardisResourceStatusUpdateFailed):
-    """A Slurm command timed out.
-
-    Both a TardisTimeout and a TardisResourceStatusUpdateFailed: TARDIS's
-    RequestState and status pipeline retry on the former, but ShutDownState
-    and CleanupState only catch the latter, and anything uncaught there stops
-    the whole daemon.
-    """
 
 
 @dataclass(frozen=True)
@@ -82,6 +70,8 @@ class _SiteState:
     metrics: Optional[ConnectivityMetrics] = None
     exporter: Optional[asyncio.Task] = None
     metered: Any = None  # the snapshot the metrics were last set from
+    #: drones whose sbatch outcome is unknown -> when a late job can no longer appear
+    unresolved: dict[str, float] = field(default_factory=dict)
 
 
 _SITES: dict[str, _SiteState] = {}
@@ -177,7 +167,13 @@ def build_submission(
     environment = slurm.drone_environment(
         drone_uuid, kind.meta_data, translation, kind.slurm.walltime_seconds
     )
-    command = slurm.sbatch_command(kind.slurm, kind.meta_data, drone_uuid, environment)
+    command = slurm.sbatch_command(
+        kind.slurm,
+        kind.meta_data,
+        drone_uuid,
+        environment,
+        export=getattr(settings, "export_environment", ()),
+    )
     return Submission(command=command, script=drone_script(settings, machine_type))
 
 
@@ -235,8 +231,14 @@ class NetSlurmAdapter(SiteAdapter):
         return self._settings
 
     async def _run(self, command: str, stdin_input: Optional[str] = None) -> Any:
-        call = self._executor.run_command(command, stdin_input=stdin_input)
-        return await asyncio.wait_for(call, self._settings.command_timeout)
+        """One batch command, limited on the login node and here alike."""
+        timeout = self._settings.command_timeout
+        return await runner.run(
+            self._executor,
+            runner.limited(command, timeout),
+            timeout=timeout,
+            stdin_input=stdin_input,
+        )
 
     def submission(
         self, drone_uuid: str, translation: Optional[Mapping[str, float]] = None
@@ -251,46 +253,152 @@ class NetSlurmAdapter(SiteAdapter):
     async def deploy_resource(
         self, resource_attributes: AttributeDict
     ) -> AttributeDict:
+        """Submit the drone once: adopt its job if one exists, and never lose one.
+
+        A job named after the drone in a listing made since this process
+        started is adopted instead of submitting again (a daemon killed during
+        sbatch and restarted). When sbatch's outcome is unknown (timed out,
+        connection lost, unreadable answer) the drone is looked up by name; if
+        its job is not there yet it stays Booting without a job id and
+        :meth:`resource_status` keeps looking until the job can no longer
+        appear. Only a definite refusal (sbatch's own error) sends the drone
+        down.
+        """
         drone_uuid = resource_attributes.drone_uuid
+        snapshot = await self._poller.snapshot(newer_than=self._poller.created)
+        job = snapshot.by_name(drone_uuid)
+        if job is not None:
+            logger.warning(
+                "%s: drone %s already has job %s (%s): adopting it instead of "
+                "submitting again",
+                self.site_name,
+                drone_uuid,
+                job.job_id,
+                job.state,
+            )
+            return self._adopt(drone_uuid, job)
         submission = self.submission(
             drone_uuid,
             resource_attributes.get("obs_machine_meta_data_translation_mapping"),
         )
         logger.debug("%s: %s", self.site_name, submission.command)
-        result = await self._run(submission.command, stdin_input=submission.script)
         try:
+            result = await self._run(submission.command, stdin_input=submission.script)
             job_id = slurm.parse_sbatch_output(result.stdout, result.stderr)
-        except slurm.SlurmOutputError:
-            # sbatch may have submitted the job and printed something odd: find it
-            # by its name (the drone uuid) rather than leave an untracked drone.
-            job = (await self._poller.refresh()).by_name(drone_uuid)
-            if job is None:
-                raise
-            logger.warning(
-                "%s: sbatch output unreadable, found %s as job %s by name",
-                self.site_name,
-                drone_uuid,
-                job.job_id,
-            )
-            job_id = job.job_id
+        except Exception as error:
+            job_id = _job_id_in(error)
+            if job_id is None:
+                if not _outcome_unknown(error):
+                    logger.warning(
+                        "%s: sbatch refused drone %s: %s",
+                        self.site_name,
+                        drone_uuid,
+                        _describe(error),
+                    )
+                    raise
+                return await self._find_submission(drone_uuid, error)
         self._poller.note_submitted(job_id)
         logger.info("%s: drone %s is Slurm job %s", self.site_name, drone_uuid, job_id)
         return AttributeDict(
             remote_resource_uuid=job_id, resource_status=ResourceStatus.Booting
         )
 
+    async def _find_submission(
+        self, drone_uuid: str, error: BaseException
+    ) -> AttributeDict:
+        """sbatch may or may not have submitted: find the job by its name, the drone uuid."""
+        deadline = self._poller.clock() + self._late_job_margin()
+        self._state.unresolved[drone_uuid] = deadline
+        logger.warning(
+            "%s: drone %s: sbatch's outcome is unknown (%s); looking for a job "
+            "named %s",
+            self.site_name,
+            drone_uuid,
+            _describe(error),
+            drone_uuid,
+        )
+        try:
+            job = (await self._poller.refresh()).by_name(drone_uuid)
+        except Exception as lookup:  # the listing failed too: keep looking later
+            logger.warning(
+                "%s: drone %s: listing failed too (%s); looking again next cycle",
+                self.site_name,
+                drone_uuid,
+                _describe(lookup),
+            )
+            job = None
+        if job is not None:
+            return self._adopt(drone_uuid, job)
+        logger.warning(
+            "%s: drone %s: no job yet; it stays Booting and is looked up by name "
+            "until a job can no longer appear (%.0fs)",
+            self.site_name,
+            drone_uuid,
+            self._late_job_margin(),
+        )
+        return AttributeDict(
+            remote_resource_uuid=None, resource_status=ResourceStatus.Booting
+        )
+
+    def _late_job_margin(self) -> float:
+        """How long after sbatch was given up on its job may still appear."""
+        return self._settings.command_timeout + runner.KILL_AFTER
+
+    def _adopt(self, drone_uuid: str, job: slurm.JobInfo) -> AttributeDict:
+        self._state.unresolved.pop(drone_uuid, None)
+        status = slurm.map_state(job.state, job.job_id) or ResourceStatus.Booting
+        logger.info(
+            "%s: drone %s is Slurm job %s (found by name)",
+            self.site_name,
+            drone_uuid,
+            job.job_id,
+        )
+        return AttributeDict(remote_resource_uuid=job.job_id, resource_status=status)
+
     async def resource_status(
         self, resource_attributes: AttributeDict
     ) -> AttributeDict:
+        """The drone's status from the shared listing; never a death it cannot confirm."""
+        drone_uuid = resource_attributes.get("drone_uuid")
         job_id = resource_attributes.get("remote_resource_uuid")
         snapshot = await self._poller.snapshot()
-        status = self._poller.status_of(
-            None if job_id is None else str(job_id), snapshot
-        )
-        self._judge_connectivity(
-            resource_attributes.get("drone_uuid"), status, snapshot
-        )
+        if job_id is None:
+            return self._status_by_name(drone_uuid, snapshot)
+        status = self._poller.status_of(str(job_id), snapshot)
+        if status is None:
+            raise StatusUndecided(
+                f"{self.site_name}: drone {drone_uuid}: job {job_id}'s state is not "
+                "certain yet; asking again next cycle"
+            )
+        self._judge_connectivity(drone_uuid, status, snapshot)
         return AttributeDict(resource_status=status)
+
+    def _status_by_name(
+        self, drone_uuid: Optional[str], snapshot: slurm.StatusSnapshot
+    ) -> AttributeDict:
+        """A drone whose sbatch outcome was unknown: adopt its job once it is listed."""
+        if drone_uuid is None:
+            return AttributeDict(resource_status=ResourceStatus.Deleted)
+        job = snapshot.by_name(drone_uuid)
+        if job is not None:
+            return self._adopt(drone_uuid, job)
+        # after a restart the deadline is unknown: count from this process's start
+        deadline = self._state.unresolved.get(
+            drone_uuid, self._poller.created + self._late_job_margin()
+        )
+        if snapshot.started > deadline and self._poller.missing_by_name(
+            drone_uuid, snapshot
+        ):
+            self._state.unresolved.pop(drone_uuid, None)
+            logger.warning(
+                "%s: drone %s: no job named after it appeared; it was never submitted",
+                self.site_name,
+                drone_uuid,
+            )
+            return AttributeDict(resource_status=ResourceStatus.Deleted)
+        raise StatusUndecided(
+            f"{self.site_name}: drone {drone_uuid}: its job is not listed yet"
+        )
 
     def _judge_connectivity(
         self,
@@ -343,88 +451,70 @@ class NetSlurmAdapter(SiteAdapter):
         state.metrics.update(self.site_name, monitor.judgements, monitor.store.records)
 
     async def terminate_resource(self, resource_attributes: AttributeDict) -> None:
+        drone_uuid = resource_attributes.get("drone_uuid")
         job_id = resource_attributes.get("remote_resource_uuid")
         if job_id is None:
-            return
-        command = slurm.scancel_command(str(job_id), self._kind.slurm.TerminateOptions)
+            job_id = await self._job_to_cancel_by_name(drone_uuid)
+            if job_id is None:
+                return
+        command = runner.limited(
+            slurm.scancel_command(str(job_id), self._kind.slurm.TerminateOptions),
+            self._settings.command_timeout,
+        )
         if self._state.monitor is not None:
             # the heartbeat file goes in the same call; scancel's status decides
-            cleanup = cleanup_command(
-                self._state.monitor.heartbeat_dir, [resource_attributes.drone_uuid]
-            )
+            cleanup = cleanup_command(self._state.monitor.heartbeat_dir, [drone_uuid])
             if cleanup:
                 command = f"{command}; status=$?; {cleanup}; exit $status"
         try:
-            response = await self._run(command)
+            response = await runner.run(
+                self._executor, command, timeout=self._settings.command_timeout
+            )
         except CommandExecutionFailure as failure:
             if _already_gone(failure.stderr) or _already_gone(failure.stdout):
                 logger.info(
-                    "%s: job %s already finished, nothing to cancel",
+                    "%s: drone %s: job %s already finished, nothing to cancel",
                     self.site_name,
+                    drone_uuid,
                     job_id,
                 )
                 return
             raise
+        logger.info(
+            "%s: drone %s: cancelled job %s", self.site_name, drone_uuid, job_id
+        )
         logger.debug("%s: %s returned %s", self.site_name, command, response)
+
+    async def _job_to_cancel_by_name(self, drone_uuid: Optional[str]) -> Optional[str]:
+        """The job of a drone whose sbatch outcome was unknown, or None if it has none.
+
+        While its job may still appear, cancelling is retried rather than
+        declared done: a job that lands later would run unseen.
+        """
+        if drone_uuid is None:
+            return None
+        snapshot = await self._poller.snapshot()
+        job = snapshot.by_name(drone_uuid)
+        if job is not None:
+            return job.job_id
+        deadline = self._state.unresolved.get(
+            drone_uuid, self._poller.created + self._late_job_margin()
+        )
+        if snapshot.started <= deadline:
+            raise StatusUndecided(
+                f"{self.site_name}: drone {drone_uuid}: its job may still appear; "
+                "cancelling again next cycle"
+            )
+        self._state.unresolved.pop(drone_uuid, None)
+        return None
 
     async def stop_resource(self, resource_attributes: AttributeDict) -> None:
         logger.debug("Slurm jobs cannot be stopped gracefully; terminating instead.")
         await self.terminate_resource(resource_attributes)
 
-    @contextmanager
     def handle_exceptions(self):
-        """Map every transient failure to an exception TARDIS retries.
-
-        A bare TardisError (or any other exception) escaping a drone ends the
-        COBalD daemon, so only errors not known to be transient become one.
-        """
-        site = self.site_name
-        warning = _WarnOnce()
-        try:
-            yield
-        except (
-            TardisResourceStatusUpdateFailed,
-            TardisTimeout,
-            TardisAuthError,
-            TardisDroneCrashed,
-            TardisQuotaExceeded,
-        ):
-            raise
-        except asyncio.TimeoutError as error:
-            warning(error, "%s: Slurm command timed out", site)
-            raise NetadapterTimeout(f"{site}: Slurm command timed out") from error
-        except CommandExecutionFailure as error:
-            warning(
-                error,
-                "%s: command failed (exit %s): stdout=%r stderr=%r",
-                site,
-                error.exit_code,
-                _short(error.stdout),
-                _short(error.stderr),
-            )
-            raise TardisResourceStatusUpdateFailed(
-                f"{site}: {error.message}"
-            ) from error
-        except ExecutorFailure as error:
-            warning(error, "%s: executor failed: %s", site, error.description)
-            raise TardisResourceStatusUpdateFailed(
-                f"{site}: {error.description}"
-            ) from error
-        except asyncssh.Error as error:
-            warning(error, "%s: SSH failed: %s", site, error)
-            raise TardisResourceStatusUpdateFailed(f"{site}: SSH: {error}") from error
-        except (OSError, EOFError) as error:  # ConnectionError is an OSError
-            warning(error, "%s: connection failed: %r", site, error)
-            raise TardisResourceStatusUpdateFailed(f"{site}: {error!r}") from error
-        except (slurm.SlurmOutputError, slurm.StatusUnavailable) as error:
-            warning(error, "%s: %s", site, error)
-            raise TardisResourceStatusUpdateFailed(f"{site}: {error}") from error
-        except UnicodeError as error:
-            warning(error, "%s: undecodable output: %s", site, error)
-            raise TardisResourceStatusUpdateFailed(f"{site}: {error}") from error
-        except Exception as error:
-            logger.exception("%s: unexpected error, not known to be transient", site)
-            raise TardisError(f"{site}: {error!r}") from error
+        """Every failure becomes one TARDIS handles in the calling state (failures.py)."""
+        return transient_failures(self.site_name)
 
 
 def _log_exporter_failure(task: asyncio.Task) -> None:
@@ -433,34 +523,49 @@ def _log_exporter_failure(task: asyncio.Task) -> None:
         logger.error("connectivity metrics exporter failed: %r", task.exception())
 
 
-class _WarnOnce:
-    """Warn once per failure, not once per drone.
-
-    Every drone waiting on a failed shared squeue gets the same exception (or a
-    StatusUnavailable caused by it); at thousands of drones a warning each
-    would flood the log. Repeats are logged at debug level.
-    """
-
-    _last: Optional[BaseException] = None
-
-    def __call__(self, error: BaseException, message: str, *args: Any) -> None:
-        root = error.__cause__ if isinstance(error, slurm.StatusUnavailable) else error
-        if root is not None and root is _WarnOnce._last:
-            logger.debug(message, *args)
-            return
-        _WarnOnce._last = root
-        logger.warning(message, *args)
-
-
 def _already_gone(text: Optional[str]) -> bool:
     """scancel's wording for a job that finished or was purged already."""
     text = (text or "").lower()
     return "already completing or completed" in text or "invalid job id" in text
 
 
-def _short(text: Optional[str], limit: int = 500) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= limit else text[:limit] + "..."
+#: exit statuses after which sbatch may or may not have submitted
+_UNKNOWN_EXITS = runner.TIMED_OUT | {runner.SSH_FAILED, None}
+
+
+def _outcome_unknown(error: BaseException) -> bool:
+    """Could sbatch have submitted the job although the call failed?"""
+    if isinstance(error, CommandExecutionFailure):
+        return error.exit_code in _UNKNOWN_EXITS or (error.exit_code or 0) < 0
+    return isinstance(
+        error,
+        (
+            asyncio.TimeoutError,
+            slurm.SlurmOutputError,
+            UnicodeError,
+            OSError,
+            EOFError,
+            asyncssh.Error,
+            ExecutorFailure,
+        ),
+    )
+
+
+def _job_id_in(error: BaseException) -> Optional[str]:
+    """A job id sbatch printed although the call failed (a site wrapper's late error)."""
+    stdout = getattr(error, "stdout", None)
+    if not isinstance(error, CommandExecutionFailure) or not stdout:
+        return None
+    try:
+        return slurm.parse_sbatch_output(stdout)
+    except slurm.SlurmOutputError:
+        return None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CommandExecutionFailure):
+        return f"exit {error.exit_code}: {short(error.stderr or error.stdout, 200)}"
+    return repr(error)
 
 
 __all__ = [

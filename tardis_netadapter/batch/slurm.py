@@ -25,6 +25,8 @@ from tardis.interfaces.executor import Executor
 from tardis.interfaces.siteadapter import ResourceStatus
 from tardis.utilities.staticmapping import StaticMapping
 
+from . import runner
+
 logger = logging.getLogger("cobald.runtime.tardis_netadapter.batch.slurm")
 
 # --------------------------------------------------------------------------
@@ -69,13 +71,13 @@ class OptionSet:
     def check(self, path: str) -> list[str]:
         problems = []
         for name in self.short:
-            if len(name) != 1 or not _OPTION_NAME.match(name):
+            if len(name) != 1 or not _OPTION_NAME.fullmatch(name):
                 problems.append(
                     f"{path}.short.{name}: not a short option; expected one "
                     "letter or digit (use long: for --name=value options)"
                 )
         for name in self.long:
-            if not _OPTION_NAME.match(name):
+            if not _OPTION_NAME.fullmatch(name):
                 problems.append(
                     f"{path}.long.{name}: not an option name; expected letters, "
                     "digits, '-' or '_' such as 'qos' or 'account'"
@@ -162,7 +164,7 @@ _WALLTIME = re.compile(
 
 def walltime_seconds(walltime: str) -> int:
     """Seconds of a Slurm time limit (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``)."""
-    match = _WALLTIME.match(str(walltime).strip())
+    match = _WALLTIME.fullmatch(str(walltime))
     if not match:
         raise ValueError(
             f"got {walltime!r}; expected a Slurm time limit such as 60 (minutes), "
@@ -232,25 +234,29 @@ def sbatch_command(
     meta_data: MachineMetaData,
     job_name: str,
     environment: Mapping[str, str],
+    export: Sequence[str] = (),
 ) -> str:
     """The sbatch command line for one drone; the script goes on stdin.
 
-    Every word is quoted with shlex, so no configured value can inject shell
-    syntax on the login node. ``--no-requeue`` keeps Slurm from re-running a
-    drone TARDIS already counted as gone (a node failure or preemption ends a
-    drone; COBalD asks for a new one); ``SubmitOptions.long.requeue`` opts out.
+    Every word is quoted with shlex, so no configured value
+    can inject shell syntax on the login node. ``--export`` lists exactly the
+    drone's values and the site's ``export_environment`` entries, never
+    ``ALL``: the submitting environment (the COBalD daemon's, tokens included)
+    stays out of the job. ``--no-requeue`` keeps Slurm from re-running a drone
+    TARDIS already counted as gone (a node failure or preemption ends a drone;
+    COBalD asks for a new one); ``SubmitOptions.long.requeue`` opts out.
     """
     for name, value in environment.items():
         if "," in value or "," in name:
             raise ValueError(
                 f"environment {name}={value!r}: commas cannot pass through --export"
             )
-    export = ",".join(["ALL", *(f"{k}={v}" for k, v in environment.items())])
+    exported = [*(f"{k}={v}" for k, v in environment.items()), *export]
     words = [
         "sbatch",
         "--parsable",
         f"--job-name={job_name}",
-        f"--export={export}",
+        f"--export={','.join(exported)}",
         "-N",
         "1",
         "-n",
@@ -326,7 +332,7 @@ def parse_sbatch_output(stdout: str, stderr: str = "") -> str:
     found: Optional[str] = None
     for raw in (stdout or "").splitlines():
         line = raw.strip()
-        match = _PARSABLE.match(line) or _CLASSIC.match(line)
+        match = _PARSABLE.fullmatch(line) or _CLASSIC.fullmatch(line)
         if match:
             found = match.group(1)
     if found is None:
@@ -345,31 +351,39 @@ class JobInfo:
     name: str = ""
 
 
-def parse_squeue_output(stdout: str) -> dict[str, JobInfo]:
-    """Jobs by id from :data:`SQUEUE_FORMAT` lines.
+_STATE_WORD = re.compile(r"[A-Z][A-Z_]*")
 
-    Lines that are not job lines (cluster headers of ``-M``, warnings, blank
-    lines) are skipped; but output that has text and not a single job line is
-    refused, so an error message printed with exit code 0 is never read as
-    "no jobs" (which would report every drone as gone).
+
+def parse_squeue_output(stdout: str) -> dict[str, JobInfo]:
+    """Jobs by id from :data:`SQUEUE_FORMAT` lines; anything else makes the listing untrusted.
+
+    Every non-blank line must be a whole job line: a line cut short
+    (``1001|RUNN``), a warning or an error printed with exit status 0 raises
+    SlurmOutputError, because reading the rest as the full truth would report
+    the job on that line as gone. (Login banners before squeue's output are
+    cut off by the poller's markers, not here.)
     """
     jobs: dict[str, JobInfo] = {}
-    skipped = 0
     for raw in (stdout or "").splitlines():
         line = raw.strip()
         if not line:
             continue
-        parts = line.split("|", len(SQUEUE_FIELDS) - 1)
-        if len(parts) != len(SQUEUE_FIELDS) or not _JOB_ID.match(parts[0].strip()):
-            skipped += 1
-            continue
-        job_id, state, nodes, reason, name = (part.strip() for part in parts)
-        state = state.split()[0].rstrip("+").upper() if state.split() else ""
+        parts = [part.strip() for part in line.split("|", len(SQUEUE_FIELDS) - 1)]
+        state = (
+            parts[1].split()[0].rstrip("+").upper()
+            if len(parts) > 1 and parts[1].split()
+            else ""
+        )
+        if (
+            len(parts) != len(SQUEUE_FIELDS)
+            or not _JOB_ID.fullmatch(parts[0])
+            or not _STATE_WORD.fullmatch(state)
+        ):
+            raise SlurmOutputError(
+                f"squeue printed a line that is not a job line: {line!r}", stdout
+            )
+        job_id, _, nodes, reason, name = parts
         jobs[job_id] = JobInfo(job_id, state, nodes, reason, name)
-    if skipped and not jobs:
-        raise SlurmOutputError("squeue printed no job lines", stdout)
-    if skipped:
-        logger.warning("squeue: skipped %d line(s) that are not job lines", skipped)
     return jobs
 
 
@@ -416,16 +430,24 @@ FAILURE_STATES = frozenset(
 )
 
 
-def map_state(state: str, job_id: str = "?") -> ResourceStatus:
-    """ResourceStatus of a Slurm state; unknown states are Error, with a warning."""
+def map_state(state: str, job_id: str = "?") -> Optional[ResourceStatus]:
+    """ResourceStatus of a Slurm state; None for a state this table does not know.
+
+    An unknown word (a newer Slurm, a state cut short) says nothing about the
+    job, so the caller keeps the drone's previous state instead of guessing.
+    """
     try:
         status = STATE_MAP[state]
     except KeyError:
-        logger.warning("job %s: unknown Slurm state %r, reporting Error", job_id, state)
-        return ResourceStatus.Error
+        return None
     if state in FAILURE_STATES:
         logger.warning("job %s ended in Slurm state %s", job_id, state)
     return status
+
+
+def is_final(state: str) -> bool:
+    """The job has ended (its ResourceStatus is Deleted)."""
+    return STATE_MAP.get(state) is ResourceStatus.Deleted
 
 
 # --------------------------------------------------------------------------
@@ -471,7 +493,21 @@ class StatusUnavailable(RuntimeError):
     """The last refresh failed a moment ago; not retried yet to spare the login node."""
 
 
+class ListingUntrusted(RuntimeError):
+    """squeue answered, but not with an answer that can be taken as the whole truth."""
+
+
+#: lines around squeue's own output: whatever a login shell prints before it
+#: (banners) is ignored, and output that stops before the end marker was cut
+#: short and is not trusted.
 _MARKER = "@@tardis-netadapter:{}@@"
+SQUEUE_BEGIN = _MARKER.format("squeue")
+SQUEUE_END = _MARKER.format("squeue-end")
+
+#: how long an empty listing must persist, while jobs were active, before it is
+#: believed (longer than Slurm's default MinJobAge of 300 s, during which a
+#: finished job is still listed with its final state)
+TRUST_EMPTY_AFTER = 600.0
 
 
 class _Refresh:
@@ -525,6 +561,12 @@ class SitePoller:
     waiter and, for ``retry_after`` seconds, to later callers too, so a dead
     login node sees one attempt per interval, not one per drone.
 
+    A listing is never believed blindly: output cut short, a line that is not a
+    job line, or an empty listing while jobs were running (a login node's
+    hiccup) fail the refresh instead of reporting every drone gone; and a job
+    missing from one listing is only gone once a later listing misses it too
+    (:meth:`status_of`).
+
     Probes (see :class:`Probe`) extend the same executor call; the
     connectivity monitor adds its heartbeat collection this way.
     """
@@ -539,6 +581,7 @@ class SitePoller:
         probes: Sequence[Probe] = (),
         clock: Callable[[], float] = time.monotonic,
         name: str = "",
+        trust_empty_after: float = TRUST_EMPTY_AFTER,
     ):
         self.executor = executor
         self.max_age = max_age
@@ -547,34 +590,64 @@ class SitePoller:
         self.probes = list(probes)
         self.clock = clock
         self.name = name
+        self.trust_empty_after = trust_empty_after
         self.calls = 0  # executor calls made, for tests and benchmarks
+        #: listings started before this cannot know jobs a previous process submitted
+        self.created = clock()
         self._current: Optional[StatusSnapshot] = None
         self._pending: Optional[_Refresh] = None
         self._failure: Optional[tuple[float, BaseException]] = None
         self._submitted: dict[str, float] = {}
+        self._active: set[str] = set()
+        self._empty_since: Optional[float] = None
+        self._missing: dict[str, float] = {}
+        self._unknown_states: set[tuple[str, str]] = set()
 
     # -- commands -----------------------------------------------------------
     def add_probe(self, probe: Probe) -> None:
         self.probes.append(probe)
 
     def command(self) -> str:
-        """squeue, then each probe after a marker line, in one shell command."""
-        parts = [squeue_command()]
+        """squeue between its markers, then each probe after a marker line, in one call."""
+        squeue = squeue_command()
+        if self.timeout is not None:
+            squeue = runner.limited(squeue, self.timeout)
+        parts = [
+            f"printf '%s\\n' {shlex.quote(SQUEUE_BEGIN)}",
+            squeue,
+            f"printf '%s\\n' {shlex.quote(SQUEUE_END)}",
+        ]
         for probe in self.probes:
             marker = shlex.quote(_MARKER.format(probe.name))
             parts.append(f"printf '%s\\n' {marker} && {{ {probe.command}\n}}")
         return " && ".join(parts)
 
     def parse(self, stdout: str, started: float, finished: float) -> StatusSnapshot:
-        """Split the output into squeue's part and each probe's part."""
-        sections = {None: []}
-        current = None
+        """Split the output into squeue's part and each probe's part.
+
+        Text before the begin marker (a login banner) is ignored; output
+        without the end marker was cut short and raises ListingUntrusted.
+        """
+        lines = (stdout or "").splitlines()
+        stripped = [line.strip() for line in lines]
+        if SQUEUE_BEGIN not in stripped:
+            raise ListingUntrusted(
+                f"{self.name}: squeue's output is missing (no begin marker)"
+            )
+        begin = stripped.index(SQUEUE_BEGIN)
+        if SQUEUE_END not in stripped[begin:]:
+            raise ListingUntrusted(
+                f"{self.name}: squeue's output was cut short (no end marker)"
+            )
+        end = stripped.index(SQUEUE_END, begin)
+        sections: dict[Optional[str], list[str]] = {None: lines[begin + 1 : end]}
+        current: Optional[str] = None
         names = {_MARKER.format(probe.name): probe.name for probe in self.probes}
-        for line in (stdout or "").splitlines():
+        for line in lines[end + 1 :]:
             if line.strip() in names:
                 current = names[line.strip()]
                 sections[current] = []
-            else:
+            elif current is not None:
                 sections[current].append(line)
         jobs = parse_squeue_output("\n".join(sections[None]))
         extras = {
@@ -623,13 +696,18 @@ class SitePoller:
 
     async def _refresh(self, started: float) -> StatusSnapshot:
         self.calls += 1
-        call = self.executor.run_command(self.command())
-        result = await (
-            asyncio.wait_for(call, self.timeout) if self.timeout is not None else call
-        )
+        command = self.command()
+        if self.timeout is not None:
+            result = await runner.run(self.executor, command, timeout=self.timeout)
+        else:
+            result = await self.executor.run_command(command)
         snapshot = self.parse(result.stdout, started, self.clock())
+        self._check_plausible(snapshot)
         if self._current is None or snapshot.started >= self._current.started:
             self._current = snapshot
+            self._active = {
+                job.job_id for job in snapshot.jobs.values() if not is_final(job.state)
+            }
         self._failure = None
         logger.debug(
             "%s: squeue listed %d jobs in %.2fs",
@@ -639,6 +717,37 @@ class SitePoller:
         )
         return snapshot
 
+    def _check_plausible(self, snapshot: StatusSnapshot) -> None:
+        """Refuse an empty listing while jobs were running, until it persists.
+
+        A login node in trouble can answer squeue with nothing and exit 0;
+        believed, that ends every drone while its job runs on. Jobs that end
+        stay listed (``--states=all``) for Slurm's MinJobAge, so a real end is
+        seen as a final state first; an empty listing is believed only after it
+        has lasted ``trust_empty_after`` seconds.
+        """
+        if snapshot.jobs:
+            self._empty_since = None
+            return
+        known = self._active | set(self._submitted)
+        if not known:
+            return
+        if self._empty_since is None:
+            self._empty_since = snapshot.started
+        empty_for = snapshot.started - self._empty_since
+        if empty_for < self.trust_empty_after:
+            raise ListingUntrusted(
+                f"{self.name}: squeue listed no jobs while {len(known)} were active; "
+                f"not believed until it stays empty for {self.trust_empty_after:.0f}s "
+                f"(empty for {empty_for:.0f}s)"
+            )
+        logger.warning(
+            "%s: squeue has listed no jobs for %.0fs while %d were active: believing it",
+            self.name,
+            empty_for,
+            len(known),
+        )
+
     # -- per-drone answers ----------------------------------------------------
     def note_submitted(self, job_id: str, at: Optional[float] = None) -> None:
         """Remember when sbatch returned: snapshots started earlier cannot know the job."""
@@ -646,11 +755,14 @@ class SitePoller:
 
     def status_of(
         self, job_id: Optional[str], snapshot: StatusSnapshot
-    ) -> ResourceStatus:
-        """The job's ResourceStatus in ``snapshot``; gone from squeue means Deleted.
+    ) -> Optional[ResourceStatus]:
+        """The job's ResourceStatus in ``snapshot``; None when it cannot be told yet.
 
-        A job submitted after the snapshot started is Booting, not Deleted: the
-        snapshot could not have listed it yet.
+        None (keep the drone's previous state) for a state this adapter does
+        not know, and for a job missing from this listing for the first time:
+        it is Deleted only when a listing started after this one finished
+        misses it too. A job submitted after the snapshot started is Booting:
+        the snapshot could not have listed it yet.
         """
         if job_id is None:
             return ResourceStatus.Deleted
@@ -658,9 +770,51 @@ class SitePoller:
         job = snapshot.jobs.get(job_id)
         if job is not None:
             self._submitted.pop(job_id, None)
-            return map_state(job.state, job_id)
+            self._missing.pop(job_id, None)
+            status = map_state(job.state, job_id)
+            if status is None:
+                self._unknown_state(job)
+            return status
         submitted = self._submitted.get(job_id)
         if submitted is not None and snapshot.started < submitted:
             return ResourceStatus.Booting
-        self._submitted.pop(job_id, None)
+        return self._confirm_missing(job_id, snapshot)
+
+    def _confirm_missing(
+        self, key: str, snapshot: StatusSnapshot
+    ) -> Optional[ResourceStatus]:
+        first_missed = self._missing.get(key)
+        if first_missed is None:
+            self._missing[key] = snapshot.finished
+            logger.info(
+                "%s: job %s is missing from squeue; gone only if the next listing "
+                "misses it too",
+                self.name,
+                key,
+            )
+            return None
+        if snapshot.started <= first_missed:  # the same listing, or one as old
+            return None
+        del self._missing[key]
+        self._submitted.pop(key, None)
         return ResourceStatus.Deleted
+
+    def missing_by_name(self, name: str, snapshot: StatusSnapshot) -> bool:
+        """A drone without a known job: True once two listings missed its name."""
+        return self._confirm_missing(f"name:{name}", snapshot) is ResourceStatus.Deleted
+
+    def _unknown_state(self, job: JobInfo) -> None:
+        key = (job.job_id, job.state)
+        if key in self._unknown_states:
+            return
+        if len(self._unknown_states) > 10_000:  # bounded: one warning per pair
+            self._unknown_states.clear()
+        self._unknown_states.add(key)
+        logger.warning(
+            "%s: job %s (%s) is in Slurm state %r, which this adapter does not "
+            "know; keeping the drone's previous state",
+            self.name,
+            job.job_id,
+            job.name,
+            job.state,
+        )

@@ -19,17 +19,37 @@ from tardis.utilities.attributedict import AttributeDict
 
 import tardis_netadapter
 from tardis_netadapter import siteadapter
+from tardis_netadapter.batch import slurm
 from tardis_netadapter.siteadapter import NetSlurmAdapter
 
 HTCONDOR = AttributeDict(Cores=1, Memory=1024, Disk=1024 * 1024)
 
 
 def first_command(command: str) -> list[str]:
-    """The words of the first command of a ``cmd; cmd`` list, as a shell splits them."""
-    lexer = shlex.shlex(command, posix=True, punctuation_chars=";")
+    """The words of the batch command in ``command``, as a shell splits them.
+
+    Skips the adapter's wrappers: ``printf`` marker lines before it (``&&``
+    lists) and the login node's ``timeout -k K N`` in front of it.
+    """
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=";&")
     lexer.whitespace_split = True
-    words = list(lexer)
-    return words[: words.index(";")] if ";" in words else words
+    segments: list[list[str]] = [[]]
+    for word in lexer:
+        if word in (";", "&&"):
+            segments.append([])
+        else:
+            segments[-1].append(word)
+    for words in segments:
+        if words and words[0] == "timeout":
+            words = words[4:]  # timeout -k K N
+        if words and words[0] != "printf":
+            return words
+    return segments[0]
+
+
+def squeue_output(lines: list[str]) -> str:
+    """squeue's lines between the poller's markers, as the login node prints them."""
+    return "\n".join([slurm.SQUEUE_BEGIN, *lines, slurm.SQUEUE_END])
 
 
 class FakeExecutor:
@@ -64,7 +84,7 @@ class FakeExecutor:
             for job_id, entry in self.jobs.items():
                 state, name = entry.split("|")
                 lines.append(f"{job_id}|{state}|worker1|None|{name}")
-            return AttributeDict(stdout="\n".join(lines), stderr="", exit_code=0)
+            return AttributeDict(stdout=squeue_output(lines), stderr="", exit_code=0)
         if words[0] == "scancel":
             job_id = words[-1]
             state = self.jobs.get(job_id, "|").split("|")[0]
@@ -81,7 +101,9 @@ class FakeExecutor:
         raise AssertionError(f"unexpected command {command}")
 
     def count(self, program: str) -> int:
-        return sum(1 for command, _ in self.calls if command.startswith(program))
+        return sum(
+            1 for command, _ in self.calls if first_command(command)[0] == program
+        )
 
 
 NETWORK = {

@@ -91,7 +91,7 @@ def test_render_command_only_is_what_the_adapter_submits(capsys):
     assert "--mem=256M" in words and "--output=tardis-%j.out" in words
     export = next(w for w in words if w.startswith("--export="))
     assert export == (
-        "--export=ALL,TardisDroneCores=1,TardisDroneMemory=256,"
+        "--export=TardisDroneCores=1,TardisDroneMemory=256,"
         "TardisDroneDisk=1048576,TardisDroneUuid=netlab-abcdef0123,"
         "TardisDroneWalltime=1800"
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import sys
 
 import asyncssh
@@ -29,6 +28,7 @@ from tardis.utilities.attributedict import AttributeDict
 
 from tardis_netadapter import siteadapter
 from tardis_netadapter.batch import slurm
+from tardis_netadapter.failures import StatusUndecided
 from tardis_netadapter.schema import ConfigurationError
 from tardis_netadapter.siteadapter import NetadapterTimeout, NetSlurmAdapter
 
@@ -128,8 +128,10 @@ async def test_deploy_submits_script_on_stdin(adapter, executor):
     assert result == AttributeDict(
         remote_resource_uuid="100", resource_status=ResourceStatus.Booting
     )
-    ((command, stdin),) = executor.calls
-    words = shlex.split(command)
+    # the listing that makes sure the drone has no job yet, then sbatch
+    (_, (command, stdin)) = executor.calls
+    assert executor.count("squeue") == 1
+    words = first_command(command)
     assert words[:2] == ["sbatch", "--parsable"]
     assert "--job-name=netlab-0123456789" in words
     assert words[words.index("-p") + 1] == "batch"
@@ -146,7 +148,7 @@ async def test_hostile_submit_options_stay_quoted(configure, executor):
     configure(site_section(executor))
     large = NetSlurmAdapter(machine_type="large", site_name="NetLab")
     await large.deploy_resource(drone())
-    words = shlex.split(executor.calls[0][0])
+    words = first_command(executor.calls[-1][0])
     assert "--account=a b;rm -rf /" in words
 
 
@@ -163,23 +165,27 @@ async def test_unreadable_sbatch_output_recovers_job_by_name(adapter, executor):
     executor.sbatch_stdout = "site wrapper says hello"
     result = await adapter.deploy_resource(drone("netlab-aaaaaaaaaa"))
     assert result.remote_resource_uuid == "100"
-    assert executor.count("squeue") == 1
+    # one listing before sbatch, one fresh listing to find the job by name
+    assert executor.count("squeue") == 2
 
 
-async def test_unreadable_sbatch_output_without_job_is_retried(adapter, executor):
-    executor.sbatch_stdout = "garbage"
+async def test_unreadable_sbatch_output_without_job_keeps_looking(adapter, executor):
+    """No job found by name yet: the drone stays Booting, without a job id, not Down."""
+    real = executor.run_command
 
     async def sbatch_lost(command, stdin_input=None):
-        executor.calls.append((command, stdin_input))
-        if command.startswith("sbatch"):
+        if first_command(command)[0] == "sbatch":
+            executor.calls.append((command, stdin_input))
             return AttributeDict(stdout="garbage", stderr="odd", exit_code=0)
-        return AttributeDict(stdout="", stderr="", exit_code=0)
+        return await real(command, stdin_input)
 
     executor.run_command = sbatch_lost
-    agent = SiteAgent(adapter)
-    with pytest.raises(TardisResourceStatusUpdateFailed) as info:
-        await agent.deploy_resource(drone())
-    assert isinstance(info.value.__cause__, slurm.SlurmOutputError)
+    result = await SiteAgent(adapter).deploy_resource(drone())
+    assert result.remote_resource_uuid is None
+    assert result.resource_status is ResourceStatus.Booting
+    # while the job could still appear, its status is undecided, not Deleted
+    with pytest.raises(TardisResourceStatusUpdateFailed):
+        await SiteAgent(adapter).resource_status(drone())
 
 
 # -- status -------------------------------------------------------------------
@@ -197,6 +203,8 @@ async def test_status_of_many_drones_is_one_squeue(configure, executor):
         )
     for job_id in list(executor.jobs)[:10]:
         executor.jobs[job_id] = executor.jobs[job_id].replace("PENDING", "RUNNING")
+    small.poller.max_age = 0  # the deploys' listing is too old for this cycle
+    before = executor.count("squeue")
     results = await asyncio.gather(
         *(
             SiteAgent(a).resource_status(
@@ -205,23 +213,27 @@ async def test_status_of_many_drones_is_one_squeue(configure, executor):
             for a, r in drones
         )
     )
-    assert executor.count("squeue") == 1
+    assert executor.count("squeue") == before + 1
     statuses = [r.resource_status for r in results]
     assert statuses == [ResourceStatus.Running] * 10 + [ResourceStatus.Booting] * 10
 
 
 async def test_finished_and_vanished_jobs(adapter, executor):
     executor.jobs.update({"5": "OUT_OF_MEMORY|x", "6": "COMPLETED|y"})
-    for job_id, expected in (
-        ("5", ResourceStatus.Deleted),
-        ("6", ResourceStatus.Deleted),
-        ("7", ResourceStatus.Deleted),  # squeue forgot it
-    ):
+    for job_id in ("5", "6"):
         status = await adapter.resource_status(drone(job_id=job_id))
-        assert status.resource_status is expected
+        assert status.resource_status is ResourceStatus.Deleted
+    # squeue forgot job 7: not gone on one listing's word...
+    with pytest.raises(StatusUndecided):
+        await adapter.resource_status(drone(job_id="7"))
+    # ...but gone once a later listing misses it too
+    adapter.poller.max_age = 0
+    status = await adapter.resource_status(drone(job_id="7"))
+    assert status.resource_status is ResourceStatus.Deleted
 
 
 async def test_new_job_missing_from_an_older_snapshot_is_booting(adapter, executor):
+    executor.jobs["1"] = "RUNNING|d"
     await adapter.resource_status(drone(job_id="1"))  # snapshot taken, cached
     deployed = await adapter.deploy_resource(drone())
     del executor.jobs[deployed.remote_resource_uuid]  # even if squeue lags
@@ -314,9 +326,14 @@ def test_timeouts_are_caught_by_every_tardis_state(adapter):
     assert isinstance(info.value, TardisResourceStatusUpdateFailed)
 
 
-def test_unknown_errors_are_permanent(adapter):
-    with pytest.raises(TardisError), adapter.handle_exceptions():
+def test_unknown_errors_are_retried_not_fatal(adapter, caplog):
+    """A bare TardisError would stop the COBalD daemon: a bug is logged and retried."""
+    with (
+        pytest.raises(TardisResourceStatusUpdateFailed),
+        adapter.handle_exceptions(),
+    ):
         raise KeyError("a bug")
+    assert "KeyError: 'a bug'" in caplog.text  # with its traceback
 
 
 def test_failure_log_has_no_script(adapter, caplog):
@@ -380,3 +397,47 @@ def test_a_shared_failure_is_warned_once_not_per_drone(adapter, caplog):
     with pytest.raises(TardisResourceStatusUpdateFailed), adapter.handle_exceptions():
         raise ConnectionRefusedError(111, "refused again")
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+# -- never lose a drone ----------------------------------------------------------
+
+
+async def test_a_drone_that_already_has_a_job_is_adopted_not_submitted_again(
+    adapter, executor, caplog
+):
+    """A daemon restarted while sbatch was in flight finds the job by its name."""
+    executor.jobs["77"] = "PENDING|netlab-0123456789"
+    result = await adapter.deploy_resource(drone())
+    assert result.remote_resource_uuid == "77"
+    assert executor.count("sbatch") == 0
+    assert "netlab-0123456789" in caplog.text and "77" in caplog.text
+
+
+async def test_a_timed_out_sbatch_is_found_by_name_later(configure, executor):
+    configure(site_section(executor, command_timeout=0.2))
+    adapter = NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    real = executor.run_command
+
+    async def submits_then_hangs(command, stdin_input=None):
+        result = await real(command, stdin_input)
+        if first_command(command)[0] == "sbatch":
+            await asyncio.sleep(5)  # the job exists, the answer never comes
+        return result
+
+    executor.run_command = submits_then_hangs
+    result = await SiteAgent(adapter).deploy_resource(drone())
+    # found by name in the fresh listing right after the timeout
+    assert result.remote_resource_uuid == "100"
+    assert executor.count("sbatch") == 1
+
+
+async def test_an_unresolved_drone_is_not_cancelled_as_done_while_its_job_may_appear(
+    adapter, executor
+):
+    adapter._state.unresolved["netlab-0123456789"] = adapter.poller.clock() + 60
+    with pytest.raises(StatusUndecided):
+        await adapter.terminate_resource(drone())
+    executor.jobs["55"] = "PENDING|netlab-0123456789"
+    adapter.poller.max_age = 0
+    await adapter.terminate_resource(drone())
+    assert executor.jobs["55"].startswith("CANCELLED")

@@ -41,7 +41,13 @@ class FakeExecutor:
         if self.stdout_override is not None:
             return AttributeDict(stdout=self.stdout_override, stderr="", exit_code=0)
         lines = [f"{i}|{state}|node|None|drone-{i}" for i, state in self.jobs.items()]
-        return AttributeDict(stdout="\n".join(lines) + "\n", stderr="", exit_code=0)
+        stdout = "\n".join([slurm.SQUEUE_BEGIN, *lines, slurm.SQUEUE_END]) + "\n"
+        return AttributeDict(stdout=stdout, stderr="", exit_code=0)
+
+
+def listing(*lines: str) -> str:
+    """squeue's lines between the poller's markers, as the login node prints them."""
+    return "\n".join([slurm.SQUEUE_BEGIN, *lines, slurm.SQUEUE_END]) + "\n"
 
 
 @pytest.fixture
@@ -101,10 +107,13 @@ async def test_submitted_after_snapshot_start_is_booting_not_deleted(clock):
     poller.note_submitted("2")  # sbatch returned at t=1001
     assert poller.status_of("2", snapshot) is ResourceStatus.Booting
     assert poller.status_of("1", snapshot) is ResourceStatus.Running
-    # a snapshot that started after the submission and still lacks it: gone
+    # a snapshot that started after the submission and still lacks it: missing
+    # once (undecided), gone when the next listing misses it too
     clock.now += 31
     later = await poller.snapshot()
-    assert poller.status_of("2", later) is ResourceStatus.Deleted
+    assert poller.status_of("2", later) is None
+    clock.now += 31
+    assert poller.status_of("2", await poller.snapshot()) is ResourceStatus.Deleted
 
 
 async def test_submission_seen_then_missing_is_deleted(clock):
@@ -114,6 +123,9 @@ async def test_submission_seen_then_missing_is_deleted(clock):
     snapshot = await poller.snapshot()
     assert poller.status_of("7", snapshot) is ResourceStatus.Booting
     del executor.jobs["7"]
+    executor.jobs["8"] = "RUNNING"  # an empty listing would not be believed
+    clock.now += 1
+    assert poller.status_of("7", await poller.snapshot()) is None
     clock.now += 1
     assert poller.status_of("7", await poller.snapshot()) is ResourceStatus.Deleted
 
@@ -121,7 +133,10 @@ async def test_submission_seen_then_missing_is_deleted(clock):
 async def test_unknown_job_without_submission_is_deleted(clock):
     poller = poller_for(FakeExecutor({}), clock)
     snapshot = await poller.snapshot()
-    assert poller.status_of("99", snapshot) is ResourceStatus.Deleted
+    assert poller.status_of("99", snapshot) is None  # missing once: undecided
+    assert poller.status_of("99", snapshot) is None  # the same listing again
+    clock.now += 31
+    assert poller.status_of("99", await poller.snapshot()) is ResourceStatus.Deleted
     assert poller.status_of(None, snapshot) is ResourceStatus.Deleted
 
 
@@ -164,7 +179,9 @@ async def test_timeout_applies(clock):
 
 async def test_garbage_is_an_error_not_an_empty_queue(clock):
     executor = FakeExecutor()
-    executor.stdout_override = "slurm_load_jobs error: Socket timed out on send/recv"
+    executor.stdout_override = listing(
+        "slurm_load_jobs error: Socket timed out on send/recv"
+    )
     poller = poller_for(executor, clock)
     with pytest.raises(slurm.SlurmOutputError):
         await poller.snapshot()
@@ -172,7 +189,11 @@ async def test_garbage_is_an_error_not_an_empty_queue(clock):
 
 async def test_by_name_finds_newest_job(clock):
     executor = FakeExecutor()
-    executor.stdout_override = "9|COMPLETED|n|None|netlab-x\n10|PENDING||None|netlab-x\n11|RUNNING|n|None|other\n"
+    executor.stdout_override = listing(
+        "9|COMPLETED|n|None|netlab-x",
+        "10|PENDING||None|netlab-x",
+        "11|RUNNING|n|None|other",
+    )
     snapshot = await poller_for(executor, clock).snapshot()
     assert snapshot.by_name("netlab-x").job_id == "10"
     assert snapshot.by_name("nope") is None
@@ -193,11 +214,14 @@ async def test_probe_extends_the_same_executor_call(clock):
     probe = HeartbeatProbe()
     poller = poller_for(executor, clock, probes=[probe])
     marker = slurm._MARKER.format("heartbeats")
-    executor.stdout_override = f"5|RUNNING|n|None|netlab-a\n{marker}\nnetlab-a 1700000000\nnetlab-b 1700000003\n"
+    executor.stdout_override = (
+        listing("5|RUNNING|n|None|netlab-a")
+        + f"{marker}\nnetlab-a 1700000000\nnetlab-b 1700000003\n"
+    )
     snapshot = await poller.snapshot()
     assert len(executor.commands) == 1
     command = executor.commands[0]
-    assert command.startswith(slurm.squeue_command() + " && ")
+    assert slurm.squeue_command() + " && " in command
     assert probe.command in command
     assert list(snapshot.jobs) == ["5"]
     assert snapshot.extras["heartbeats"] == {
@@ -226,3 +250,61 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_refresh(clock):
     snapshot = await patient
     assert "1" in snapshot.jobs and len(executor.commands) == 1
     assert impatient.cancelled()
+
+
+# -- a listing that lies ---------------------------------------------------------
+
+
+async def test_an_empty_listing_while_jobs_run_is_not_believed(clock):
+    """A login node's hiccup (nothing printed, exit 0) must not end every drone."""
+    executor = FakeExecutor({"1": "RUNNING", "2": "PENDING"})
+    poller = poller_for(executor, clock, max_age=30, trust_empty_after=600)
+    await poller.snapshot()
+    executor.jobs.clear()
+    clock.now += 31
+    with pytest.raises(slurm.ListingUntrusted, match="no jobs while 2 were active"):
+        await poller.snapshot()
+    clock.now += 300
+    with pytest.raises(slurm.ListingUntrusted):
+        await poller.refresh()
+    # an emptiness that lasts longer than Slurm keeps finished jobs is believed
+    clock.now += 301
+    assert (await poller.refresh()).jobs == {}
+
+
+async def test_an_empty_listing_without_active_jobs_is_believed(clock):
+    executor = FakeExecutor({"1": "COMPLETED"})
+    poller = poller_for(executor, clock, max_age=30)
+    await poller.snapshot()
+    executor.jobs.clear()
+    clock.now += 31
+    assert (await poller.snapshot()).jobs == {}
+
+
+async def test_output_cut_short_is_not_trusted(clock):
+    executor = FakeExecutor()
+    executor.stdout_override = f"{slurm.SQUEUE_BEGIN}\n5|RUNNING|n|None|d\n"
+    with pytest.raises(slurm.ListingUntrusted, match="cut short"):
+        await poller_for(executor, clock).snapshot()
+
+
+async def test_a_login_banner_before_the_listing_is_ignored(clock):
+    executor = FakeExecutor()
+    executor.stdout_override = "Welcome to JURECA!\n" + listing("5|RUNNING|n|None|d")
+    snapshot = await poller_for(executor, clock).snapshot()
+    assert list(snapshot.jobs) == ["5"]
+
+
+async def test_an_unknown_state_is_undecided_and_warned_once(clock, caplog):
+    executor = FakeExecutor({"5": "HIBERNATING"})
+    poller = poller_for(executor, clock, max_age=0)
+    for _ in range(3):
+        clock.now += 1
+        assert poller.status_of("5", await poller.snapshot()) is None
+    warnings = [r for r in caplog.records if "HIBERNATING" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_the_squeue_runs_under_a_time_limit_on_the_login_node(clock):
+    poller = poller_for(FakeExecutor(), clock, timeout=40)
+    assert "timeout -k 5 30 squeue" in poller.command()
