@@ -477,3 +477,30 @@ async def test_tardis_request_state_sends_a_braked_drone_down():
     await RequestState.run(drone)
     assert [type(s) for s in drone.states] == [DownState]
     assert agent.submitted == ["netlab-first"]  # nothing submitted while braked
+
+
+def test_a_black_hole_gets_a_bounded_number_of_jobs():
+    """The figures in docs/adapter.md: defaults, COBalD asking every second."""
+    clock = Clock()
+    brake = SiteBrake("NetLab", BrakeSettings(), clock=clock)
+    submitted: list[tuple[float, str]] = []
+    start = clock.now
+    for second in range(3 * 3600):
+        uuid = f"netlab-{second}"
+        try:
+            brake.check(uuid)
+        except SiteBraked:
+            pass
+        else:
+            brake.submitted(uuid)
+            submitted.append((clock.now - start, uuid))
+            brake.observed(uuid, Running)
+        clock.advance(1)
+        for _, old in submitted[-1:]:
+            brake.observed(old, Deleted)  # every drone ends a second after start
+    tripped_at = submitted[brake.settings.after - 1][0] + 1
+    after_trip = [t - tripped_at for t, _ in submitted[brake.settings.after :]]
+    assert len([t for t in after_trip if t < 600]) == 3  # probes at ~60, 180, 420 s
+    assert len([t for t in after_trip if t < 3600]) == 5  # + 900, 1860 s
+    gaps = [b - a for a, b in zip(after_trip, after_trip[1:])]
+    assert max(gaps) <= 3600 + 2 and gaps[-1] >= 3600  # then one per hour
