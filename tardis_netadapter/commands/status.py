@@ -3,7 +3,9 @@
 Runs the same single executor call as the adapter's poller (squeue with the
 heartbeat collection appended, plus squeue's TimeUsed for start times), judges
 every drone with the adapter's own verdict function and prints a table, or JSON
-with stable keys (``--json``). Nothing is changed at the site.
+with stable keys (``--json``). Nothing is changed at the site. When the
+adapter's brake for the site is engaged (read from the state file the adapter
+writes, since the adapter is another process), that comes first.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from ..brake import BrakeSnapshot, default_state_file, read_brake_state
 from ..connectivity.collect import ElapsedProbe
 from ..connectivity.collector_view import collector_uuids
 from ..connectivity.monitor import SiteMonitor
-from ..connectivity.report import StatusRow, make_row, render_table, to_json
+from ..connectivity.report import (
+    StatusRow,
+    brake_json,
+    brake_line,
+    make_row,
+    render_table,
+    to_json,
+)
 from ..connectivity.verdict import Timing
 from .sitecli import build_executor, site_name
 
@@ -44,6 +54,12 @@ def add_parser(subparsers: Any) -> None:
         "--collector",
         action="store_true",
         help="also ask the pool's collector (htcondor2) which drones have a startd ad",
+    )
+    parser.add_argument(
+        "--brake-state",
+        type=Path,
+        help="the brake state file the adapter writes (default: "
+        "$XDG_STATE_HOME or ~/.local/state, tardis-netadapter/brake-SITE.json)",
     )
     parser.set_defaults(func=run)
 
@@ -84,6 +100,14 @@ async def collect_rows(
     return rows
 
 
+def _brake_state(site: str, path: Optional[Path]) -> Optional[BrakeSnapshot]:
+    """The site's brake as the adapter last wrote it; None if unknown."""
+    try:
+        return read_brake_state(path or default_state_file(site))
+    except ValueError:  # a site name that cannot name a file: no state to show
+        return None
+
+
 def run(args: argparse.Namespace) -> int:
     """The ``status`` command; exit 0, 1 if the site could not be asked."""
     from ..siteconfig import load_site_from_file
@@ -94,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
     monitoring = settings.profile.monitoring
     if not monitoring.enabled:
         print(f"{site}: Network.monitoring.enabled is false; no heartbeats to show")
+    brake = _brake_state(site, args.brake_state)
+    headline = brake_line(brake)
+    if headline and not args.json:
+        print(headline)  # first: the adapter is refusing to deploy here
     executor = build_executor(found.tardis[site].get("executor"))
     monitor = SiteMonitor(monitoring.heartbeat_dir, Timing.from_budget(settings.budget))
     collector = settings.profile.pool.collector if args.collector else None
@@ -115,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        print(to_json(rows, site, monitor.store.now))
+        print(to_json(rows, site, monitor.store.now, {"brake": brake_json(brake)}))
     else:
         sys.stdout.write(render_table(rows, site))
     return 0

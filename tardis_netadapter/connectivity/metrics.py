@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from aioprometheus import Gauge, Registry, Summary
+from aioprometheus import Counter, Gauge, Registry, Summary
 
 from .heartbeat import Heartbeat
 from .verdict import Judgement, Verdict
+
+if TYPE_CHECKING:
+    from ..brake import BrakeSnapshot
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
 
 
 class ConnectivityMetrics:
-    """Verdict counts, heartbeat ages and probe latencies per site."""
+    """Verdict counts, heartbeat ages and probe latencies per site; the site's brake."""
 
     def __init__(self, registry: Optional[Registry] = None) -> None:
         self.registry = registry if registry is not None else Registry()
@@ -43,6 +46,31 @@ class ConnectivityMetrics:
         self.probe_failures = Gauge(
             "tna_probe_failures",
             "Failed probes in the latest heartbeats, per endpoint",
+            registry=self.registry,
+        )
+        self.brake_engaged = Gauge(
+            "tna_brake_engaged",
+            "1 while the site's brake refuses deploys (drones kept dying young)",
+            registry=self.registry,
+        )
+        self.brake_young_deaths = Gauge(
+            "tna_brake_young_deaths_in_a_row",
+            "Drones in a row that died young (no survivor since)",
+            registry=self.registry,
+        )
+        self.brake_refused = Counter(
+            "tna_brake_refused_deploys_total",
+            "Deploys the brake refused since the adapter started",
+            registry=self.registry,
+        )
+        self.brake_trips = Counter(
+            "tna_brake_trips_total",
+            "Times the brake was engaged since the adapter started",
+            registry=self.registry,
+        )
+        self.brake_next_probe = Gauge(
+            "tna_brake_next_probe_seconds",
+            "Seconds until the brake lets a probe through (0: not engaged, or due)",
             registry=self.registry,
         )
         self._seen: dict[str, tuple[float, int]] = {}
@@ -84,6 +112,19 @@ class ConnectivityMetrics:
             self.probe_failures.set({"site": site, "endpoint": endpoint}, count)
         for uuid in [u for u in self._seen if u not in records]:
             del self._seen[uuid]
+
+    def update_brake(self, site: str, brake: BrakeSnapshot) -> None:
+        """Set the brake's series for ``site``; call once per status cycle.
+
+        The counters mirror the brake's own running totals (set, not added), so
+        calling this more often than needed never double-counts.
+        """
+        labels = {"site": site}
+        self.brake_engaged.set(labels, int(brake.engaged))
+        self.brake_young_deaths.set(labels, brake.young_deaths_in_a_row)
+        self.brake_refused.set(labels, brake.refused)
+        self.brake_trips.set(labels, brake.trips)
+        self.brake_next_probe.set(labels, brake.next_probe_in or 0)
 
 
 async def serve(

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .heartbeat import Heartbeat
 from .verdict import Judgement, Verdict
+
+if TYPE_CHECKING:
+    from ..brake import BrakeSnapshot
 
 SCHEMA_VERSION = 1
 
@@ -132,3 +135,22 @@ def to_json(
     }
     document.update(extra or {})
     return json.dumps(document, indent=2, sort_keys=True)
+
+
+def brake_line(brake: Optional[BrakeSnapshot]) -> Optional[str]:
+    """The line ``status`` puts at the top when the site's brake is engaged, else None.
+
+    E.g. ``site NetLab: brake engaged: 5 drones in a row died within 300 s;
+    next probe in 42 s``: an operator must see first that the adapter is
+    refusing to deploy, before reading a table that may well be empty.
+    """
+    if brake is None or not brake.engaged:
+        return None
+    return "".join(c if c.isprintable() else "?" for c in brake.headline)
+
+
+def brake_json(brake: Optional[BrakeSnapshot]) -> Optional[dict[str, Any]]:
+    """The ``brake`` object of ``status --json`` (None: no brake state known)."""
+    if brake is None:
+        return None
+    return {**asdict(brake), "headline": brake.headline}
