@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -301,3 +302,28 @@ def drone_jobs(lab: Lab, prefix: str = "netlab-") -> dict[str, str]:
         for job, (_state, name) in slurm_jobs(lab).items()
         if name.startswith(prefix)
     }
+
+
+def registry_states(db: Path, attempts: int = 20) -> dict[str, tuple[str, str]]:
+    """Like ``drone_states``, but a registry that cannot be read is an error.
+
+    ``drone_states`` answers ``{}`` while the daemon holds a lock, which a
+    test of "no drone is ended" must not mistake for "every drone is gone":
+    this retries for a few seconds and then raises.
+    """
+    if not db.exists():
+        return {}
+    error: Exception | None = None
+    for _ in range(attempts):
+        try:
+            with sqlite3.connect(db, timeout=5) as connection:
+                rows = connection.execute(
+                    "SELECT R.drone_uuid, R.remote_resource_uuid, S.state "
+                    "FROM Resources R JOIN ResourceStates S "
+                    "ON R.state_id = S.state_id"
+                ).fetchall()
+            return {uuid: (str(job), state) for uuid, job, state in rows}
+        except sqlite3.Error as exc:
+            error = exc
+            time.sleep(0.2)
+    raise RuntimeError(f"cannot read the registry {db}: {error!r}")

@@ -41,6 +41,7 @@ from tardis_netadapter.lab.daemon import (
     drone_jobs,
     fixed_demand,
     pool_request,
+    registry_states,
     slurm_jobs,
     with_brake,
     write_config,
@@ -155,13 +156,19 @@ def test_lying_squeue_ends_no_drone(site: Lab, daemon) -> None:
     jobs = slurm_jobs(site)
     assert all(jobs[job][0] == "RUNNING" for job in ours.values()), why()
 
+    trail: dict[str, str] = {}
     for mode in ("empty", "truncate", "off"):
         faults.set_squeue(site.layout, mode)
         events.append(f"squeue {mode}")
         until = time.monotonic() + LIE_CYCLES * CYCLE
         while time.monotonic() < until:
             assert cobald.alive, f"cobald exited (squeue {mode})\n" + why()
-            drones = cobald.drones()
+            drones = registry_states(cobald.db)
+            for uuid in ours:
+                state = drones.get(uuid, ("", "gone from the registry"))[1]
+                if trail.get(uuid) != state:
+                    trail[uuid] = state
+                    events.append(f"squeue {mode}: {uuid} {state}")
             for uuid, job in ours.items():
                 record = drones.get(uuid)
                 assert record is not None, (
