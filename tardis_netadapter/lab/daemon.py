@@ -9,6 +9,7 @@ Slurm on the login node (job states) and the pool stand-in (registrations).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import sqlite3
@@ -219,6 +220,24 @@ class CobaldDaemon:
             if path.exists()
         )
 
+    def wait_running(self, timeout: float = 60.0) -> CobaldDaemon:
+        """Block until COBalD's first demand line: the pool and registry exist.
+
+        Reading the registry before that races with TARDIS's own setup
+        (``PRAGMA journal_mode = WAL`` needs the database to itself), which
+        makes the daemon exit with "database is locked".
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"cobald exited at start:\n{self.log_tail()}")
+            if self.log_path.exists() and "demand = " in self.log_path.read_text(
+                errors="replace"
+            ):
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"cobald not running after {timeout:.0f} s")
+
     def __enter__(self) -> CobaldDaemon:
         return self.start()
 
@@ -316,7 +335,10 @@ def registry_states(db: Path, attempts: int = 20) -> dict[str, tuple[str, str]]:
     error: Exception | None = None
     for _ in range(attempts):
         try:
-            with sqlite3.connect(db, timeout=5) as connection:
+            # closed explicitly: a connection kept alive by a traceback holds
+            # the WAL open, and TARDIS (locking_mode EXCLUSIVE at start) then
+            # fails a restart with "database is locked"
+            with contextlib.closing(sqlite3.connect(db, timeout=1)) as connection:
                 rows = connection.execute(
                     "SELECT R.drone_uuid, R.remote_resource_uuid, S.state "
                     "FROM Resources R JOIN ResourceStates S "

@@ -83,7 +83,7 @@ def daemon(site: Lab, tmp_path: Path) -> Iterator[Callable[[dict], CobaldDaemon]
         config = write_config(site, tmp_path, replace=replace)
         cobald = CobaldDaemon(site, tmp_path, config).start()
         started.append(cobald)
-        return cobald
+        return cobald.wait_running()
 
     yield make
     for cobald in started:
@@ -107,7 +107,7 @@ def explain(site: Lab, cobald: CobaldDaemon, events: list[str]) -> str:
     return (
         "events:\n  "
         + "\n  ".join(events[-40:])
-        + f"\ndrones={cobald.drones()}\nslurm={slurm_jobs(site)}\n{outputs}\n"
+        + f"\ndrones={registry_states(cobald.db)}\nslurm={slurm_jobs(site)}\n{outputs}\n"
         f"--- cobald logs (tail)\n{cobald.all_logs()[-5000:]}"
     )
 
@@ -126,7 +126,7 @@ def wait_for(
 
 def keep_busy(site: Lab, cobald: CobaldDaemon, loaded: set[str]) -> None:
     """Registered drones report load 1, so nothing wants to drain them."""
-    for uuid in cobald.drones():
+    for uuid in registry_states(cobald.db):
         if uuid not in loaded and pool_request(
             site, {"op": "set_load", "uuid": uuid, "load": 1.0}
         ).get("ok"):
@@ -134,7 +134,11 @@ def keep_busy(site: Lab, cobald: CobaldDaemon, loaded: set[str]) -> None:
 
 
 def available(cobald: CobaldDaemon) -> dict[str, str]:
-    return {u: job for u, (job, s) in cobald.drones().items() if s == "AvailableState"}
+    return {
+        u: job
+        for u, (job, s) in registry_states(cobald.db).items()
+        if s == "AvailableState"
+    }
 
 
 def test_lying_squeue_ends_no_drone(site: Lab, daemon) -> None:
@@ -184,7 +188,7 @@ def test_lying_squeue_ends_no_drone(site: Lab, daemon) -> None:
     jobs = slurm_jobs(site)
     still = {job: jobs.get(job, ("gone",))[0] for job in ours.values()}
     assert set(still.values()) == {"RUNNING"}, f"{still}\n{why()}"
-    assert {cobald.drones()[u][1] for u in ours} == {"AvailableState"}, why()
+    assert {registry_states(cobald.db)[u][1] for u in ours} == {"AvailableState"}, why()
     assert "Traceback" not in cobald.all_logs(), why()
 
 
@@ -204,7 +208,7 @@ def test_sigkill_mid_sbatch_leaves_one_job_per_drone(site: Lab, daemon) -> None:
         assert cobald.alive, "cobald exited\n" + why()
         requested = {
             uuid
-            for uuid, (job, state) in cobald.drones().items()
+            for uuid, (job, state) in registry_states(cobald.db).items()
             if state == "RequestState" and job == "None"
         }
         submitted = set(new_jobs().values())
@@ -215,12 +219,12 @@ def test_sigkill_mid_sbatch_leaves_one_job_per_drone(site: Lab, daemon) -> None:
     pid = cobald.kill()
     events.append(f"{took:.0f}s: SIGKILL {pid}; jobs {new_jobs()}")
     faults.set_sbatch_delay(site.layout, 0)
-    before = cobald.drones()
-    cobald.restart()
+    before = registry_states(cobald.db)
+    cobald.restart().wait_running()
 
     def settled() -> bool:
         assert cobald.alive, "restarted cobald exited\n" + why()
-        drones = cobald.drones()
+        drones = registry_states(cobald.db)
         tracked = [job for job, _state in drones.values() if job != "None"]
         return len(drones) >= 3 and len(tracked) == len(drones)
 
@@ -228,7 +232,7 @@ def test_sigkill_mid_sbatch_leaves_one_job_per_drone(site: Lab, daemon) -> None:
     time.sleep(2 * CYCLE)  # a late duplicate sbatch would show up by now
     events.append(f"settled {took:.0f}s after the restart")
 
-    drones = cobald.drones()
+    drones = registry_states(cobald.db)
     jobs = new_jobs()
     by_name: dict[str, list[str]] = {}
     for job, name in jobs.items():
