@@ -203,3 +203,14 @@ def test_payload_exits_at_once_when_the_fault_says_so(tmp_path: Path):
     )
     assert "payload exits at once" not in result.stderr
     assert "giving up" in result.stderr
+
+
+def test_brake_bound_counts_open_periods_within_the_window():
+    from tardis_netadapter.lab.daemon import brake_bound
+
+    # engagements 10, 20, 40, 40 ... s; quota 3 + after 2 - 1 = 4 jobs per period
+    assert brake_bound(5, 3, 2, 10, 40) == 4  # the first engagement outlasts it
+    assert brake_bound(90, 3, 2, 10, 40) == 16  # 10+20+40 < 90 <= 110
+    assert brake_bound(120, 3, 2, 10, 40) == 20
+    assert brake_bound(600, 3, 2, 10, 40) == 68
+    assert brake_bound(600, 1, 1, 600, 600) == 1
