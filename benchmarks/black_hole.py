@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drones", type=int, default=3, help="fixed demand/quota")
     parser.add_argument("--no-brake", action="store_true", help="no brake: key")
     parser.add_argument("--name", default="tnbh", help="lab name (default tnbh)")
+    parser.add_argument("--keep", metavar="DIR", help="copy the daemon's files here")
     args = parser.parse_args(argv)
     window = 60 * args.minutes
     replace = fixed_demand(args.drones)
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             ][:10]
         finally:
             cobald.stop()
+            if args.keep:
+                shutil.copytree(tmp, args.keep, dirs_exist_ok=True)
     print(json.dumps(result, indent=2))
     return 0 if "error" not in result else 1
 
