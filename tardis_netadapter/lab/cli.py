@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from . import faults as faults_module
 from . import layout as L
 from .site import Lab, LabError, teardown
 
@@ -63,6 +64,14 @@ def add_lab_parser(subparsers: Any) -> None:
     bandwidth = _command(faults, "bandwidth", "limit a host's uplink (tbf)", _bw)
     bandwidth.add_argument("host")
     bandwidth.add_argument("rate", help='e.g. 100mbit, or "none" to remove')
+    squeue = _command(faults, "squeue", "make login's squeue lie (drone user)", _squeue)
+    squeue.add_argument("mode", choices=faults_module.SQUEUE_MODES)
+    sbatch = _command(
+        faults, "sbatch-delay", "sbatch submits, then stalls before answering", _sbatch
+    )
+    sbatch.add_argument("seconds", type=float, help="0 turns the stall off")
+    payload = _command(faults, "payload", "payload stand-in exits at once", _payload)
+    payload.add_argument("mode", choices=faults_module.PAYLOAD_MODES)
 
 
 # The project's CLI dispatcher looks for `add_parser`.
@@ -198,6 +207,26 @@ def _bw(args: argparse.Namespace) -> int:
     rate = None if args.rate.lower() in ("none", "off", "0") else args.rate
     Lab.attach(args.name).limit_bandwidth(args.host, rate)
     print(f"{args.host}: uplink {'limited to ' + rate if rate else 'unlimited'}")
+    return 0
+
+
+def _squeue(args: argparse.Namespace) -> int:
+    faults_module.set_squeue(Lab.attach(args.name).layout, args.mode)
+    print(f"squeue on login (drone user, via sshd): {args.mode}")
+    return 0
+
+
+def _sbatch(args: argparse.Namespace) -> int:
+    faults_module.set_sbatch_delay(Lab.attach(args.name).layout, args.seconds)
+    state = f"stalls {args.seconds:g} s after submitting" if args.seconds else "normal"
+    print(f"sbatch on login (drone user, via sshd): {state}")
+    return 0
+
+
+def _payload(args: argparse.Namespace) -> int:
+    faults_module.set_payload(Lab.attach(args.name).layout, args.mode)
+    state = "exits at once" if args.mode == "exit" else "runs normally"
+    print(f"payload stand-in (jobs started from now on): {state}")
     return 0
 
 

@@ -19,7 +19,8 @@ def sshd_config(
 
     On login, `SetEnv` (sshd_config, OpenSSH >= 8.7) gives every session -
     also non-interactive `ssh login sbatch ...` - the lab's SLURM_CONF and a
-    PATH with the stand-ins first, without touching machine-wide files.
+    PATH with the lab's fault wrappers (faults.py) and the stand-ins first,
+    without touching machine-wide files.
     """
     lines = [
         f"ListenAddress {listen}:{port}",
@@ -46,7 +47,7 @@ def sshd_config(
         "Subsystem sftp internal-sftp",
     ]
     if login_node:
-        lines.append(f"SetEnv SLURM_CONF={lab.slurm_conf} PATH={lab.default_path()}")
+        lines.append(f"SetEnv SLURM_CONF={lab.slurm_conf} PATH={lab.login_path()}")
     return "\n".join(lines) + "\n"
 
 

@@ -9,10 +9,13 @@ Slurm on the login node (job states) and the pool stand-in (registrations).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -175,8 +178,174 @@ class CobaldDaemon:
             self._log.close()
             self._log = None
 
+    def kill(self) -> int:
+        """SIGKILL the daemon now (a crash: no cleanup, no final registry write).
+
+        Only the process this helper started, by its pid; ``lab.popen`` runs
+        ``nsenter --net=... -- cobald``, and nsenter execs cobald in place,
+        so the pid is the daemon's. Returns that pid.
+        """
+        process = self.process
+        if process is None or process.poll() is not None:
+            raise RuntimeError("the cobald daemon is not running")
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return process.pid
+
+    def restart(self) -> CobaldDaemon:
+        """Start the daemon again with the same config, directory and registry.
+
+        The previous run's log is kept as ``cobald.<n>.log``; ``all_logs``
+        reads them all.
+        """
+        if self.alive:
+            raise RuntimeError("stop or kill the running daemon before a restart")
+        if self.log_path.exists():
+            runs = len(list(self.workdir.glob("cobald.*.log")))
+            self.log_path.rename(self.workdir / f"cobald.{runs + 1}.log")
+        return self.start()
+
+    def all_logs(self) -> str:
+        """Every run's log, oldest first (see ``restart``)."""
+        earlier = sorted(
+            self.workdir.glob("cobald.*.log"),
+            key=lambda path: int(path.name.split(".")[1]),
+        )
+        return "".join(
+            path.read_text(errors="replace")
+            for path in [*earlier, self.log_path]
+            if path.exists()
+        )
+
+    def wait_running(self, timeout: float = 60.0) -> CobaldDaemon:
+        """Block until COBalD's first demand line: the pool and registry exist.
+
+        Reading the registry before that races with TARDIS's own setup
+        (``PRAGMA journal_mode = WAL`` needs the database to itself), which
+        makes the daemon exit with "database is locked".
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"cobald exited at start:\n{self.log_tail()}")
+            if self.log_path.exists() and "demand = " in self.log_path.read_text(
+                errors="replace"
+            ):
+                return self
+            time.sleep(0.5)
+        raise RuntimeError(f"cobald not running after {timeout:.0f} s")
+
     def __enter__(self) -> CobaldDaemon:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------
+# issue 9 ("never lose a drone"): configs and counts for the fault runs
+# --------------------------------------------------------------------------
+
+
+def fixed_demand(drones: int) -> dict[str, str]:
+    """``write_config`` edits: COBalD always wants ``drones`` drones, quota alike.
+
+    The Standardiser clamps whatever the LinearController decides, so the
+    demand does not depend on the pool's load (drones that never register,
+    or a run that ends them, are replaced at once).
+    """
+    return {
+        "    minimum: 0\n    maximum: 2\n": (
+            f"    minimum: {drones}\n    maximum: {drones}\n"
+        ),
+        "      quota: 2\n": f"      quota: {drones}\n",
+    }
+
+
+def with_brake(
+    replace: dict[str, str],
+    after: int,
+    min_lifetime: float,
+    backoff: float,
+    max_backoff: float,
+) -> dict[str, str]:
+    """``replace`` plus a ``brake:`` block in the NetLab site section."""
+    return {
+        **replace,
+        "  NetLab:\n": (
+            "  NetLab:\n    brake:\n"
+            f"      after: {after}\n      min_lifetime: {min_lifetime:g}\n"
+            f"      backoff: {backoff:g}\n      max_backoff: {max_backoff:g}\n"
+        ),
+    }
+
+
+def brake_bound(
+    window: float,
+    quota: int,
+    after: int,
+    backoff: float,
+    max_backoff: float,
+) -> int:
+    """Most jobs a black-hole site can be sent in ``window`` seconds with a brake.
+
+    Between two engagements of the brake (and before the first) at most
+    ``quota`` drones are deployed at once, and at most ``after - 1`` of their
+    slots are refilled before the ``after``-th young death engages the brake
+    again: ``quota + after - 1`` submissions per open period. The k-th
+    engagement lasts ``min(backoff * 2**(k-1), max_backoff)`` and nothing is
+    submitted while it lasts, so a window holds at most 1 + (the number of
+    engagements that end within it) open periods. Drones need time to die,
+    which makes every open period longer: the bound is safe, not tight.
+    """
+    periods, elapsed, k = 1, 0.0, 1
+    while True:
+        elapsed += min(backoff * 2 ** (k - 1), max_backoff)
+        if elapsed >= window:
+            break
+        periods += 1
+        k += 1
+    return periods * (quota + after - 1)
+
+
+def drone_jobs(lab: Lab, prefix: str = "netlab-") -> dict[str, str]:
+    """Slurm job id -> job name of the drone user's drone jobs (any state).
+
+    Read with ``Lab.run`` (the plain PATH): never through the fault wrappers.
+    """
+    return {
+        job: name
+        for job, (_state, name) in slurm_jobs(lab).items()
+        if name.startswith(prefix)
+    }
+
+
+def registry_states(db: Path, attempts: int = 20) -> dict[str, tuple[str, str]]:
+    """Like ``drone_states``, but a registry that cannot be read is an error.
+
+    ``drone_states`` answers ``{}`` while the daemon holds a lock, which a
+    test of "no drone is ended" must not mistake for "every drone is gone":
+    this retries for a few seconds and then raises.
+    """
+    if not db.exists():
+        return {}
+    error: Exception | None = None
+    for _ in range(attempts):
+        try:
+            # closed explicitly: a connection kept alive by a traceback holds
+            # the WAL open, and TARDIS (locking_mode EXCLUSIVE at start) then
+            # fails a restart with "database is locked"
+            with contextlib.closing(sqlite3.connect(db, timeout=1)) as connection:
+                rows = connection.execute(
+                    "SELECT R.drone_uuid, R.remote_resource_uuid, S.state "
+                    "FROM Resources R JOIN ResourceStates S "
+                    "ON R.state_id = S.state_id"
+                ).fetchall()
+            return {uuid: (str(job), state) for uuid, job, state in rows}
+        except sqlite3.Error as exc:
+            error = exc
+            time.sleep(0.2)
+    raise RuntimeError(f"cannot read the registry {db}: {error!r}")

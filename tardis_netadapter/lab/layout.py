@@ -180,6 +180,24 @@ class LabLayout:
         """PATH for lab commands and jobs: the stand-ins come first."""
         return f"{self.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+    @property
+    def faults_dir(self) -> Path:
+        """Fault switches (mode files) of this lab, read by its wrappers/stand-ins."""
+        return self.state_dir / "faults"
+
+    @property
+    def fault_bin_dir(self) -> Path:
+        """Wrappers of Slurm commands that can be told to misbehave (faults.py)."""
+        return self.faults_dir / "bin"
+
+    def login_path(self) -> str:
+        """PATH of sessions of login's sshd: the fault wrappers, then default_path.
+
+        Only what arrives through sshd (the COBalD daemon's executor) sees the
+        wrappers; ``Lab.run`` keeps ``default_path`` and so sees the truth.
+        """
+        return f"{self.fault_bin_dir}:{self.default_path()}"
+
 
 def namespace_pattern(name: str) -> re.Pattern[str]:
     """Matches exactly the namespaces a lab of this name may have created."""

@@ -50,6 +50,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 PREFIX = "condor_master stand-in:"
@@ -496,6 +497,23 @@ def env_seconds(name: str) -> Optional[float]:
     return float(value) if value not in (None, "") else None
 
 
+def fault_mode() -> str:
+    """The lab's payload fault (faults.set_payload): ``exit`` or ``off``.
+
+    Read from ``$TNA_LAB_FAULTS/payload``, else from ``<state>/faults/payload``
+    beside the lab's bin dir this command was installed in, so a test can
+    break and fix the payload of a running site without touching its jobs.
+    """
+    directory = os.environ.get("TNA_LAB_FAULTS") or str(
+        Path(__file__).resolve().parent.parent / "faults"
+    )
+    try:
+        with open(os.path.join(directory, "payload")) as handle:
+            return handle.read().strip() or "off"
+    except OSError:
+        return "off"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="condor_master", description="HTCondor startd stand-in", allow_abbrev=False
@@ -520,6 +538,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     if give_up is not None and give_up < 0:
         give_up = None
+    if fault_mode() == "exit":
+        # a black-hole site: the payload dies before it ever registers
+        log("lab fault: payload exits at once (faults/payload = exit)")
+        return 1
     try:
         payload = Payload(
             Config(dict(os.environ)), 3.0 if retry is None else retry, give_up
