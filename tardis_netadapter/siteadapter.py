@@ -29,10 +29,11 @@ from tardis.utilities.attributedict import AttributeDict
 from tardis.utilities.executors.shellexecutor import ShellExecutor
 
 from .batch import runner, slurm
+from .brake import SiteBrake, default_state_file
 from .connectivity.collect import ElapsedProbe, cleanup_command
 from .connectivity.metrics import ConnectivityMetrics, serve
 from .connectivity.monitor import SiteMonitor
-from .connectivity.verdict import Timing
+from .connectivity.verdict import Timing, Verdict
 from .failures import (
     NetadapterTimeout,
     StatusUndecided,
@@ -72,6 +73,7 @@ class _SiteState:
     metered: Any = None  # the snapshot the metrics were last set from
     #: drones whose sbatch outcome is unknown -> when a late job can no longer appear
     unresolved: dict[str, float] = field(default_factory=dict)
+    brake: Optional[SiteBrake] = None
 
 
 _SITES: dict[str, _SiteState] = {}
@@ -89,6 +91,9 @@ def site_state(site_name: str, section: Any) -> _SiteState:
     state = _SITES.get(site_name)
     if state is None or state.section is not section:
         state = _SiteState(section, load_site_settings(site_name, section))
+        state.brake = SiteBrake(
+            site_name, state.settings.brake, state_file=default_state_file(site_name)
+        )
         _SITES[site_name] = state
         _forget_scripts(site_name)
         logger.info(
@@ -265,6 +270,11 @@ class NetSlurmAdapter(SiteAdapter):
         down.
         """
         drone_uuid = resource_attributes.drone_uuid
+        with self._state.brake.deploying(drone_uuid):
+            return await self._submit_once(resource_attributes)
+
+    async def _submit_once(self, resource_attributes: AttributeDict) -> AttributeDict:
+        drone_uuid = resource_attributes.drone_uuid
         snapshot = await self._poller.snapshot(newer_than=self._poller.created)
         job = snapshot.by_name(drone_uuid)
         if job is not None:
@@ -370,6 +380,8 @@ class NetSlurmAdapter(SiteAdapter):
                 f"{self.site_name}: drone {drone_uuid}: job {job_id}'s state is not "
                 "certain yet; asking again next cycle"
             )
+        if drone_uuid is not None:
+            self._state.brake.observed(drone_uuid, status)
         self._judge_connectivity(drone_uuid, status, snapshot)
         return AttributeDict(resource_status=status)
 
@@ -423,6 +435,10 @@ class NetSlurmAdapter(SiteAdapter):
         judgement = monitor.judgement(drone_uuid)
         if status is not ResourceStatus.Running or judgement is None:
             return
+        if judgement.verdict is Verdict.CONNECTED:
+            self._state.brake.connected(drone_uuid)
+        elif judgement.verdict is Verdict.NEVER_CONNECTED:
+            self._state.brake.never_connected(drone_uuid)
         if judgement.verdict.terminal:
             logger.warning(
                 "%s: drone %s is %s (%s; failing stage: %s): ending it",
@@ -449,10 +465,13 @@ class NetSlurmAdapter(SiteAdapter):
             state.exporter = asyncio.ensure_future(serve(state.metrics, int(port)))
             state.exporter.add_done_callback(_log_exporter_failure)
         state.metrics.update(self.site_name, monitor.judgements, monitor.store.records)
+        state.metrics.update_brake(self.site_name, state.brake.snapshot())
 
     async def terminate_resource(self, resource_attributes: AttributeDict) -> None:
         drone_uuid = resource_attributes.get("drone_uuid")
         job_id = resource_attributes.get("remote_resource_uuid")
+        if drone_uuid is not None:
+            self._state.brake.cancelled(drone_uuid)  # our decision, not a death
         if job_id is None:
             job_id = await self._job_to_cancel_by_name(drone_uuid)
             if job_id is None:

@@ -20,6 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from .batch.slurm import MachineMetaData, SlurmMachineType
+from .brake import BrakeSettings, check_against_walltimes, load_brake
 from .config import NetworkProfile, _plain, load_profile
 from .keepalive import KeepaliveBudget, derive_budget
 from .schema import ConfigurationError, load
@@ -36,6 +37,7 @@ SITE_KEYS = {
     "Network": "the network profile (docs/configuration.md)",
     "status_max_age": "seconds a squeue snapshot is reused (default: half the drone heartbeat)",
     "command_timeout": "seconds before a Slurm command counts as failed (default 120)",
+    "brake": "the brake for a site whose drones keep dying young (docs/adapter.md)",
 }
 
 DEFAULT_COMMAND_TIMEOUT = 120.0
@@ -60,6 +62,7 @@ class SiteSettings:
     machine_types: Mapping[str, MachineTypeSettings]
     status_max_age: Optional[float]
     command_timeout: float
+    brake: BrakeSettings = BrakeSettings()
 
 
 def load_site_settings(site_name: str, section: Any) -> SiteSettings:
@@ -97,6 +100,15 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
     command_timeout = _number(
         site_name, section, "command_timeout", DEFAULT_COMMAND_TIMEOUT, problems
     )
+    brake = BrakeSettings()
+    try:
+        brake = load_brake(section.get("brake"), f"{site_name}.brake")
+        walltimes = {
+            name: kind.slurm.walltime_seconds for name, kind in machine_types.items()
+        }
+        problems += check_against_walltimes(brake, walltimes, f"{site_name}.brake")
+    except ConfigurationError as error:
+        problems += error.problems
     if problems:
         raise ConfigurationError(problems)
     return SiteSettings(
@@ -106,6 +118,7 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         machine_types=machine_types,
         status_max_age=status_max_age,
         command_timeout=command_timeout,
+        brake=brake,
     )
 
 

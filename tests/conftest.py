@@ -19,6 +19,20 @@ from tardis_netadapter.lab import Lab, teardown
 from tardis_netadapter.lab.topology import lab_namespaces
 
 Probe = Callable[..., str]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The brake writes its state file under XDG_STATE_HOME: keep tests out of ~."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("state"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
+
+
 SlurmJob = Callable[..., "tuple[str, str]"]
 
 REQUIRED_BINARIES = (

@@ -441,3 +441,25 @@ async def test_an_unresolved_drone_is_not_cancelled_as_done_while_its_job_may_ap
     adapter.poller.max_age = 0
     await adapter.terminate_resource(drone())
     assert executor.jobs["55"].startswith("CANCELLED")
+
+
+async def test_a_site_whose_drones_die_young_is_braked(configure, executor):
+    """Drones that end at once trip the brake: deploys are refused, nothing submitted."""
+    from tardis_netadapter.brake import SiteBraked
+
+    configure(site_section(executor, brake={"after": 2, "backoff": 60}))
+    adapter = NetSlurmAdapter(machine_type="small", site_name="NetLab")
+    adapter.poller.max_age = 0
+    for index in range(2):
+        uuid = f"netlab-dead{index:06d}"
+        deployed = await adapter.deploy_resource(drone(uuid))
+        executor.jobs[deployed.remote_resource_uuid] = f"FAILED|{uuid}"
+        status = await adapter.resource_status(
+            drone(uuid, job_id=deployed.remote_resource_uuid)
+        )
+        assert status.resource_status is ResourceStatus.Deleted
+    submitted = executor.count("sbatch")
+    with pytest.raises(SiteBraked) as info:
+        await SiteAgent(adapter).deploy_resource(drone("netlab-0000000009"))
+    assert "2 drones in a row died young" in str(info.value)
+    assert executor.count("sbatch") == submitted
