@@ -25,19 +25,31 @@ __all__ = [
     "proxy_elements",
 ]
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")
-_USER = re.compile(r"^[a-z_][a-z0-9_.\-]*\$?$")
-_KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_REPO = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
+_USER = re.compile(r"[a-z_][a-z0-9_.\-]*\$?")
+_KNOB = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_REPO = re.compile(r"[a-z0-9][a-z0-9.\-]*")
+
+
+#: an IPv6 zone (``fe80::1%eth0``): ipaddress accepts any text after the ``%``
+_ZONE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _check_host(path: str, host: str) -> list[str]:
-    if _HOSTNAME.match(host):
+    """A host name or an address, matched whole: ``re.match``'s ``$`` would let a
+    trailing newline through, which then breaks proxychains' and ssh's files."""
+    if _HOSTNAME.fullmatch(host):
         return []
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return [f"{path}: got {host!r}; expected a host name or an IP address"]
+    _, percent, zone = host.partition("%")
+    if percent and not _ZONE.fullmatch(zone):
+        return [
+            f"{path}: got {host!r}; an IPv6 zone after '%' may hold only letters, "
+            "digits, '.', '_' or '-'"
+        ]
     return []
 
 
@@ -64,7 +76,7 @@ class Hop:
     def check(self, path: str) -> list[str]:
         problems = _check_host(f"{path}.host", self.host)
         problems += _check_port(f"{path}.port", self.port)
-        if self.user is not None and not _USER.match(self.user):
+        if self.user is not None and not _USER.fullmatch(self.user):
             problems.append(
                 f"{path}.user: got {self.user!r}; expected a POSIX user name"
             )
@@ -82,7 +94,7 @@ AUTO = "auto"
 #: default candidates for ``auto`` ports: below Linux's ephemeral range
 #: (32768-60999), so outgoing connections do not take them
 DEFAULT_PORT_RANGE = (20000, 32767)
-_FORWARD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FORWARD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -102,7 +114,7 @@ class Forward:
         problems = []
         if self.listen_port != AUTO:
             problems += _check_port(f"{path}.listen_port", self.listen_port)
-        if self.name is not None and not _FORWARD_NAME.match(self.name):
+        if self.name is not None and not _FORWARD_NAME.fullmatch(self.name):
             problems.append(
                 f"{path}.name: got {self.name!r}; expected a letter followed by "
                 "letters, digits or _ (it becomes part of an environment variable)"
@@ -136,7 +148,7 @@ class Tunnel:
         problems += _check_positive(
             f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
         )
-        if not re.match(r"^[A-Za-z0-9@.,\-]+$", self.ciphers):
+        if not re.fullmatch(r"[A-Za-z0-9@.,\-]+", self.ciphers):
             problems.append(
                 f"{path}.ciphers: got {self.ciphers!r}; expected 'auto' or an "
                 "ssh cipher list such as 'aes128-gcm@openssh.com,chacha20-poly1305"
@@ -222,8 +234,8 @@ class Chain:
 
     def check(self, path: str) -> list[str]:
         problems = []
-        if self.library is not None and not re.match(
-            r"^(/|~/)[^\x00-\x1f\x7f]+$", self.library
+        if self.library is not None and not re.fullmatch(
+            r"(/|~/)[^\x00-\x1f\x7f]+", self.library
         ):
             problems.append(
                 f"{path}.library: got {self.library!r}; expected an absolute path "
@@ -267,7 +279,7 @@ class Keepalive:
             f"{path}.server_alive_count_max", self.server_alive_count_max, "a count"
         )
         for knob in self.condor_knobs:
-            if not _KNOB.match(knob):
+            if not _KNOB.fullmatch(knob):
                 problems.append(
                     f"{path}.condor_knobs.{knob}: not an HTCondor knob name"
                 )
@@ -299,7 +311,7 @@ class Cvmfs:
     def check(self, path: str) -> list[str]:
         problems = []
         for index, repo in enumerate(self.repositories):
-            if not _REPO.match(repo):
+            if not _REPO.fullmatch(repo):
                 problems.append(
                     f"{path}.repositories[{index}]: got {repo!r}; expected a "
                     "repository name such as cms.cern.ch"
@@ -326,7 +338,7 @@ class Cvmfs:
         fixed = {f.listen_port for f in tunnel.forwards if f.listen_port != AUTO}
         auto = [f for f in tunnel.forwards if f.listen_port == AUTO]
         for proxy in proxy_elements(self.http_proxy):
-            reference = _FORWARD_REF.match(proxy)
+            reference = _FORWARD_REF.fullmatch(proxy)
             if reference and not socks:
                 problems.append(
                     f"{path}.http_proxy: got {proxy!r} without a tunnel (mode "
@@ -339,7 +351,7 @@ class Cvmfs:
                     f"(named forwards: {names or 'none'}): add name: "
                     f"{reference.group(1)} to its tunnel.forwards entry"
                 )
-            loopback = re.match(r"^http://127\.[0-9.]+:(\d+)/?$", proxy)
+            loopback = re.fullmatch(r"http://127\.[0-9.]+:(\d+)/?", proxy)
             if loopback and auto and int(loopback.group(1)) not in fixed:
                 problems.append(
                     f"{path}.http_proxy: got {proxy!r}, but no forward listens on "
@@ -351,7 +363,7 @@ class Cvmfs:
 
 
 #: ``forward:NAME`` in cvmfs.http_proxy: the tunnel's forward of that name
-_FORWARD_REF = re.compile(r"^forward:(.*)$")
+_FORWARD_REF = re.compile(r"forward:(.*)", re.DOTALL)
 
 
 def proxy_elements(http_proxy: str) -> list[str]:
@@ -363,15 +375,15 @@ def _check_numeric_proxy(path: str, proxy: str) -> list[str]:
     """cvmfs resolves names itself (c-ares), past proxychains: proxies must be numeric."""
     if proxy in ("DIRECT", "auto"):
         return []
-    reference = _FORWARD_REF.match(proxy)
+    reference = _FORWARD_REF.fullmatch(proxy)
     if reference:
-        if _FORWARD_NAME.match(reference.group(1)):
+        if _FORWARD_NAME.fullmatch(reference.group(1)):
             return []
         return [
             f"{path}: got {proxy!r}; expected forward:NAME with the name of a "
             "tunnel.forwards entry"
         ]
-    match = re.match(r"^http://([^/:]+):(\d+)/?$", proxy)
+    match = re.fullmatch(r"http://([^/:]+):(\d+)/?", proxy)
     if not match:
         return [
             f"{path}: got {proxy!r}; expected http://ADDRESS:PORT or DIRECT, "
@@ -405,7 +417,7 @@ class Container:
                 "image path or URI, or runtime: none"
             )
         for index, bind in enumerate(self.binds):
-            if not re.match(r"^[^:,\s]+(:[^:,\s]+(:(ro|rw))?)?$", bind):
+            if not re.fullmatch(r"[^:,\s]+(:[^:,\s]+(:(ro|rw))?)?", bind):
                 problems.append(
                     f"{path}.binds[{index}]: got {bind!r}; expected SRC[:DST[:ro|rw]]"
                 )
@@ -465,7 +477,7 @@ class Payload:
         if not self.argv:
             problems.append(f"{path}.command: empty; give the payload's command")
         for name in self.environment:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 problems.append(
                     f"{path}.environment.{name}: not a valid environment variable name"
                 )

@@ -124,7 +124,7 @@ def cleanup_command(heartbeat_dir: str, uuids: Iterable[str]) -> Optional[str]:
     directory = shell_path(heartbeat_dir)
     names = []
     for uuid in sorted(set(uuids)):
-        if not UUID_PATTERN.match(uuid):
+        if not UUID_PATTERN.fullmatch(uuid):
             logger.warning("not removing heartbeat of odd drone uuid %.80r", uuid)
             continue
         names.append(directory + "/" + shlex.quote(uuid + ".json"))
@@ -209,12 +209,12 @@ class HeartbeatProbe:
 
 
 #: squeue's TimeUsed (%M): [days-][hours:]minutes:seconds
-_ELAPSED = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+_ELAPSED = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)")
 
 
 def parse_elapsed(text: str) -> Optional[float]:
     """Seconds from squeue's ``%M`` (TimeUsed); None for anything else."""
-    match = _ELAPSED.match(text.strip())
+    match = _ELAPSED.fullmatch(text.strip())
     if not match:
         return None
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())

@@ -282,3 +282,9 @@ def test_monitoring_keys_are_validated(monitoring, fragment):
         ).monitoring.metrics_port
         == 9100
     )
+
+
+def test_a_uuid_with_a_trailing_newline_is_no_heartbeat_and_not_removed():
+    assert parse_record(record("d-1\n")) is None
+    assert cleanup_command("~/.hb", ["d-1\n"]) is None
+    assert parse_elapsed("1:00\n") == 60.0  # stripped first, then matched whole
