@@ -121,8 +121,26 @@ def _convert(hint: Any, value: Any, path: str, problems: _Problems) -> Any:
         problems.add(path, value, "expected a number")
         return None
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        # no coercion: YAML turns `host: 10.5` into a float, `01:00` into 60 and
+        # `on` into true, so str() would hand on a value the operator never wrote
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            problems.add(
+                path,
+                value,
+                "expected a string, but YAML read true/false (yes, no, on, off "
+                'are booleans too): quote the value as written, e.g. "on"',
+            )
+            return None
+        if isinstance(value, (int, float)):
+            problems.add(
+                path,
+                value,
+                "expected a string, but YAML read a number: quote the value as "
+                f'written, e.g. "{value}"',
+            )
+            return None
         problems.add(path, value, "expected a string")
         return None
     raise TypeError(f"schema cannot convert to {hint!r}")  # a bug in a schema

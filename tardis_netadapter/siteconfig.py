@@ -185,8 +185,34 @@ class Tagged:
     value: Any
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names one key twice; YAML itself would silently keep the last value."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+        super().__init__(
+            None, None, f"duplicate key {key!r} (first at line {first.line + 1})", again
+        )
+
+
 class _InertLoader(yaml.SafeLoader):
-    """SafeLoader that keeps every tagged node as :class:`Tagged` instead of calling it."""
+    """SafeLoader that keeps every tagged node as :class:`Tagged` instead of calling it,
+    and refuses a key given twice in one mapping (the last value would win unseen).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: keys given here may override merged ones
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # unhashable: the base constructor reports it
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _construct_tagged(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Tagged:
@@ -218,6 +244,14 @@ def read_yaml(path: Path) -> Any:
             return yaml.load(stream, Loader=_InertLoader)  # noqa: S506 - inert loader
     except OSError as error:
         raise ConfigurationError([f"{path}: cannot read: {error.strerror}"]) from None
+    except DuplicateKeyError as error:
+        raise ConfigurationError(
+            [
+                f"{path}:{error.line}: duplicate key {error.key!r} (first at line "
+                f"{error.first_line}); YAML would silently keep only the last value: "
+                "remove one of them"
+            ]
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigurationError([f"{path}: not valid YAML: {error}"]) from None
 

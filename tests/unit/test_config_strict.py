@@ -54,3 +54,28 @@ TRAILING_NEWLINE = [
 @pytest.mark.parametrize("data, key", TRAILING_NEWLINE)
 def test_a_trailing_newline_is_refused(data: dict, key: str) -> None:
     assert any(key in problem for problem in problems_of(data)), key
+
+
+@pytest.mark.parametrize(
+    "value, fix",
+    [
+        (10.5, '"10.5"'),
+        (1234, '"1234"'),
+        (True, '"on"'),
+    ],
+)
+def test_a_yaml_number_or_boolean_is_not_a_host_name(value: object, fix: str) -> None:
+    (problem,) = problems_of(hop(host=value))
+    assert problem.startswith(f"Site.Network.tunnel.hops[0].host: got {value!r};")
+    assert "quote the value as written" in problem and fix in problem
+
+
+def test_a_sexagesimal_walltime_is_refused_not_read_as_minutes() -> None:
+    """YAML 1.1 reads an unquoted 24:00:00 as the number 86400 (60 days of minutes)."""
+    from tardis_netadapter.batch.slurm import SlurmMachineType
+    from tardis_netadapter.schema import load
+
+    with pytest.raises(ConfigurationError) as caught:
+        load(SlurmMachineType, {"Walltime": 86400}, "Site.MachineTypeConfiguration.a")
+    (problem,) = caught.value.problems
+    assert "Walltime: got 86400" in problem and '"86400"' in problem
