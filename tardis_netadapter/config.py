@@ -14,7 +14,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from .schema import ConfigurationError, load
+from .keepalive import derive_budget
+from .schema import ConfigurationError, load_partial, untainted
 
 __all__ = [
     "AUTO",
@@ -559,12 +560,18 @@ def load_profile(data: Any, path: str = "Network") -> NetworkProfile:
     """Validate a ``Network`` section; raise ConfigurationError naming every bad key.
 
     The keepalive budget is checked here too, so an impossible combination of
-    explicit settings stops the daemon at start, not a drone at 3 a.m.
+    explicit settings stops the daemon at start, not a drone at 3 a.m. It is
+    checked even when other keys are wrong (all errors at once), leaving out
+    what it would say about a section that could not be read as written.
     """
-    from .keepalive import derive_budget  # late: keepalive imports this module
-
-    profile = load(NetworkProfile, _plain(data), path)
-    derive_budget(profile, path=path)
+    profile, problems, tainted = load_partial(NetworkProfile, _plain(data), path)
+    if profile is not None:
+        try:
+            derive_budget(profile, path=path)
+        except ConfigurationError as error:
+            problems += untainted(error.problems, path, set(tainted))
+    if problems or profile is None:
+        raise ConfigurationError(problems or [f"{path}: invalid"])
     return profile
 
 

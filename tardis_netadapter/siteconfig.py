@@ -136,6 +136,7 @@ def _machine_types(
         )
         return {}
     result = {}
+    tables = {}
     for kind in ("MachineTypeConfiguration", "MachineMetaData"):
         table = section.get(kind)
         if not hasattr(table, "keys"):
@@ -144,13 +145,13 @@ def _machine_types(
                 f"for each of {', '.join(names)}"
             )
             continue
-        for extra in set(table.keys()) - set(names):
+        tables[kind] = table
+        for extra in sorted(set(table.keys()) - set(names), key=str):
             problems.append(
                 f"{site}.{kind}.{extra}: not in {site}.MachineTypes "
                 f"({', '.join(names)}); add it there or remove this entry"
             )
-    if problems:
-        return {}
+    # every entry that exists is validated, whatever else is wrong: all at once
     for name in names:
         parts = {}
         for kind, cls in (
@@ -158,11 +159,13 @@ def _machine_types(
             ("MachineMetaData", MachineMetaData),
         ):
             path = f"{site}.{kind}.{name}"
-            if name not in section[kind]:
+            if kind not in tables:
+                continue
+            if name not in tables[kind]:
                 problems.append(f"{path}: missing; every machine type needs one")
                 continue
             try:
-                parts[kind] = load(cls, _plain(section[kind][name]), path)
+                parts[kind] = load(cls, _plain(tables[kind][name]), path)
             except ConfigurationError as error:
                 problems += error.problems
         if len(parts) == 2:

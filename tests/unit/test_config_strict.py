@@ -79,3 +79,59 @@ def test_a_sexagesimal_walltime_is_refused_not_read_as_minutes() -> None:
         load(SlurmMachineType, {"Walltime": 86400}, "Site.MachineTypeConfiguration.a")
     (problem,) = caught.value.problems
     assert "Walltime: got 86400" in problem and '"86400"' in problem
+
+
+def test_a_nested_error_does_not_hide_the_parents_errors() -> None:
+    data = {
+        "mode": "direct",  # parent rule: direct needs chain.tool none
+        "tunnel": {"hops": [{"host": "login", "port": 70000}]},  # nested rule
+        "cvmfs": {"mode": "singcvmfs", "repositories": ["cms.cern.ch"]},
+    }
+    problems = problems_of(data)
+    assert any("tunnel.hops[0].port: got 70000" in p for p in problems)
+    assert any(
+        p.startswith("Site.Network.chain.tool: got 'proxychains'") for p in problems
+    )
+    assert any(
+        p.startswith("Site.Network.cvmfs.mode: got 'singcvmfs'") for p in problems
+    )
+
+
+def test_a_nested_type_error_does_not_hide_the_parents_errors() -> None:
+    data = {
+        "tunnel": {"hops": [{"host": "login", "port": "ssh"}]},
+        "cvmfs": {"mode": "singcvmfs", "repositories": ["cms.cern.ch"]},
+    }
+    problems = problems_of(data)
+    assert any(
+        "hops[0].port: got 'ssh'; expected a whole number" in p for p in problems
+    )
+    assert any(
+        p.startswith("Site.Network.cvmfs.mode: got 'singcvmfs'") for p in problems
+    )
+
+
+def test_the_keepalive_budget_is_checked_beside_other_errors() -> None:
+    data = {
+        "tunnel": {"hops": [{"host": "login", "port": 0}]},
+        "firewall": {"idle_timeout": 20},
+        "keepalive": {"server_alive_interval": 25},
+    }
+    problems = problems_of(data)
+    assert any("hops[0].port: got 0" in p for p in problems)
+    assert any("keepalive.server_alive_interval: got 25" in p for p in problems)
+
+
+def test_a_value_that_could_not_be_read_does_not_invent_errors() -> None:
+    """A default standing in for an unreadable section is not judged by rules."""
+    data = {
+        **LOGIN,
+        "container": "apptainer",  # not a mapping: container falls back to none
+        "cvmfs": {"mode": "singcvmfs", "repositories": ["cms.cern.ch"]},
+        "firewall": {"idle_timeout": "30s"},
+        "keepalive": {"server_alive_interval": 25},
+    }
+    problems = problems_of(data)
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("Site.Network.firewall.idle_timeout: got '30s'")
+    assert problems[1].startswith("Site.Network.container: got 'apptainer'")
