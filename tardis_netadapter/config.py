@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
 from .keepalive import derive_budget
+from .paths import path_problem
 from .schema import ConfigurationError, load_partial, untainted
 
 __all__ = [
@@ -58,6 +59,14 @@ def _check_port(path: str, port: int) -> list[str]:
     if 1 <= port <= 65535:
         return []
     return [f"{path}: got {port!r}; expected a TCP port between 1 and 65535"]
+
+
+def _check_path(path: str, value: str, what: str) -> list[str]:
+    """A configured path that reaches shell commands: plain, absolute or ``~/``."""
+    problem = path_problem(value)
+    if problem is None:
+        return []
+    return [f"{path}: got {value!r}; {what}: {problem}"]
 
 
 def _check_positive(path: str, value: Optional[float], what: str) -> list[str]:
@@ -143,7 +152,12 @@ class Tunnel:
     ready_timeout: float = 10.0
 
     def check(self, path: str) -> list[str]:
-        problems = []
+        problems = _check_path(
+            f"{path}.identity_file", self.identity_file, "the tunnel key on the worker"
+        )
+        problems += _check_path(
+            f"{path}.known_hosts", self.known_hosts, "a known_hosts file on the worker"
+        )
         if self.socks_port != AUTO:
             problems += _check_port(f"{path}.socks_port", self.socks_port)
         problems += _check_positive(
@@ -235,12 +249,11 @@ class Chain:
 
     def check(self, path: str) -> list[str]:
         problems = []
-        if self.library is not None and not re.fullmatch(
-            r"(/|~/)[^\x00-\x1f\x7f]+", self.library
-        ):
-            problems.append(
-                f"{path}.library: got {self.library!r}; expected an absolute path "
-                "(or ~/...) of libproxychains4.so / libtsocks.so on the worker"
+        if self.library is not None:
+            problems += _check_path(
+                f"{path}.library",
+                self.library,
+                "libproxychains.so.4 / libtsocks.so on the worker",
             )
         for index, net in enumerate(self.localnet):
             try:
@@ -310,7 +323,9 @@ class Cvmfs:
     server_url: Optional[str] = None
 
     def check(self, path: str) -> list[str]:
-        problems = []
+        problems = _check_path(
+            f"{path}.dist", self.dist, "the cvmfsexec distribution directory"
+        )
         for index, repo in enumerate(self.repositories):
             if not _REPO.fullmatch(repo):
                 problems.append(
@@ -509,11 +524,11 @@ class Monitoring:
             problems += _check_positive(f"{path}.{key}", getattr(self, key), "seconds")
         if self.metrics_port is not None:
             problems += _check_port(f"{path}.metrics_port", self.metrics_port)
-        if not self.heartbeat_dir.strip() or "\n" in self.heartbeat_dir:
-            problems.append(
-                f"{path}.heartbeat_dir: got {self.heartbeat_dir!r}; expected a "
-                "directory path on the site's shared filesystem"
-            )
+        problems += _check_path(
+            f"{path}.heartbeat_dir",
+            self.heartbeat_dir,
+            "a directory of its own on the shared filesystem (find and rm run on it)",
+        )
         return problems
 
 

@@ -135,3 +135,49 @@ def test_a_value_that_could_not_be_read_does_not_invent_errors() -> None:
     assert len(problems) == 2, problems
     assert problems[0].startswith("Site.Network.firewall.idle_timeout: got '30s'")
     assert problems[1].startswith("Site.Network.container: got 'apptainer'")
+
+
+PATH_KEYS = [
+    ("monitoring", "heartbeat_dir"),
+    ("cvmfs", "dist"),
+    ("chain", "library"),
+    ("tunnel", "identity_file"),
+    ("tunnel", "known_hosts"),
+]
+
+
+@pytest.mark.parametrize("section, key", PATH_KEYS)
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        ("-delete", "one starting with '-' is read as an option"),
+        ("~", "the home or the root itself"),
+        ("~/", "the home or the root itself"),
+        ("$HOME", "the home or the root itself"),
+        ("/", "the home or the root itself"),
+        ("hb", "expected an absolute path (/...) or one under the home (~/...)"),
+        ("~/a/../b", "normalised path"),
+        ("~/a//b", "normalised path"),
+        ("/a/b/", "write '/a/b'"),
+        ("~/a/./b", "write '~/a/b'"),
+        ("~/hb\n", "control characters"),
+    ],
+)
+def test_paths_that_reach_commands_are_plain(
+    section: str, key: str, value: str, reason: str
+) -> None:
+    data = {**LOGIN, section: {**LOGIN.get(section, {}), key: value}}
+    (problem,) = problems_of(data)
+    assert problem.startswith(f"Site.Network.{section}.{key}: got {value!r};")
+    assert reason in problem
+
+
+def test_plain_paths_are_accepted() -> None:
+    profile = load_profile(
+        {
+            **LOGIN,
+            "monitoring": {"heartbeat_dir": "/p/scratch/tna/heartbeats"},
+            "cvmfs": {"dist": "~/cvmfsexec/dist"},
+        }
+    )
+    assert profile.monitoring.heartbeat_dir == "/p/scratch/tna/heartbeats"
