@@ -12,6 +12,7 @@ no pool factory).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,20 @@ SITE_KEYS = {
     "Network": "the network profile (docs/configuration.md)",
     "status_max_age": "seconds a squeue snapshot is reused (default: half the drone heartbeat)",
     "command_timeout": "seconds before a Slurm command counts as failed (default 120)",
+    "export_environment": "NAME or NAME=VALUE entries sbatch exports into each job",
 }
+
+#: site and machine type names: the drone uuid (site name in lower case, '-',
+#: hex) reaches sbatch --export and --job-name, and both names reach the
+#: rendered script and file names; a comma there broke the first deploy
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: an environment variable name for export_environment
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: characters an exported value cannot hold: --export splits on commas, and a
+#: control character (newline, NUL, ...) has no place on a command line
+_BAD_VALUE = re.compile(r"[,\x00-\x1f\x7f]")
+#: the adapter's own exports (TardisDroneCores, ...): not to be overridden
+ADAPTER_EXPORT_PREFIX = "TardisDrone"
 
 DEFAULT_COMMAND_TIMEOUT = 120.0
 
@@ -60,6 +74,8 @@ class SiteSettings:
     machine_types: Mapping[str, MachineTypeSettings]
     status_max_age: Optional[float]
     command_timeout: float
+    #: extra ``NAME`` / ``NAME=VALUE`` entries for sbatch ``--export``, validated
+    export_environment: tuple[str, ...] = ()
 
 
 def load_site_settings(site_name: str, section: Any) -> SiteSettings:
@@ -72,6 +88,14 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
                 f"'{site_name}:' section with {', '.join(SITE_KEYS)}"
             ]
         )
+    problems += _check_name(
+        site_name,
+        site_name,
+        "site name",
+        "it is part of every drone uuid (site name in lower case, '-', hex), "
+        "which reaches sbatch --export and --job-name: a comma there broke the "
+        "first deploy. Rename the site in Sites and its section",
+    )
     for key in section:
         if key not in SITE_KEYS:
             problems.append(
@@ -97,6 +121,7 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
     command_timeout = _number(
         site_name, section, "command_timeout", DEFAULT_COMMAND_TIMEOUT, problems
     )
+    export_environment = _export_environment(site_name, section, problems)
     if problems:
         raise ConfigurationError(problems)
     return SiteSettings(
@@ -106,7 +131,75 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         machine_types=machine_types,
         status_max_age=status_max_age,
         command_timeout=command_timeout,
+        export_environment=export_environment,
     )
+
+
+def _check_name(path: str, name: Any, what: str, why: str) -> list[str]:
+    """A site or machine type name, matched whole against :data:`NAME`."""
+    if isinstance(name, str) and NAME.fullmatch(name):
+        return []
+    return [
+        f"{path}: got {name!r}; a {what} must be a letter or digit followed by "
+        f"letters, digits, '_', '.' or '-' only: {why}"
+    ]
+
+
+def _export_environment(
+    site: str, section: Any, problems: list[str]
+) -> tuple[str, ...]:
+    """``export_environment``: what sbatch passes into jobs besides the drone's values.
+
+    sbatch exports nothing else (no ``ALL``), so the COBalD daemon's own
+    environment, tokens included, stays out of the jobs; a site lists here
+    what its jobs need. Each entry is ``NAME`` (the value sbatch sees on the
+    login node) or ``NAME=VALUE``.
+    """
+    path = f"{site}.export_environment"
+    entries = section.get("export_environment")
+    if entries is None:
+        return ()
+    if not isinstance(entries, (list, tuple)):
+        problems.append(
+            f"{path}: got {entries!r}; expected a list of NAME or NAME=VALUE "
+            "strings, e.g. [SQUID_HOST, 'OMP_NUM_THREADS=1']"
+        )
+        return ()
+    result: list[str] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        problem = _export_problem(entry, seen)
+        if problem is None:
+            result.append(entry)
+        else:
+            problems.append(f"{path}[{index}]: got {entry!r}; {problem}")
+    return tuple(result)
+
+
+def _export_problem(entry: Any, seen: set[str]) -> Optional[str]:
+    """What is wrong with one export_environment entry (None: fine; noted in seen)."""
+    if not isinstance(entry, str):
+        return "expected a string NAME or NAME=VALUE: quote it as written"
+    name, equals, value = entry.partition("=")
+    if not _VARIABLE.fullmatch(name):
+        return (
+            "NAME must be a letter or '_' followed by letters, digits or '_' "
+            "(an environment variable name)"
+        )
+    if name.startswith(ADAPTER_EXPORT_PREFIX):
+        return (
+            f"{ADAPTER_EXPORT_PREFIX}* variables are set by the adapter for each "
+            "drone: remove this entry"
+        )
+    if name in seen:
+        return f"{name} is listed twice: keep one"
+    seen.add(name)
+    if equals and (_BAD_VALUE.search(value) or value != value.strip()):
+        return (
+            "VALUE must hold no comma (sbatch --export splits on commas), no "
+            "newline or other control character, and no leading or trailing blanks"
+        )
+    return None
 
 
 def _number(
@@ -135,6 +228,15 @@ def _machine_types(
             "machine type names"
         )
         return {}
+    for name in names:
+        problems += _check_name(
+            f"{site}.MachineTypes",
+            name,
+            "machine type name",
+            "it reaches the rendered drone script, its file names and the log "
+            "lines of every drone; rename it in MachineTypes, "
+            "MachineTypeConfiguration and MachineMetaData",
+        )
     result = {}
     tables = {}
     for kind in ("MachineTypeConfiguration", "MachineMetaData"):
