@@ -14,7 +14,9 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-from .schema import ConfigurationError, load
+from .keepalive import derive_budget
+from .paths import path_problem
+from .schema import ConfigurationError, load_partial, untainted
 
 __all__ = [
     "AUTO",
@@ -25,19 +27,31 @@ __all__ = [
     "proxy_elements",
 ]
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?$")
-_USER = re.compile(r"^[a-z_][a-z0-9_.\-]*\$?$")
-_KNOB = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
-_REPO = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]*[A-Za-z0-9])?")
+_USER = re.compile(r"[a-z_][a-z0-9_.\-]*\$?")
+_KNOB = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
+_REPO = re.compile(r"[a-z0-9][a-z0-9.\-]*")
+
+
+#: an IPv6 zone (``fe80::1%eth0``): ipaddress accepts any text after the ``%``
+_ZONE = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
 def _check_host(path: str, host: str) -> list[str]:
-    if _HOSTNAME.match(host):
+    """A host name or an address, matched whole: ``re.match``'s ``$`` would let a
+    trailing newline through, which then breaks proxychains' and ssh's files."""
+    if _HOSTNAME.fullmatch(host):
         return []
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return [f"{path}: got {host!r}; expected a host name or an IP address"]
+    _, percent, zone = host.partition("%")
+    if percent and not _ZONE.fullmatch(zone):
+        return [
+            f"{path}: got {host!r}; an IPv6 zone after '%' may hold only letters, "
+            "digits, '.', '_' or '-'"
+        ]
     return []
 
 
@@ -45,6 +59,14 @@ def _check_port(path: str, port: int) -> list[str]:
     if 1 <= port <= 65535:
         return []
     return [f"{path}: got {port!r}; expected a TCP port between 1 and 65535"]
+
+
+def _check_path(path: str, value: str, what: str) -> list[str]:
+    """A configured path that reaches shell commands: plain, absolute or ``~/``."""
+    problem = path_problem(value)
+    if problem is None:
+        return []
+    return [f"{path}: got {value!r}; {what}: {problem}"]
 
 
 def _check_positive(path: str, value: Optional[float], what: str) -> list[str]:
@@ -64,7 +86,7 @@ class Hop:
     def check(self, path: str) -> list[str]:
         problems = _check_host(f"{path}.host", self.host)
         problems += _check_port(f"{path}.port", self.port)
-        if self.user is not None and not _USER.match(self.user):
+        if self.user is not None and not _USER.fullmatch(self.user):
             problems.append(
                 f"{path}.user: got {self.user!r}; expected a POSIX user name"
             )
@@ -82,7 +104,7 @@ AUTO = "auto"
 #: default candidates for ``auto`` ports: below Linux's ephemeral range
 #: (32768-60999), so outgoing connections do not take them
 DEFAULT_PORT_RANGE = (20000, 32767)
-_FORWARD_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_FORWARD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -102,7 +124,7 @@ class Forward:
         problems = []
         if self.listen_port != AUTO:
             problems += _check_port(f"{path}.listen_port", self.listen_port)
-        if self.name is not None and not _FORWARD_NAME.match(self.name):
+        if self.name is not None and not _FORWARD_NAME.fullmatch(self.name):
             problems.append(
                 f"{path}.name: got {self.name!r}; expected a letter followed by "
                 "letters, digits or _ (it becomes part of an environment variable)"
@@ -130,13 +152,18 @@ class Tunnel:
     ready_timeout: float = 10.0
 
     def check(self, path: str) -> list[str]:
-        problems = []
+        problems = _check_path(
+            f"{path}.identity_file", self.identity_file, "the tunnel key on the worker"
+        )
+        problems += _check_path(
+            f"{path}.known_hosts", self.known_hosts, "a known_hosts file on the worker"
+        )
         if self.socks_port != AUTO:
             problems += _check_port(f"{path}.socks_port", self.socks_port)
         problems += _check_positive(
             f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
         )
-        if not re.match(r"^[A-Za-z0-9@.,\-]+$", self.ciphers):
+        if not re.fullmatch(r"[A-Za-z0-9@.,\-]+", self.ciphers):
             problems.append(
                 f"{path}.ciphers: got {self.ciphers!r}; expected 'auto' or an "
                 "ssh cipher list such as 'aes128-gcm@openssh.com,chacha20-poly1305"
@@ -222,12 +249,11 @@ class Chain:
 
     def check(self, path: str) -> list[str]:
         problems = []
-        if self.library is not None and not re.match(
-            r"^(/|~/)[^\x00-\x1f\x7f]+$", self.library
-        ):
-            problems.append(
-                f"{path}.library: got {self.library!r}; expected an absolute path "
-                "(or ~/...) of libproxychains4.so / libtsocks.so on the worker"
+        if self.library is not None:
+            problems += _check_path(
+                f"{path}.library",
+                self.library,
+                "libproxychains.so.4 / libtsocks.so on the worker",
             )
         for index, net in enumerate(self.localnet):
             try:
@@ -267,7 +293,7 @@ class Keepalive:
             f"{path}.server_alive_count_max", self.server_alive_count_max, "a count"
         )
         for knob in self.condor_knobs:
-            if not _KNOB.match(knob):
+            if not _KNOB.fullmatch(knob):
                 problems.append(
                     f"{path}.condor_knobs.{knob}: not an HTCondor knob name"
                 )
@@ -297,9 +323,11 @@ class Cvmfs:
     server_url: Optional[str] = None
 
     def check(self, path: str) -> list[str]:
-        problems = []
+        problems = _check_path(
+            f"{path}.dist", self.dist, "the cvmfsexec distribution directory"
+        )
         for index, repo in enumerate(self.repositories):
-            if not _REPO.match(repo):
+            if not _REPO.fullmatch(repo):
                 problems.append(
                     f"{path}.repositories[{index}]: got {repo!r}; expected a "
                     "repository name such as cms.cern.ch"
@@ -326,7 +354,7 @@ class Cvmfs:
         fixed = {f.listen_port for f in tunnel.forwards if f.listen_port != AUTO}
         auto = [f for f in tunnel.forwards if f.listen_port == AUTO]
         for proxy in proxy_elements(self.http_proxy):
-            reference = _FORWARD_REF.match(proxy)
+            reference = _FORWARD_REF.fullmatch(proxy)
             if reference and not socks:
                 problems.append(
                     f"{path}.http_proxy: got {proxy!r} without a tunnel (mode "
@@ -339,7 +367,7 @@ class Cvmfs:
                     f"(named forwards: {names or 'none'}): add name: "
                     f"{reference.group(1)} to its tunnel.forwards entry"
                 )
-            loopback = re.match(r"^http://127\.[0-9.]+:(\d+)/?$", proxy)
+            loopback = re.fullmatch(r"http://127\.[0-9.]+:(\d+)/?", proxy)
             if loopback and auto and int(loopback.group(1)) not in fixed:
                 problems.append(
                     f"{path}.http_proxy: got {proxy!r}, but no forward listens on "
@@ -351,7 +379,7 @@ class Cvmfs:
 
 
 #: ``forward:NAME`` in cvmfs.http_proxy: the tunnel's forward of that name
-_FORWARD_REF = re.compile(r"^forward:(.*)$")
+_FORWARD_REF = re.compile(r"forward:(.*)", re.DOTALL)
 
 
 def proxy_elements(http_proxy: str) -> list[str]:
@@ -363,15 +391,15 @@ def _check_numeric_proxy(path: str, proxy: str) -> list[str]:
     """cvmfs resolves names itself (c-ares), past proxychains: proxies must be numeric."""
     if proxy in ("DIRECT", "auto"):
         return []
-    reference = _FORWARD_REF.match(proxy)
+    reference = _FORWARD_REF.fullmatch(proxy)
     if reference:
-        if _FORWARD_NAME.match(reference.group(1)):
+        if _FORWARD_NAME.fullmatch(reference.group(1)):
             return []
         return [
             f"{path}: got {proxy!r}; expected forward:NAME with the name of a "
             "tunnel.forwards entry"
         ]
-    match = re.match(r"^http://([^/:]+):(\d+)/?$", proxy)
+    match = re.fullmatch(r"http://([^/:]+):(\d+)/?", proxy)
     if not match:
         return [
             f"{path}: got {proxy!r}; expected http://ADDRESS:PORT or DIRECT, "
@@ -405,7 +433,7 @@ class Container:
                 "image path or URI, or runtime: none"
             )
         for index, bind in enumerate(self.binds):
-            if not re.match(r"^[^:,\s]+(:[^:,\s]+(:(ro|rw))?)?$", bind):
+            if not re.fullmatch(r"[^:,\s]+(:[^:,\s]+(:(ro|rw))?)?", bind):
                 problems.append(
                     f"{path}.binds[{index}]: got {bind!r}; expected SRC[:DST[:ro|rw]]"
                 )
@@ -465,7 +493,7 @@ class Payload:
         if not self.argv:
             problems.append(f"{path}.command: empty; give the payload's command")
         for name in self.environment:
-            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 problems.append(
                     f"{path}.environment.{name}: not a valid environment variable name"
                 )
@@ -496,11 +524,11 @@ class Monitoring:
             problems += _check_positive(f"{path}.{key}", getattr(self, key), "seconds")
         if self.metrics_port is not None:
             problems += _check_port(f"{path}.metrics_port", self.metrics_port)
-        if not self.heartbeat_dir.strip() or "\n" in self.heartbeat_dir:
-            problems.append(
-                f"{path}.heartbeat_dir: got {self.heartbeat_dir!r}; expected a "
-                "directory path on the site's shared filesystem"
-            )
+        problems += _check_path(
+            f"{path}.heartbeat_dir",
+            self.heartbeat_dir,
+            "a directory of its own on the shared filesystem (find and rm run on it)",
+        )
         return problems
 
 
@@ -547,12 +575,18 @@ def load_profile(data: Any, path: str = "Network") -> NetworkProfile:
     """Validate a ``Network`` section; raise ConfigurationError naming every bad key.
 
     The keepalive budget is checked here too, so an impossible combination of
-    explicit settings stops the daemon at start, not a drone at 3 a.m.
+    explicit settings stops the daemon at start, not a drone at 3 a.m. It is
+    checked even when other keys are wrong (all errors at once), leaving out
+    what it would say about a section that could not be read as written.
     """
-    from .keepalive import derive_budget  # late: keepalive imports this module
-
-    profile = load(NetworkProfile, _plain(data), path)
-    derive_budget(profile, path=path)
+    profile, problems, tainted = load_partial(NetworkProfile, _plain(data), path)
+    if profile is not None:
+        try:
+            derive_budget(profile, path=path)
+        except ConfigurationError as error:
+            problems += untainted(error.problems, path, set(tainted))
+    if problems or profile is None:
+        raise ConfigurationError(problems or [f"{path}: invalid"])
     return profile
 
 

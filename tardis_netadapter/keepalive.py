@@ -19,10 +19,13 @@ docs/keepalive.md explains this with the lab measurements.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from itertools import count
+from typing import TYPE_CHECKING, Optional
 
-from .config import NetworkProfile
 from .schema import ConfigurationError
+
+if TYPE_CHECKING:  # only for hints: config imports this module to check the budget
+    from .config import NetworkProfile
 
 #: HTCondor's own defaults (seconds) for the knobs the budget may lower.
 CONDOR_DEFAULTS: dict[str, int] = {
@@ -84,18 +87,47 @@ def _derived_interval(idle_timeout: int) -> int:
     return max(1, idle_timeout // 2)
 
 
+def _derived_server_alive(idle_timeout: Optional[int]) -> int:
+    """A third of the timeout, at most the default: three probes per timeout."""
+    if not idle_timeout:
+        return DEFAULT_SERVER_ALIVE_INTERVAL
+    return max(1, min(DEFAULT_SERVER_ALIVE_INTERVAL, idle_timeout // 3))
+
+
+def _honoured(idle_timeout: int) -> bool:
+    """Every interval derived for ``idle_timeout`` is strictly below it."""
+    return (
+        _derived_server_alive(idle_timeout) < idle_timeout
+        and _derived_interval(idle_timeout) < idle_timeout
+    )
+
+
+#: the smallest firewall idle timeout the derivation can beat: intervals are
+#: whole seconds (ssh and HTCondor take nothing finer), so at least 1 s, and
+#: they must be strictly below the timeout. (2 s; computed, not typed, so a
+#: change of the derivation moves it.)
+MIN_IDLE_TIMEOUT = next(t for t in count(1) if _honoured(t))
+
+
 def derive_budget(profile: NetworkProfile, path: str = "Network") -> KeepaliveBudget:
     """Derive the budget; raise ConfigurationError when explicit settings cannot work."""
     keepalive, timeout = profile.keepalive, profile.firewall.idle_timeout
     problems: list[str] = []
+    if timeout is not None and 0 < timeout < MIN_IDLE_TIMEOUT:
+        raise ConfigurationError(
+            [
+                f"{path}.firewall.idle_timeout: got {timeout}; keepalives are "
+                "sent at whole-second intervals (ssh and HTCondor take nothing "
+                "finer) that must be strictly below the idle timeout, so the "
+                f"smallest timeout they can beat is {MIN_IDLE_TIMEOUT}: use at "
+                f"least {MIN_IDLE_TIMEOUT} (measure the real timeout, "
+                "docs/keepalive.md)"
+            ]
+        )
 
     server_alive = keepalive.server_alive_interval
     if server_alive is None:
-        server_alive = (
-            max(1, min(DEFAULT_SERVER_ALIVE_INTERVAL, timeout // 3))
-            if timeout
-            else DEFAULT_SERVER_ALIVE_INTERVAL
-        )
+        server_alive = _derived_server_alive(timeout)
     elif timeout and keepalive.enabled and server_alive >= timeout:
         problems.append(
             f"{path}.keepalive.server_alive_interval: got {server_alive}; it is not "

@@ -8,6 +8,7 @@ value and the fix, and needs all errors of a profile at once, not the first.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Mapping
 from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin
@@ -26,13 +27,23 @@ class ConfigurationError(ValueError):
 
 
 class _Problems:
-    """Collects problems while a tree is walked, so all are reported at once."""
+    """Collects problems while a tree is walked, so all are reported at once.
+
+    ``failures`` counts the problems that left a value unconverted (wrong type,
+    unknown or missing key): a value built around such a failure holds defaults
+    where the operator wrote something else, which rules that read it must know.
+    Problems found by ``check()`` on a value built as written do not count.
+    """
 
     def __init__(self) -> None:
         self.items: list[str] = []
+        self.failures = 0
+        #: key path of each dataclass built -> its fields that fell back to defaults
+        self.tainted: dict[str, frozenset[str]] = {}
 
     def add(self, path: str, value: Any, allowed: str) -> None:
         self.items.append(f"{path}: got {value!r}; {allowed}")
+        self.failures += 1
 
 
 def _describe(hint: Any) -> str:
@@ -88,21 +99,26 @@ def _convert(hint: Any, value: Any, path: str, problems: _Problems) -> Any:
             problems.add(path, value, f"expected {_describe(hint)}")
             return None
         (item_hint,) = get_args(hint)[:1]
-        return tuple(
-            _convert(item_hint, item, f"{path}[{index}]", problems)
-            for index, item in enumerate(value)
-        )
+        items = []
+        for index, item in enumerate(value):
+            before = problems.failures
+            converted = _convert(item_hint, item, f"{path}[{index}]", problems)
+            if problems.failures == before:
+                items.append(converted)  # a failed item is left out (and reported)
+        return tuple(items)
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             problems.add(path, value, f"expected {_describe(hint)}")
             return None
         key_hint, value_hint = get_args(hint)
-        return {
-            _convert(key_hint, key, path, problems): _convert(
-                value_hint, item, f"{path}.{key}", problems
-            )
-            for key, item in value.items()
-        }
+        entries = {}
+        for key, item in value.items():
+            before = problems.failures
+            name = _convert(key_hint, key, path, problems)
+            converted = _convert(value_hint, item, f"{path}.{key}", problems)
+            if problems.failures == before:
+                entries[name] = converted
+        return entries
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path, problems)
     if hint is bool:
@@ -121,15 +137,41 @@ def _convert(hint: Any, value: Any, path: str, problems: _Problems) -> Any:
         problems.add(path, value, "expected a number")
         return None
     if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        # no coercion: YAML turns `host: 10.5` into a float, `01:00` into 60 and
+        # `on` into true, so str() would hand on a value the operator never wrote
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            problems.add(
+                path,
+                value,
+                "expected a string, but YAML read true/false (yes, no, on, off "
+                'are booleans too): quote the value as written, e.g. "on"',
+            )
+            return None
+        if isinstance(value, (int, float)):
+            problems.add(
+                path,
+                value,
+                "expected a string, but YAML read a number: quote the value as "
+                f'written, e.g. "{value}"',
+            )
+            return None
         problems.add(path, value, "expected a string")
         return None
     raise TypeError(f"schema cannot convert to {hint!r}")  # a bug in a schema
 
 
 def _build(cls: type[T], data: Any, path: str, problems: _Problems) -> T | None:
-    """Build dataclass ``cls`` from a mapping, checking keys, types and rules."""
+    """Build dataclass ``cls`` from a mapping, checking keys, types and rules.
+
+    A field that cannot be converted is reported and takes its default, so the
+    dataclass is still built and its own ``check()`` still runs: a nested error
+    must not hide the parent's errors. Only a required field without a usable
+    value leaves nothing to build (None). Problems of ``check()`` that name a
+    field that fell back to its default are dropped: they would describe the
+    default, not what the operator wrote.
+    """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -143,31 +185,70 @@ def _build(cls: type[T], data: Any, path: str, problems: _Problems) -> T | None:
                 f"{path}.{key}", data[key], f"unknown key; allowed: {', '.join(known)}"
             )
     values: dict[str, Any] = {}
-    before = len(problems.items)
+    tainted: set[str] = set()
+    buildable = True
     for field in _fields(cls):
         key_path = f"{path}.{field.name}"
-        if field.name in data:
-            values[field.name] = _convert(
-                hints[field.name], data[field.name], key_path, problems
-            )
-        elif (
+        required = (
             field.default is dataclasses.MISSING
             and field.default_factory is dataclasses.MISSING
-        ):
+        )
+        if field.name in data:
+            before = problems.failures
+            value = _convert(hints[field.name], data[field.name], key_path, problems)
+            if problems.failures == before:
+                values[field.name] = value
+                continue
+            tainted.add(field.name)
+            if value is not None:
+                values[field.name] = value  # built around a failure: partly defaults
+            elif required:
+                buildable = False
+        elif required:
             problems.add(key_path, None, f"required: {_describe(hints[field.name])}")
-    if len(problems.items) > before:
+            buildable = False
+    if not buildable:
         return None
     instance = cls(**values)
     check: Callable[[str], list[str]] | None = getattr(instance, "check", None)
     if check is not None:
-        problems.items.extend(check(path))
+        problems.items.extend(untainted(check(path), path, tainted))
+    problems.tainted[path] = frozenset(tainted)
     return instance
+
+
+def untainted(found: list[str], path: str, tainted: set[str]) -> list[str]:
+    """``found`` without the problems naming a field in ``tainted`` (under ``path``).
+
+    A field is named by its key path (``Site.Network.cvmfs``, ``...cvmfs.mode``)
+    or by its bare name in a message (``with container.runtime 'none'``), but
+    not as the tail of another key (``cvmfs.mode`` does not name ``mode``).
+    """
+    if not tainted:
+        return list(found)
+    names = "|".join(re.escape(name) for name in sorted(tainted))
+    pattern = re.compile(rf"(?:{re.escape(path)}\.|(?<![\w.]))(?:{names})(?!\w)")
+    return [problem for problem in found if not pattern.search(problem)]
+
+
+def load_partial(
+    cls: type[T], data: Any, path: str
+) -> tuple[T | None, list[str], frozenset[str]]:
+    """Validate ``data`` without raising: (instance or None, problems, tainted fields).
+
+    For callers that check more than ``cls.check()`` does (the keepalive budget
+    of a profile): the instance is built even with problems, and the tainted
+    top-level fields say which of its values are defaults standing in for
+    something that could not be converted; pass them to :func:`untainted`.
+    """
+    problems = _Problems()
+    instance = _build(cls, data, path, problems)
+    return instance, problems.items, problems.tainted.get(path, frozenset())
 
 
 def load(cls: type[T], data: Any, path: str) -> T:
     """Validate ``data`` against ``cls``; raise ConfigurationError listing every problem."""
-    problems = _Problems()
-    instance = _build(cls, data, path, problems)
-    if problems.items or instance is None:
-        raise ConfigurationError(problems.items or [f"{path}: invalid"])
+    instance, problems, _ = load_partial(cls, data, path)
+    if problems or instance is None:
+        raise ConfigurationError(problems or [f"{path}: invalid"])
     return instance

@@ -177,7 +177,7 @@ def build_submission(
         kind.meta_data,
         drone_uuid,
         environment,
-        export=getattr(settings, "export_environment", ()),
+        export=settings.export_environment,
     )
     return Submission(command=command, script=drone_script(settings, machine_type))
 

@@ -12,6 +12,7 @@ no pool factory).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,20 @@ SITE_KEYS = {
     "status_max_age": "seconds a squeue snapshot is reused (default: half the drone heartbeat)",
     "command_timeout": "seconds before a Slurm command counts as failed (default 120)",
     "brake": "the brake for a site whose drones keep dying young (docs/adapter.md)",
+    "export_environment": "NAME or NAME=VALUE entries sbatch exports into each job",
 }
+
+#: site and machine type names: the drone uuid (site name in lower case, '-',
+#: hex) reaches sbatch --export and --job-name, and both names reach the
+#: rendered script and file names; a comma there broke the first deploy
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: an environment variable name for export_environment
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: characters an exported value cannot hold: --export splits on commas, and a
+#: control character (newline, NUL, ...) has no place on a command line
+_BAD_VALUE = re.compile(r"[,\x00-\x1f\x7f]")
+#: the adapter's own exports (TardisDroneCores, ...): not to be overridden
+ADAPTER_EXPORT_PREFIX = "TardisDrone"
 
 DEFAULT_COMMAND_TIMEOUT = 120.0
 
@@ -63,6 +77,8 @@ class SiteSettings:
     status_max_age: Optional[float]
     command_timeout: float
     brake: BrakeSettings = BrakeSettings()
+    #: extra ``NAME`` / ``NAME=VALUE`` entries for sbatch ``--export``, validated
+    export_environment: tuple[str, ...] = ()
 
 
 def load_site_settings(site_name: str, section: Any) -> SiteSettings:
@@ -75,6 +91,14 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
                 f"'{site_name}:' section with {', '.join(SITE_KEYS)}"
             ]
         )
+    problems += _check_name(
+        site_name,
+        site_name,
+        "site name",
+        "it is part of every drone uuid (site name in lower case, '-', hex), "
+        "which reaches sbatch --export and --job-name: a comma there broke the "
+        "first deploy. Rename the site in Sites and its section",
+    )
     for key in section:
         if key not in SITE_KEYS:
             problems.append(
@@ -109,6 +133,7 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         problems += check_against_walltimes(brake, walltimes, f"{site_name}.brake")
     except ConfigurationError as error:
         problems += error.problems
+    export_environment = _export_environment(site_name, section, problems)
     if problems:
         raise ConfigurationError(problems)
     return SiteSettings(
@@ -119,7 +144,75 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         status_max_age=status_max_age,
         command_timeout=command_timeout,
         brake=brake,
+        export_environment=export_environment,
     )
+
+
+def _check_name(path: str, name: Any, what: str, why: str) -> list[str]:
+    """A site or machine type name, matched whole against :data:`NAME`."""
+    if isinstance(name, str) and NAME.fullmatch(name):
+        return []
+    return [
+        f"{path}: got {name!r}; a {what} must be a letter or digit followed by "
+        f"letters, digits, '_', '.' or '-' only: {why}"
+    ]
+
+
+def _export_environment(
+    site: str, section: Any, problems: list[str]
+) -> tuple[str, ...]:
+    """``export_environment``: what sbatch passes into jobs besides the drone's values.
+
+    sbatch exports nothing else (no ``ALL``), so the COBalD daemon's own
+    environment, tokens included, stays out of the jobs; a site lists here
+    what its jobs need. Each entry is ``NAME`` (the value sbatch sees on the
+    login node) or ``NAME=VALUE``.
+    """
+    path = f"{site}.export_environment"
+    entries = section.get("export_environment")
+    if entries is None:
+        return ()
+    if not isinstance(entries, (list, tuple)):
+        problems.append(
+            f"{path}: got {entries!r}; expected a list of NAME or NAME=VALUE "
+            "strings, e.g. [SQUID_HOST, 'OMP_NUM_THREADS=1']"
+        )
+        return ()
+    result: list[str] = []
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        problem = _export_problem(entry, seen)
+        if problem is None:
+            result.append(entry)
+        else:
+            problems.append(f"{path}[{index}]: got {entry!r}; {problem}")
+    return tuple(result)
+
+
+def _export_problem(entry: Any, seen: set[str]) -> Optional[str]:
+    """What is wrong with one export_environment entry (None: fine; noted in seen)."""
+    if not isinstance(entry, str):
+        return "expected a string NAME or NAME=VALUE: quote it as written"
+    name, equals, value = entry.partition("=")
+    if not _VARIABLE.fullmatch(name):
+        return (
+            "NAME must be a letter or '_' followed by letters, digits or '_' "
+            "(an environment variable name)"
+        )
+    if name.startswith(ADAPTER_EXPORT_PREFIX):
+        return (
+            f"{ADAPTER_EXPORT_PREFIX}* variables are set by the adapter for each "
+            "drone: remove this entry"
+        )
+    if name in seen:
+        return f"{name} is listed twice: keep one"
+    seen.add(name)
+    if equals and (_BAD_VALUE.search(value) or value != value.strip()):
+        return (
+            "VALUE must hold no comma (sbatch --export splits on commas), no "
+            "newline or other control character, and no leading or trailing blanks"
+        )
+    return None
 
 
 def _number(
@@ -148,7 +241,17 @@ def _machine_types(
             "machine type names"
         )
         return {}
+    for name in names:
+        problems += _check_name(
+            f"{site}.MachineTypes",
+            name,
+            "machine type name",
+            "it reaches the rendered drone script, its file names and the log "
+            "lines of every drone; rename it in MachineTypes, "
+            "MachineTypeConfiguration and MachineMetaData",
+        )
     result = {}
+    tables = {}
     for kind in ("MachineTypeConfiguration", "MachineMetaData"):
         table = section.get(kind)
         if not hasattr(table, "keys"):
@@ -157,13 +260,13 @@ def _machine_types(
                 f"for each of {', '.join(names)}"
             )
             continue
-        for extra in set(table.keys()) - set(names):
+        tables[kind] = table
+        for extra in sorted(set(table.keys()) - set(names), key=str):
             problems.append(
                 f"{site}.{kind}.{extra}: not in {site}.MachineTypes "
                 f"({', '.join(names)}); add it there or remove this entry"
             )
-    if problems:
-        return {}
+    # every entry that exists is validated, whatever else is wrong: all at once
     for name in names:
         parts = {}
         for kind, cls in (
@@ -171,11 +274,13 @@ def _machine_types(
             ("MachineMetaData", MachineMetaData),
         ):
             path = f"{site}.{kind}.{name}"
-            if name not in section[kind]:
+            if kind not in tables:
+                continue
+            if name not in tables[kind]:
                 problems.append(f"{path}: missing; every machine type needs one")
                 continue
             try:
-                parts[kind] = load(cls, _plain(section[kind][name]), path)
+                parts[kind] = load(cls, _plain(tables[kind][name]), path)
             except ConfigurationError as error:
                 problems += error.problems
         if len(parts) == 2:
@@ -198,8 +303,34 @@ class Tagged:
     value: Any
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping names one key twice; YAML itself would silently keep the last value."""
+
+    def __init__(self, key: Any, first: yaml.Mark, again: yaml.Mark) -> None:
+        self.key, self.first_line, self.line = key, first.line + 1, again.line + 1
+        super().__init__(
+            None, None, f"duplicate key {key!r} (first at line {first.line + 1})", again
+        )
+
+
 class _InertLoader(yaml.SafeLoader):
-    """SafeLoader that keeps every tagged node as :class:`Tagged` instead of calling it."""
+    """SafeLoader that keeps every tagged node as :class:`Tagged` instead of calling it,
+    and refuses a key given twice in one mapping (the last value would win unseen).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor`: keys given here may override merged ones
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:
+                continue  # unhashable: the base constructor reports it
+            if first is not key_node.start_mark:
+                raise DuplicateKeyError(key, first, key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _construct_tagged(loader: yaml.Loader, suffix: str, node: yaml.Node) -> Tagged:
@@ -231,6 +362,14 @@ def read_yaml(path: Path) -> Any:
             return yaml.load(stream, Loader=_InertLoader)  # noqa: S506 - inert loader
     except OSError as error:
         raise ConfigurationError([f"{path}: cannot read: {error.strerror}"]) from None
+    except DuplicateKeyError as error:
+        raise ConfigurationError(
+            [
+                f"{path}:{error.line}: duplicate key {error.key!r} (first at line "
+                f"{error.first_line}); YAML would silently keep only the last value: "
+                "remove one of them"
+            ]
+        ) from None
     except yaml.YAMLError as error:
         raise ConfigurationError([f"{path}: not valid YAML: {error}"]) from None
 

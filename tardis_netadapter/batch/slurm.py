@@ -33,7 +33,7 @@ logger = logging.getLogger("cobald.runtime.tardis_netadapter.batch.slurm")
 # machine type settings (validated through schema.load, see siteconfig.py)
 # --------------------------------------------------------------------------
 
-_OPTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 #: sbatch options the adapter sets itself; SubmitOptions may not override them.
 OWNED_SHORT = {
@@ -157,8 +157,8 @@ class MachineMetaData:
 
 
 _WALLTIME = re.compile(
-    r"^(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
-    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)$"
+    r"(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
+    r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)"
 )
 
 
@@ -317,9 +317,9 @@ def _clip(text: str, limit: int = 500) -> str:
 
 #: a job id as Slurm prints it: 1234, array task 1234_7, pending array
 #: 1234_[1-5%2], heterogeneous component 1234+0.
-_JOB_ID = re.compile(r"^\d+(?:_(?:\d+|\[[0-9,\-%:]+\]))?(?:\+\d+)?$")
-_PARSABLE = re.compile(r"^(\d+)(?:;[A-Za-z0-9_.\-]+)?$")
-_CLASSIC = re.compile(r"^Submitted batch job (\d+)(?:\s+on cluster\s+\S+)?\s*$")
+_JOB_ID = re.compile(r"\d+(?:_(?:\d+|\[[0-9,\-%:]+\]))?(?:\+\d+)?")
+_PARSABLE = re.compile(r"(\d+)(?:;[A-Za-z0-9_.\-]+)?")
+_CLASSIC = re.compile(r"Submitted batch job (\d+)(?:\s+on cluster\s+\S+)?\s*")
 
 
 def parse_sbatch_output(stdout: str, stderr: str = "") -> str:

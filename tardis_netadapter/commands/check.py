@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import NetworkProfile
+from ..paths import shell_path
 from ..siteconfig import ADAPTER_NAME, SiteSettings
 from .sitecli import build_executor
 
@@ -195,7 +196,7 @@ def probe_script(settings: SiteSettings) -> str:
         ]
     lines += [
         f"h={_home(profile.monitoring.heartbeat_dir)}",
-        'if mkdir -p "$h" 2>/dev/null && [ -w "$h" ]; then mark heartbeat-dir ok "$h"; '
+        'if mkdir -p -- "$h" 2>/dev/null && [ -w "$h" ]; then mark heartbeat-dir ok "$h"; '
         'else mark heartbeat-dir fail "$h"; fi',
     ]
     out = _first_hop_out(profile) if profile.mode == "socks" else None
@@ -210,10 +211,9 @@ def probe_script(settings: SiteSettings) -> str:
 
 
 def _home(path: str) -> str:
-    """Quote a worker path, keeping a leading ``~/`` meaningful to the shell."""
-    if path.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(path[2:])
-    return shlex.quote(path)
+    """Quote a worker path, keeping a leading ``~/`` meaningful to the shell;
+    the word starts with ``/`` once read, so no command takes it for an option."""
+    return shell_path(path)
 
 
 _FIXES = {

@@ -19,7 +19,7 @@ from typing import Any
 from ..schema import ConfigurationError
 
 #: a TARDIS-like drone uuid: lower-case site name and 10 characters
-_UUID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
 
 
 def add_parser(subparsers: Any) -> None:
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
             ]
         )
     uuid = args.uuid or f"{args.site.lower()}-{'0' * 10}"
-    if not _UUID.match(uuid):
+    if not _UUID.fullmatch(uuid):
         raise ConfigurationError(
             [f"--uuid: got {uuid!r}; expected letters, digits, '.', '_' or '-'"]
         )

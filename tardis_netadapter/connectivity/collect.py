@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..paths import shell_path
 from .heartbeat import UUID_PATTERN, Heartbeat, parse_records
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
@@ -30,16 +31,6 @@ END = "@@tna-heartbeats-end@@"
 #: heartbeat files larger than this are not read (a stray big file must not
 #: flood the adapter); a real record is well below 4 KiB.
 MAX_RECORD_BYTES = 64 * 1024
-
-
-def shell_path(path: str) -> str:
-    """``path`` as one shell word; a leading ``~/`` becomes ``"$HOME"/`` (quoted)."""
-    if path == "~":
-        return '"$HOME"'
-    if path.startswith("~/"):
-        rest = path[2:].rstrip("/")
-        return '"$HOME"/' + shlex.quote(rest) if rest else '"$HOME"'
-    return shlex.quote(path)
 
 
 def collection_command(heartbeat_dir: str, timeout: int = 30) -> str:
@@ -124,7 +115,7 @@ def cleanup_command(heartbeat_dir: str, uuids: Iterable[str]) -> Optional[str]:
     directory = shell_path(heartbeat_dir)
     names = []
     for uuid in sorted(set(uuids)):
-        if not UUID_PATTERN.match(uuid):
+        if not UUID_PATTERN.fullmatch(uuid):
             logger.warning("not removing heartbeat of odd drone uuid %.80r", uuid)
             continue
         names.append(directory + "/" + shlex.quote(uuid + ".json"))
@@ -137,17 +128,40 @@ def cleanup_command(heartbeat_dir: str, uuids: Iterable[str]) -> Optional[str]:
 PRUNE_AFTER_DAYS = 7
 
 
+#: names of heartbeat records: the watchdog writes ``<drone uuid>.json``, and
+#: TARDIS makes the uuid ``<site name in lower case>-<10 hex digits>`` (site
+#: names are validated as ``[A-Za-z0-9][A-Za-z0-9_.-]*``). As find patterns:
+HEARTBEAT_NAME = "[a-z0-9]*-" + "[0-9a-f]" * 10 + ".json"
+HEARTBEAT_NAME_EXCLUDE = "*[!a-z0-9_.-]*"
+#: the first bytes of every record the watchdog writes (``{"v":1,"uuid":...``)
+RECORD_START = '{"v":'
+
+# for each file find hands over: delete it only if it starts like a record
+_DELETE_RECORDS = (
+    'for f do l=; IFS= read -r l < "$f"; '
+    f'case $l in {shlex.quote(RECORD_START)}*) rm -f -- "$f";; esac; done'
+)
+
+
 def prune_command(
     heartbeat_dir: str, days: int = PRUNE_AFTER_DAYS, timeout: int = 30
 ) -> str:
-    """Remove heartbeat files untouched for ``days``: a net under missed cleanups.
+    """Remove heartbeat records untouched for ``days``: a net under missed cleanups.
 
-    Bounded by ``timeout`` like the collection, so a hung shared filesystem
-    cannot hang the adapter's poll; always exits 0.
+    Only files whose name is a drone record's (``HEARTBEAT_NAME``) AND whose
+    content starts like one (``RECORD_START``) are removed, so an old
+    ``notes.json`` in a badly chosen directory survives. The directory word
+    starts with ``/`` (``shell_path``), so ``find`` cannot take it for an
+    option. Bounded by ``timeout`` like the collection, so a hung shared
+    filesystem cannot hang the adapter's poll; always exits 0.
     """
     return (
         f"timeout -k 5 {int(timeout)} find {shell_path(heartbeat_dir)} -maxdepth 1 "
-        f"-type f -name '*.json' -mtime +{int(days)} -delete 2>/dev/null; true"
+        f"-type f -name {shlex.quote(HEARTBEAT_NAME)} "
+        f"! -name {shlex.quote(HEARTBEAT_NAME_EXCLUDE)} "
+        f"-size -{MAX_RECORD_BYTES // 1024}k -mtime +{int(days)} "
+        f"-exec sh -c {shlex.quote(_DELETE_RECORDS)} tna-prune {{}} + "
+        "2>/dev/null; true"
     )
 
 
@@ -209,12 +223,12 @@ class HeartbeatProbe:
 
 
 #: squeue's TimeUsed (%M): [days-][hours:]minutes:seconds
-_ELAPSED = re.compile(r"^(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)$")
+_ELAPSED = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)")
 
 
 def parse_elapsed(text: str) -> Optional[float]:
     """Seconds from squeue's ``%M`` (TimeUsed); None for anything else."""
-    match = _ELAPSED.match(text.strip())
+    match = _ELAPSED.fullmatch(text.strip())
     if not match:
         return None
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())

@@ -24,7 +24,7 @@ FORMAT_VERSION = 1
 STAGES: tuple[str, ...] = ("cvmfs", "tunnel", "chain", "pool", "payload")
 
 #: what a drone uuid (and so a heartbeat file name) may look like.
-UUID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+UUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
     if not isinstance(data, dict):
         return None
     uuid, time = data.get("uuid"), _number(data.get("time"))
-    if not isinstance(uuid, str) or not UUID_PATTERN.match(uuid) or time is None:
+    if not isinstance(uuid, str) or not UUID_PATTERN.fullmatch(uuid) or time is None:
         return None
     stages = data.get("stages")
     probes = data.get("probes")

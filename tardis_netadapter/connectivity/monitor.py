@@ -75,7 +75,7 @@ class SiteMonitor:
         views: dict[str, SlurmView] = {}
         for job in getattr(snapshot, "jobs", {}).values():
             name = getattr(job, "name", "")
-            if not UUID_PATTERN.match(name or ""):
+            if not UUID_PATTERN.fullmatch(name or ""):
                 continue
             running = getattr(job, "state", "") == "RUNNING"
             if name in views and views[name].running:

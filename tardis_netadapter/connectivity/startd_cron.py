@@ -40,7 +40,7 @@ def startd_cron_knobs(
             f"startd cron ad file {ad_file!r}: must be a non-empty path without "
             "blanks or quotes (HTCondor splits STARTD_CRON_*_ARGS on blanks)"
         )
-    if not re.match(r"^[A-Za-z][A-Za-z0-9_]*$", job):
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", job):
         raise ValueError(f"startd cron job name {job!r}: expected letters and digits")
     if int(period) < 1:
         raise ValueError(f"startd cron period {period!r}: expected at least 1 second")

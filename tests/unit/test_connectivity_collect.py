@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -45,9 +47,68 @@ def sh(command: str, home: Path) -> subprocess.CompletedProcess:
 
 def test_shell_path_quotes_and_expands_home():
     assert shell_path("~/.hb dir") == "\"$HOME\"/'.hb dir'"
-    assert shell_path("~") == '"$HOME"'
-    assert shell_path("/a/b;rm -rf /") == "'/a/b;rm -rf /'"
-    assert shell_path("~other/x") == "'~other/x'"
+    assert shell_path("/a/b;rm -rf x") == "'/a/b;rm -rf x'"
+
+
+@pytest.mark.parametrize(
+    "path", ["~", "~/", "/", "$HOME", "-delete", "~other/x", "hb", "~/a/../b", "~/a/"]
+)
+def test_shell_path_refuses_what_a_command_could_misread(path):
+    """Validation keeps these out of the configuration; the commands refuse too."""
+    with pytest.raises(ValueError, match="refusing path"):
+        shell_path(path)
+    with pytest.raises(ValueError):
+        prune_command(path)
+    with pytest.raises(ValueError):
+        collection_command(path)
+    with pytest.raises(ValueError):
+        cleanup_command(path, ["netlab-0123456789"])
+
+
+def test_every_command_takes_the_directory_as_an_operand():
+    for command in (
+        prune_command("~/hb"),
+        collection_command("~/hb"),
+        cleanup_command("~/hb", ["netlab-0123456789"]),
+    ):
+        assert ' "$HOME"/hb' in command
+    assert "rm -f -- " in cleanup_command("/hb", ["netlab-0123456789"])
+
+
+def old_file(path: Path, text: str, days: int = 9) -> Path:
+    path.write_text(text)
+    when = time.time() - days * 86400
+    os.utime(path, (when, when))
+    return path
+
+
+def test_the_prune_removes_only_old_files_named_and_written_like_records(tmp_path):
+    directory = tmp_path / "hb"
+    directory.mkdir()
+    heartbeat = old_file(
+        directory / "netlab-0123456789.json", record("netlab-x") + "\n"
+    )
+    keep = [
+        old_file(directory / "notes.json", record("notes") + "\n"),  # name
+        old_file(directory / "netlab-abcdefabcd.json", '{"notes": 1}\n'),  # content
+        old_file(directory / "NetLab-0123456789.json", record("x")),  # upper case
+        old_file(directory / "netlab x-0123456789.json", record("x")),  # blank
+        old_file(directory / ".netlab-0123456789.json.tmp.7", record("x")),  # in flight
+        old_file(directory / "netlab-9999999999.json", record("x"), days=1),  # young
+    ]
+    result = sh(prune_command("~/hb"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not heartbeat.exists()
+    assert all(path.exists() for path in keep), [p.name for p in keep if not p.exists()]
+
+
+def test_a_directory_named_like_an_option_is_not_read_as_one(tmp_path):
+    """find has no --: a word starting with - was its expression (``-delete``)."""
+    (tmp_path / "-delete").mkdir()
+    victim = old_file(tmp_path / "netlab-0123456789.json", record("x"))
+    result = sh(prune_command(str(tmp_path / "-delete")), tmp_path)
+    assert result.returncode == 0
+    assert victim.exists()
 
 
 def test_collection_reads_every_record_with_site_clock(tmp_path):
@@ -282,3 +343,9 @@ def test_monitoring_keys_are_validated(monitoring, fragment):
         ).monitoring.metrics_port
         == 9100
     )
+
+
+def test_a_uuid_with_a_trailing_newline_is_no_heartbeat_and_not_removed():
+    assert parse_record(record("d-1\n")) is None
+    assert cleanup_command("~/.hb", ["d-1\n"]) is None
+    assert parse_elapsed("1:00\n") == 60.0  # stripped first, then matched whole

@@ -398,8 +398,9 @@ def test_the_poll_prunes_records_no_drone_has_touched_for_a_week(login):
     now = time.time()
     login["jobs"].write_text("11|RUNNING|netlab-aaa|1:00:00\n")
     write_heartbeat(login, record("netlab-aaa", now - 5))
-    write_heartbeat(login, record("netlab-orphan", now - 9 * 86400))
-    orphan = login["hb"] / "netlab-orphan.json"
+    # a real drone uuid: the prune removes only <site>-<10 hex digits>.json records
+    write_heartbeat(login, record("netlab-0123456789", now - 9 * 86400))
+    orphan = login["hb"] / "netlab-0123456789.json"
     os.utime(orphan, (now - 9 * 86400, now - 9 * 86400))
     monitor = SiteMonitor("~/hb", TIMING)
     poller = SitePoller(ShellExecutor(login["env"]), probes=[monitor.probe], name="S")

@@ -178,3 +178,32 @@ def test_the_knob_check_notices_a_knob_htcondor_reads_differently() -> None:
     pytest.importorskip("htcondor2")
     found = condor_knobs.mismatches({"UPDATE_INTERVAL": "$(UNDEFINED_KNOB_XYZ)"})
     assert found and found[0].startswith("UPDATE_INTERVAL: generated")
+
+
+def test_idle_timeouts_below_the_minimum_are_refused_with_reason_and_minimum() -> None:
+    from tardis_netadapter.keepalive import MIN_IDLE_TIMEOUT
+
+    assert MIN_IDLE_TIMEOUT == 2
+    (problem,) = problems(firewall={"idle_timeout": 1})
+    assert problem.startswith("Network.firewall.idle_timeout: got 1;")
+    assert "strictly below" in problem and "use at least 2" in problem
+
+
+def test_every_accepted_idle_timeout_gets_intervals_strictly_below_it() -> None:
+    for timeout in range(2, 2000):
+        budget = derive_budget(profile(firewall={"idle_timeout": timeout}))
+        assert 1 <= budget.server_alive_interval < timeout, timeout
+        for knob in HEARTBEATS:
+            assert 1 <= int(budget.condor_knobs[knob]) < timeout, (timeout, knob)
+
+
+def test_config_and_keepalive_import_in_either_order_without_a_cycle() -> None:
+    import subprocess
+    import sys
+
+    for first in ("keepalive", "config"):
+        code = f"import tardis_netadapter.{first}"
+        subprocess.run([sys.executable, "-c", code], check=True)
+    import tardis_netadapter.keepalive as keepalive
+
+    assert "NetworkProfile" not in vars(keepalive)  # a hint only, no runtime import

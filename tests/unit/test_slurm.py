@@ -171,9 +171,9 @@ def load_kind(data: dict) -> SlurmMachineType:
 def test_machine_type_loads():
     kind = load_kind(
         {
-            "Walltime": 120,
+            "Walltime": "120",
             "Partition": "batch",
-            "SubmitOptions": {"short": {"q": "x"}, "long": {"account": 42}},
+            "SubmitOptions": {"short": {"q": "x"}, "long": {"account": "42"}},
             "TerminateOptions": {"long": {"full": None}},
         }
     )
@@ -187,30 +187,30 @@ def test_machine_type_loads():
         ({"Walltime": "forever"}, "NetLab.MachineTypeConfiguration.small.Walltime"),
         ({}, "NetLab.MachineTypeConfiguration.small.Walltime: got None; required"),
         (
-            {"Walltime": 60, "StartupCommand": "x.sh"},
+            {"Walltime": "60", "StartupCommand": "x.sh"},
             "NetLab.MachineTypeConfiguration.small.StartupCommand: got 'x.sh'; unknown key",
         ),
         (
-            {"Walltime": 60, "SubmitOptions": {"long": {"mem": "1G"}}},
+            {"Walltime": "60", "SubmitOptions": {"long": {"mem": "1G"}}},
             "small.SubmitOptions.long.mem: set by the adapter",
         ),
         (
-            {"Walltime": 60, "SubmitOptions": {"short": {"p": "x"}}},
+            {"Walltime": "60", "SubmitOptions": {"short": {"p": "x"}}},
             "small.SubmitOptions.short.p: set by the adapter from Partition",
         ),
         (
-            {"Walltime": 60, "SubmitOptions": {"short": {"qos": "x"}}},
+            {"Walltime": "60", "SubmitOptions": {"short": {"qos": "x"}}},
             "small.SubmitOptions.short.qos: not a short option",
         ),
         (
-            {"Walltime": 60, "SubmitOptions": {"long": {"a b": "x"}}},
+            {"Walltime": "60", "SubmitOptions": {"long": {"a b": "x"}}},
             "small.SubmitOptions.long.a b: not an option name",
         ),
         (
-            {"Walltime": 60, "TerminateOptions": {"medium": {}}},
+            {"Walltime": "60", "TerminateOptions": {"medium": {}}},
             "small.TerminateOptions.medium",
         ),
-        ({"Walltime": 60, "Partition": " "}, "small.Partition: empty"),
+        ({"Walltime": "60", "Partition": " "}, "small.Partition: empty"),
     ],
 )
 def test_machine_type_errors_name_the_key(data, fragment):
