@@ -15,7 +15,7 @@ import asyncio
 import uuid as uuidlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 from fakesite import HTCONDOR, FakeSlurm, ScriptedLoginNode, site_section
@@ -76,6 +76,7 @@ class StubBatchSystem(BatchSystemAdapter):
 class DroneSite:
     """One COBalD/TARDIS daemon's view of the fake site: adapters, agents, drones.
 
+    ``executor`` replaces the ScriptedLoginNode (e.g. TARDIS's ShellExecutor).
     ``restart()`` gives the view of a new daemon process on the same site: new
     executor (connection), adapter caches reset, new adapter objects; the
     queue (FakeSlurm) is the site's and stays.
@@ -88,6 +89,7 @@ class DroneSite:
         root: Path,
         site_name: str = "NetLab",
         exit_255_raises: bool = False,
+        executor: Any = None,
         **overrides,
     ) -> None:
         self._configure = configure
@@ -98,7 +100,7 @@ class DroneSite:
         self.login = ScriptedLoginNode(slurm, root, exit_255_raises=exit_255_raises)
         self.batch = StubBatchSystem()
         section = site_section(
-            self.login,
+            executor if executor is not None else self.login,
             command_timeout=COMMAND_TIMEOUT,
             status_max_age=STATUS_MAX_AGE,
             **overrides,
