@@ -17,7 +17,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional
 
-import pytest
 from fakesite import HTCONDOR, FakeSlurm, ScriptedLoginNode, site_section
 from tardis.agents.batchsystemagent import BatchSystemAgent
 from tardis.agents.siteagent import SiteAgent
@@ -220,13 +219,3 @@ async def step_until(drone: Drone, state: type[State], max_steps: int = 8) -> in
         f"drone {drone.resource_attributes.drone_uuid} not in {state.__name__} "
         f"after {max_steps} steps; it is in {state_of(drone)}"
     )
-
-
-@pytest.fixture
-def slurm() -> FakeSlurm:
-    return FakeSlurm()
-
-
-@pytest.fixture
-def site(configure, slurm, tmp_path) -> DroneSite:
-    return DroneSite(configure, slurm, tmp_path)

@@ -30,7 +30,15 @@ from dronemachine import (
     step,
     step_until,
 )
-from fakesite import answer, hang, invocations, raising, truncated, with_state
+from fakesite import (
+    FakeSlurm,
+    answer,
+    hang,
+    invocations,
+    raising,
+    truncated,
+    with_state,
+)
 from procs import leftovers
 from tardis.exceptions.executorexceptions import CommandExecutionFailure
 from tardis.exceptions.tardisexceptions import TardisAuthError
@@ -49,9 +57,17 @@ from tardis.utilities.executors.shellexecutor import ShellExecutor
 
 from tardis_netadapter.schema import ConfigurationError
 
-pytest_plugins = ("dronemachine",)  # the site and slurm fixtures
-
 ADAPTER_LOGGER = "cobald.runtime.tardis_netadapter"
+
+
+@pytest.fixture
+def slurm() -> FakeSlurm:
+    return FakeSlurm()
+
+
+@pytest.fixture
+def site(configure, slurm, tmp_path) -> DroneSite:
+    return DroneSite(configure, slurm, tmp_path)
 
 
 def adapter_lines(caplog) -> list[str]:
