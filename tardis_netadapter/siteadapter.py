@@ -122,7 +122,7 @@ def _new_poller(
         monitor = SiteMonitor(
             monitoring.heartbeat_dir,
             Timing.from_budget(settings.budget),
-            timeout=int(min(30, settings.command_timeout)),
+            timeout=max(1, int(min(30, settings.command_timeout))),  # 0: no limit
         )
         probes = [monitor.probe, ElapsedProbe()]
     poller = slurm.SitePoller(

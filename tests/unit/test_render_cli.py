@@ -93,7 +93,7 @@ def test_render_command_only_is_what_the_adapter_submits(capsys):
     assert export == (
         "--export=TardisDroneCores=1,TardisDroneMemory=256,"
         "TardisDroneDisk=1048576,TardisDroneUuid=netlab-abcdef0123,"
-        "TardisDroneWalltime=1800"
+        "TardisDroneWalltime=1800,PATH"  # the lab's export_environment
     )
     settings = load_site_from_file(LAB, "NetLab").settings
     expected = siteadapter.build_submission(
