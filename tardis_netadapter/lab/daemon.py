@@ -311,6 +311,22 @@ def brake_bound(
     return periods * (quota + after - 1)
 
 
+def brake_probes(window: float, backoff: float, max_backoff: float) -> int:
+    """Most probes an engaged brake lets through in ``window`` seconds.
+
+    While engaged nothing is submitted until a back-off ends; then exactly one
+    probe goes through, and if it dies young the next back-off doubles (up to
+    ``max_backoff``). Probes take time to die, so this is an upper bound.
+    """
+    probes, elapsed, k = 0, 0.0, 1
+    while True:
+        elapsed += min(backoff * 2 ** (k - 1), max_backoff)
+        if elapsed >= window:
+            return probes
+        probes += 1
+        k += 1
+
+
 def drone_jobs(lab: Lab, prefix: str = "netlab-") -> dict[str, str]:
     """Slurm job id -> job name of the drone user's drone jobs (any state).
 
