@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tardis_netadapter.lab import Lab, faults
-from tardis_netadapter.lab.daemon import (
+from tardis_netadapter_lab import Lab, faults
+from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     brake_bound,
     drone_jobs,

@@ -30,11 +30,12 @@ import uuid
 from contextlib import ExitStack
 from typing import Any
 
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.netns import is_listening
+
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.netns import is_listening
 from tardis_netadapter.render import proxychains_conf_text, render_drone_script
 
 DIRECT_PORT = 60050  # in the srun port range: workers may reach login there

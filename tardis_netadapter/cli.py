@@ -3,28 +3,61 @@
 Each module in COMMAND_MODULES provides ``add_parser(subparsers)`` that
 registers its subcommand(s) and sets ``func`` (taking the parsed arguments and
 returning an exit code). Heavy imports (TARDIS, asyncssh, htcondor) stay
-inside each command's ``run`` so ``--help`` and ``lab`` start quickly.
+inside each command's ``run`` so ``--help`` starts quickly.
+
+Other distributions add subcommands without the product importing them: each
+entry point of the group ``tardis_netadapter.commands`` names such an
+``add_parser``. The lab distribution (lab/ in the repository) registers
+``lab`` and ``demo`` this way; without it installed they are simply absent.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
-from typing import Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from . import __version__
+from .condor_knobs import HTCONDOR_EXTRA, have_htcondor
 from .schema import ConfigurationError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    # in the order an operator meets them: write a config, then run and watch
+    # in the order an operator meets them: find an example, write a config,
+    # then run and watch
+    "tardis_netadapter.commands.examples",
     "tardis_netadapter.commands.check",
     "tardis_netadapter.commands.render",
     "tardis_netadapter.commands.status",
-    "tardis_netadapter.commands.demo",
-    "tardis_netadapter.lab.cli",
 )
+
+#: entry-point group through which other distributions add subcommands
+COMMAND_GROUP = "tardis_netadapter.commands"
+
+
+def plugin_commands() -> list[tuple[str, Callable[[Any], None]]]:
+    """(name, add_parser) of every installed ``tardis_netadapter.commands`` entry.
+
+    Sorted by name so ``--help`` does not depend on installation order. An
+    entry that cannot be loaded (a half-installed lab) is skipped with a
+    warning instead of breaking the operator's CLI.
+    """
+    found = []
+    for entry in sorted(
+        importlib.metadata.entry_points(group=COMMAND_GROUP), key=lambda e: e.name
+    ):
+        try:
+            found.append((entry.name, entry.load()))
+        except Exception as error:  # a broken plug-in must not break the product
+            print(
+                f"tardis-netadapter: skipping command {entry.name!r} "
+                f"({entry.value}): {error}",
+                file=sys.stderr,
+            )
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,12 +74,34 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
+    for _name, add_parser in plugin_commands():
+        add_parser(subparsers)
     return parser
+
+
+def missing_extra(args: argparse.Namespace) -> Optional[str]:
+    """Why the parsed command cannot run without an optional extra; None if it can.
+
+    ``status --collector`` asks the pool's collector through the htcondor2
+    bindings, which the ``htcondor`` extra installs. The query itself turns
+    every failure into "unknown" (the adapter must not crash), so without
+    this check a missing extra would look like an unreachable collector.
+    """
+    if getattr(args, "collector", False) and not have_htcondor():
+        return (
+            "--collector needs the HTCondor Python bindings (htcondor2), which "
+            f"are not installed: {HTCONDOR_EXTRA}"
+        )
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    problem = missing_extra(args)
+    if problem is not None:
+        print(f"tardis-netadapter: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -9,12 +9,22 @@ runs with HTCondor's defaults and silently idles out.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
+
+#: how an operator gets the bindings: they are an optional extra of the product
+HTCONDOR_EXTRA = "pip install 'tardis-netadapter[htcondor]'"
+
+
+def have_htcondor() -> bool:
+    """Whether the htcondor2 bindings are importable (without importing them: slow)."""
+    return importlib.util.find_spec("htcondor2") is not None
+
 
 _READ_BACK = """
 import json, sys
@@ -33,8 +43,14 @@ def read_back(knobs: Mapping[str, str], timeout: float = 60.0) -> dict[str, str]
     """Parse the knobs with HTCondor's configuration parser and return what it sees.
 
     Runs in a child process: the bindings' configuration is process-global and
-    must not leak into the adapter's own HTCondor queries.
+    must not leak into the adapter's own HTCondor queries. Raises
+    RuntimeError naming the ``htcondor`` extra when the bindings are missing.
     """
+    if not have_htcondor():
+        raise RuntimeError(
+            "the HTCondor Python bindings (htcondor2) are not installed: "
+            + HTCONDOR_EXTRA
+        )
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as handle:
         handle.write(config_text(knobs))
         path = handle.name

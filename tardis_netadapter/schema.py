@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from collections.abc import Mapping
-from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 T = TypeVar("T")
 

@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import Optional
 
 import pytest
-
-from tardis_netadapter.lab import Lab, teardown
-from tardis_netadapter.lab.topology import lab_namespaces
+from tardis_netadapter_lab import Lab, teardown
+from tardis_netadapter_lab.topology import lab_namespaces
 
 Probe = Callable[..., str]
 

@@ -17,9 +17,9 @@ import logging
 import re
 import shlex
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Optional, Protocol
 
 from tardis.interfaces.executor import Executor
 from tardis.interfaces.siteadapter import ResourceStatus

@@ -6,9 +6,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tardis_netadapter_lab import Lab
 from test_chain_support import Drone
-
-from tardis_netadapter.lab import Lab
 
 
 @pytest.fixture

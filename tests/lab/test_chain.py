@@ -18,6 +18,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
 from test_chain_support import (
     COLLECTOR,
     DANTE,
@@ -30,9 +32,6 @@ from test_chain_support import (
     extra_pool,
     install_cvmfsexec,
 )
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
 
 pytestmark = pytest.mark.lab
 

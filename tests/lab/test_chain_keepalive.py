@@ -17,10 +17,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
 from test_chain_support import COLLECTOR, DANTE, LOGIN, Drone
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

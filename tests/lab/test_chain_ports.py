@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
 from test_chain_support import (
     COLLECTOR,
     DANTE,
@@ -24,9 +26,6 @@ from test_chain_support import (
     cvmfs_section,
     install_cvmfsexec,
 )
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
 
 pytestmark = pytest.mark.lab
 

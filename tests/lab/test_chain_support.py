@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.netns import is_listening
+from tardis_netadapter_lab.services import pool_state
+
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.netns import is_listening
-from tardis_netadapter.lab.services import pool_state
 from tardis_netadapter.render import render_drone_script
 
 READY = re.compile(r"stage tunnel ready after ([\d.]+)s \(([\d.]+)s since start\)")

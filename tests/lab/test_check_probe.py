@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab.daemon import write_config
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab.daemon import write_config
 
 pytestmark = pytest.mark.lab
 

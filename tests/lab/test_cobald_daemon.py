@@ -23,16 +23,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.daemon import (
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     pool_request,
     slurm_jobs,
     write_config,
 )
-from tardis_netadapter.lab.netns import pids_in_namespaces, terminate
+from tardis_netadapter_lab.netns import pids_in_namespaces, terminate
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 

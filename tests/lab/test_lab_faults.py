@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.firewall import current_idle_timeout
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.firewall import current_idle_timeout
 
 pytestmark = pytest.mark.lab
 

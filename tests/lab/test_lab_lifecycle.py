@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.netns import is_alive
-from tardis_netadapter.lab.topology import lab_namespaces
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.netns import is_alive
+from tardis_netadapter_lab.topology import lab_namespaces
 
 pytestmark = pytest.mark.lab
 
@@ -25,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tardis_netadapter.lab.cli", "lab", *args],
+        [sys.executable, "-m", "tardis_netadapter_lab", "lab", *args],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -112,7 +111,7 @@ def test_second_lab_coexists_and_a_crashed_one_is_cleaned(
 
 
 def test_up_refuses_an_existing_lab(lab: Lab) -> None:
-    from tardis_netadapter.lab import LabError
+    from tardis_netadapter_lab import LabError
 
     with pytest.raises(LabError):
         Lab(name=lab.name).up()

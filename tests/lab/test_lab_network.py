@@ -6,10 +6,9 @@ import subprocess
 import time
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.netns import is_listening
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.netns import is_listening
 
 pytestmark = pytest.mark.lab
 

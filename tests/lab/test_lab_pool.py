@@ -7,10 +7,9 @@ import time
 import uuid
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.services import pool_state
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.services import pool_state
 
 pytestmark = pytest.mark.lab
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab import layout as L
-from tardis_netadapter.lab.webroot import FILES, expected_sha256
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.webroot import FILES, expected_sha256
 
 pytestmark = pytest.mark.lab
 

@@ -37,18 +37,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-
-from tardis_netadapter.commands.status import collect_rows
-from tardis_netadapter.connectivity.monitor import SiteMonitor
-from tardis_netadapter.connectivity.verdict import Timing
-from tardis_netadapter.lab import Lab
-from tardis_netadapter.lab.daemon import (
+from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab.daemon import (
     SOURCE,
     CobaldDaemon,
     LoginExecutor,
     pool_request,
     write_config,
 )
+
+from tardis_netadapter.commands.status import collect_rows
+from tardis_netadapter.connectivity.monitor import SiteMonitor
+from tardis_netadapter.connectivity.verdict import Timing
 from tardis_netadapter.siteconfig import load_site_from_file
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]

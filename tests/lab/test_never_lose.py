@@ -3,7 +3,7 @@
 A real ``cobald`` daemon (configs/lab.yml, COBalD's demand fixed with the
 Standardiser so it does not depend on load) runs NetSlurm drones on the lab's
 Slurm, while the login node misbehaves through the lab's fault hooks
-(``tardis_netadapter/lab/faults.py``: wrappers first on PATH only for
+(``lab/tardis_netadapter_lab/faults.py``: wrappers first on PATH only for
 sessions of login's sshd, i.e. for the daemon; ``Lab.run`` still sees the
 truth):
 
@@ -33,9 +33,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-from tardis_netadapter.lab import Lab, faults
-from tardis_netadapter.lab.daemon import (
+from tardis_netadapter_lab import Lab, faults
+from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     brake_bound,
     brake_probes,

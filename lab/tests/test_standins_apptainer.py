@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-STANDINS = Path(__file__).resolve().parents[2] / "tardis_netadapter/lab/standins"
+STANDINS = Path(__file__).resolve().parents[1] / "tardis_netadapter_lab" / "standins"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
 

@@ -42,7 +42,8 @@ import re
 import socket
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 DEFAULT_PORT = 9618
 

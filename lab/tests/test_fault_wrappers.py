@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tardis_netadapter.lab import faults
-from tardis_netadapter.lab import layout as L
+from tardis_netadapter_lab import faults
+from tardis_netadapter_lab import layout as L
 
 STANDINS = Path(faults.__file__).parent / "standins"
 
@@ -164,7 +163,7 @@ def test_mode_setters_validate_and_clear(lab: TmpLayout, monkeypatch):
 
 def test_login_sessions_get_the_wrappers_first_and_lab_run_does_not():
     layout = L.LabLayout(name="unit")
-    from tardis_netadapter.lab.configs import sshd_config
+    from tardis_netadapter_lab.configs import sshd_config
 
     config = sshd_config(
         layout, host_key=Path("/k"), listen="0.0.0.0", port=22, login_node=True
@@ -206,7 +205,7 @@ def test_payload_exits_at_once_when_the_fault_says_so(tmp_path: Path):
 
 
 def test_brake_bound_counts_open_periods_within_the_window():
-    from tardis_netadapter.lab.daemon import brake_bound
+    from tardis_netadapter_lab.daemon import brake_bound
 
     # engagements 10, 20, 40, 40 ... s; quota 3 + after 2 - 1 = 4 jobs per period
     assert brake_bound(5, 3, 2, 10, 40) == 4  # the first engagement outlasts it

@@ -17,13 +17,13 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-STANDINS = Path(__file__).resolve().parents[2] / "tardis_netadapter/lab/standins"
+STANDINS = Path(__file__).resolve().parents[1] / "tardis_netadapter_lab" / "standins"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 REPO = "atlas.cern.ch"
 MANIFEST = (

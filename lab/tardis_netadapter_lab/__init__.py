@@ -2,7 +2,7 @@
 
 See docs/lab.md. Typical use::
 
-    from tardis_netadapter.lab import Lab
+    from tardis_netadapter_lab import Lab
     with Lab(name="tnlab", workers=2, idle_timeout=30) as lab:
         lab.run("login", ["sbatch", "--wrap", "hostname"], user=lab.drone_user)
 """

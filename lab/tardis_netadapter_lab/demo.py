@@ -5,7 +5,9 @@ daemon with the NetSlurm adapter against it, keeps the pool busy so TARDIS
 wants drones, shows drones by TARDIS state and connectivity verdict refreshed
 in place, kills one drone's tunnel half-way so the healing is visible, then
 tears everything down and prints a summary. Ctrl-C tears down cleanly.
-Needs root (network namespaces); every daemon runs inside the lab.
+Needs root (network namespaces); every daemon runs inside the lab. Part of the
+lab distribution: the product CLI finds it through the
+``tardis_netadapter.commands`` entry-point group.
 """
 
 from __future__ import annotations
@@ -70,10 +72,11 @@ class Events:
 
 def connectivity_rows(lab: Any, settings: Any) -> list[Any]:
     """The same rows ``tardis-netadapter status`` shows, gathered inside the lab."""
-    from ..connectivity.monitor import SiteMonitor
-    from ..connectivity.verdict import Timing
-    from ..lab.daemon import LoginExecutor
-    from .status import collect_rows
+    from tardis_netadapter.commands.status import collect_rows
+    from tardis_netadapter.connectivity.monitor import SiteMonitor
+    from tardis_netadapter.connectivity.verdict import Timing
+
+    from .daemon import LoginExecutor
 
     monitor = SiteMonitor(
         settings.profile.monitoring.heartbeat_dir, Timing.from_budget(settings.budget)
@@ -85,7 +88,7 @@ def connectivity_rows(lab: Any, settings: Any) -> list[Any]:
 
 def tunnel_ssh(lab: Any, drone_uuid: str) -> Optional[tuple[str, int]]:
     """(worker, pid) of the drone's tunnel ssh (not autossh), found by its work dir."""
-    from ..lab.netns import pids_in_namespaces
+    from .netns import pids_in_namespaces
 
     marker = f"tardis-drone.{drone_uuid}."
     for host in lab.layout.worker_hosts:
@@ -166,7 +169,7 @@ def show(frame: str, tty: bool) -> None:
 
 
 def pool_drones(lab: Any) -> dict[str, Any]:
-    from ..lab.daemon import pool_request
+    from .daemon import pool_request
 
     answer = pool_request(lab, {"op": "query"})
     records = answer.get("drones", []) if isinstance(answer, dict) else []
@@ -177,7 +180,7 @@ def step(
     lab: Any, daemon: Any, settings: Any, events: Events, busy: set[str], half: float
 ) -> tuple[dict, list, dict]:
     """One observation cycle: keep the pool busy, inject the fault, notice healing."""
-    from ..lab.daemon import pool_request
+    from .daemon import pool_request
 
     drones = daemon.drones()
     pool = pool_drones(lab)
@@ -268,9 +271,10 @@ def summary(events: Events, drones_seen: set[str]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """The ``demo`` command; exit 0 when drones came up and the fault healed."""
-    from ..lab import Lab, teardown
-    from ..lab.daemon import CobaldDaemon, write_config
-    from ..siteconfig import load_site_from_file
+    from tardis_netadapter.siteconfig import load_site_from_file
+
+    from . import Lab, teardown
+    from .daemon import CobaldDaemon, write_config
 
     if os.geteuid() != 0:
         print(

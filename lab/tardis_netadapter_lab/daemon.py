@@ -20,13 +20,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
+import tardis_netadapter
+
 from . import layout as L
 from .site import Lab
 
-#: the checkout (or installation) this module comes from
-SOURCE = Path(__file__).resolve().parents[2]
+
+def product_source() -> Path:
+    """Where the product (``tardis_netadapter``) this process imports lives.
+
+    In a checkout (``pip install -e .``) that is the checkout's root, which
+    holds configs/ and drone_scripts/; in an ordinary install it is
+    site-packages. Asked of the product, not of this file: the lab is a
+    separate distribution, and the daemon must run the same product code as
+    the caller (lab commands get a fresh environment, see CobaldDaemon.start).
+    """
+    return Path(tardis_netadapter.__file__).resolve().parent.parent
+
+
+def lab_config() -> Path:
+    """configs/lab.yml of the checkout, else the copy shipped in the product wheel."""
+    checkout = product_source() / "configs" / "lab.yml"
+    if checkout.is_file():
+        return checkout
+    return Path(tardis_netadapter.__file__).resolve().parent / "configs" / "lab.yml"
+
+
+#: the product's source root: the checkout, or site-packages
+SOURCE = product_source()
 #: the repository's lab configuration; ``${lab}`` stands for the lab's name
-LAB_CONFIG = SOURCE / "configs" / "lab.yml"
+LAB_CONFIG = lab_config()
 POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
 
 
@@ -36,7 +59,8 @@ def write_config(
     """``configs/lab.yml`` for this lab in ``directory``; ``replace`` edits the text."""
     if not source.is_file():
         raise FileNotFoundError(
-            f"{source} not found: run from a checkout of tardis-netadapter"
+            f"{source} not found: install tardis-netadapter from a checkout "
+            "(pip install -e . -e ./lab) or pass the configuration's path"
         )
     text = source.read_text().replace("${lab}", lab.name)
     for old, new in (replace or {}).items():

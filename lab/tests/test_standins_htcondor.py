@@ -18,10 +18,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import pytest
 from tardis.adapters.batchsystems.htcondor import htcondor_status_updater
@@ -29,7 +29,7 @@ from tardis.utilities.attributedict import AttributeDict
 from tardis.utilities.executors.shellexecutor import ShellExecutor
 from tardis.utilities.utils import csv_parser, htcondor_status_cmd_composer
 
-STANDINS = Path(__file__).resolve().parents[2] / "tardis_netadapter/lab/standins"
+STANDINS = Path(__file__).resolve().parents[1] / "tardis_netadapter_lab" / "standins"
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 RATIOS = {
     "cpu_ratio": "Real(TotalSlotCpus-Cpus)/TotalSlotCpus",

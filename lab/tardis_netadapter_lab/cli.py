@@ -1,6 +1,8 @@
 """`tardis-netadapter lab ...`: bring the lab up and down, inspect it, break it.
 
-Also runs on its own: `python -m tardis_netadapter.lab.cli lab up`.
+Registered with the product's CLI through the ``tardis_netadapter.commands``
+entry-point group (see lab/pyproject.toml), so the product never imports the
+lab. Also runs on its own: `python -m tardis_netadapter_lab lab up`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import logging
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from . import faults as faults_module
 from . import layout as L
@@ -74,7 +77,7 @@ def add_lab_parser(subparsers: Any) -> None:
     payload.add_argument("mode", choices=faults_module.PAYLOAD_MODES)
 
 
-# The project's CLI dispatcher looks for `add_parser`.
+# The product's CLI calls the entry point `lab = tardis_netadapter_lab.cli:add_parser`.
 add_parser = add_lab_parser
 
 
@@ -231,11 +234,18 @@ def _payload(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Stand-alone entry point with the same `lab ...` syntax as the main CLI."""
-    parser = argparse.ArgumentParser(prog="python -m tardis_netadapter.lab.cli")
+    """Stand-alone entry point: the same `lab ...` and `demo` syntax as the main CLI.
+
+    For a machine where only ``python -m`` is at hand (or to bypass the
+    product's entry-point discovery while debugging it).
+    """
+    from . import demo
+
+    parser = argparse.ArgumentParser(prog="python -m tardis_netadapter_lab")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     add_lab_parser(subparsers)
+    demo.add_parser(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
