@@ -13,7 +13,7 @@ settings. The lab is always torn down.
     python benchmarks/black_hole.py --minutes 10 --no-brake # today's behaviour
 
 Needs root and the lab's packages (docs/lab.md). The CI-sized check with the
-same settings is tests/lab/test_never_lose.py::test_black_hole_site_is_braked_and_recovers
+same settings is tests/lab/test_lab_never_lose.py::test_black_hole_site_is_braked_and_recovers
 (``TNA_BLACK_HOLE_MINUTES=10`` runs that test for 10 minutes, too).
 """
 

@@ -3,7 +3,7 @@
 The wrappers are generated bash scripts; here they run against fake
 ``squeue``/``sbatch`` binaries in a temporary state dir, as the current user
 (standing in for the lab's drone user), so every mode is checked on every
-machine. tests/lab/test_never_lose.py uses them against the real lab.
+machine. tests/lab/test_lab_never_lose.py uses them against the real lab.
 """
 
 from __future__ import annotations
