@@ -210,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         Configuration._shared_state.clear()
         Configuration._shared_state.update(saved)
+        logging.disable(logging.NOTSET)
     print(
         f"<!-- python {platform.python_version()}, {platform.machine()}, "
         f"latency {args.latency * 1000:.0f} ms/call, median of {args.cycles} cycles -->"

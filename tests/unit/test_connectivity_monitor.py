@@ -265,7 +265,7 @@ def test_render_table():
     assert lines[0].split() == [
         "DRONE",
         "JOB",
-        "SLURM",
+        "STATE",
         "VERDICT",
         "HB",
         "AGE",
@@ -309,6 +309,7 @@ def test_json_keys_are_stable():
     assert set(document["drones"][0]) == {
         "uuid",
         "job_id",
+        "batch_state",
         "slurm_state",
         "verdict",
         "heartbeat_age",
