@@ -39,6 +39,7 @@ from tardis.interfaces.siteadapter import ResourceStatus
 from tardis.utilities.attributedict import AttributeDict
 
 from tardis_netadapter import siteadapter
+from tardis_netadapter.batch.poller import LISTING_BEGIN, LISTING_END
 from tardis_netadapter.siteadapter import NetSlurmAdapter
 
 STATES = ["RUNNING"] * 7 + ["PENDING"] * 2 + ["COMPLETED"]
@@ -65,11 +66,20 @@ class FakeLoginNode:
         self.stock_lines = {
             job: f"{job}|{node[job]}|{self.state[job]}" for job in self.ids
         }
-        # what NetSlurm asks for: --me -o '%i|%T|%N|%r|%j'
+        # what NetSlurm asks for: --me -o '%i|%T|%N|%r|%M|%j', between markers
         self.me_output = "\n".join(
-            f"{job}|{self.state[job]}|{node[job] if self.state[job] != 'PENDING' else ''}|"
-            f"{'None' if self.state[job] != 'PENDING' else 'Resources'}|bench-{job}"
-            for job in self.ids
+            [
+                LISTING_BEGIN,
+                *(
+                    f"{job}|{self.state[job]}|"
+                    f"{node[job] if self.state[job] != 'PENDING' else ''}|"
+                    f"{'None' if self.state[job] != 'PENDING' else 'Resources'}|"
+                    f"{'1:00:00' if self.state[job] != 'PENDING' else '0:00'}|"
+                    f"bench-{job}"
+                    for job in self.ids
+                ),
+                LISTING_END,
+            ]
         )
 
     async def run_command(self, command: str, stdin_input: str | None = None):
@@ -200,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         Configuration._shared_state.clear()
         Configuration._shared_state.update(saved)
+        logging.disable(logging.NOTSET)
     print(
         f"<!-- python {platform.python_version()}, {platform.machine()}, "
         f"latency {args.latency * 1000:.0f} ms/call, median of {args.cycles} cycles -->"

@@ -3,8 +3,8 @@
 Builds a fake login node in a temp dir (a ``squeue`` answering for N drones and
 N heartbeat files in the watchdog's format, with a realistic mix of healthy,
 failing, silent and queued drones), then runs full collection cycles the way
-the adapter does: the real SitePoller command (squeue + heartbeat collection +
-TimeUsed) through an executor that runs it in /bin/sh after a simulated
+the adapter does: the real SitePoller command (squeue with TimeUsed + heartbeat
+collection) through an executor that runs it in /bin/sh after a simulated
 network round trip, then SiteMonitor verdicts and metrics.
 
 Adapter CPU is ``time.process_time()`` of this process around the cycle (the
@@ -28,8 +28,8 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tardis_netadapter.batch.slurm import SitePoller  # noqa: E402
-from tardis_netadapter.connectivity.collect import ElapsedProbe  # noqa: E402
+from tardis_netadapter.batch import SlurmDriver  # noqa: E402
+from tardis_netadapter.batch.poller import SitePoller  # noqa: E402
 from tardis_netadapter.connectivity.metrics import ConnectivityMetrics  # noqa: E402
 from tardis_netadapter.connectivity.monitor import SiteMonitor  # noqa: E402
 from tardis_netadapter.connectivity.verdict import Timing  # noqa: E402
@@ -110,7 +110,8 @@ def build_site(root: Path, drones: int) -> tuple[dict[str, str], dict[str, int]]
         mix[kind] = mix.get(kind, 0) + 1
         uuid = f"jureca-{index:010x}"
         state = "PENDING" if kind == "queued" else "RUNNING"
-        jobs.append(f"{100000 + index}|{state}|jrc{index:04d}|None|{uuid}|2:00:00")
+        used = "2:00:00" if state == "RUNNING" else "0:00"
+        jobs.append(f"{100000 + index}|{state}|jrc{index:04d}|None|{used}|{uuid}")
         if kind not in ("silent", "queued"):
             record = heartbeat(uuid, now, kind, index)
             (hb / f"{uuid}.json").write_text(json.dumps(record) + "\n")
@@ -119,13 +120,7 @@ def build_site(root: Path, drones: int) -> tuple[dict[str, str], dict[str, int]]
     bin_dir = root / "bin"
     bin_dir.mkdir()
     squeue = bin_dir / "squeue"
-    squeue.write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f"  *%M*) awk -F'|' '$2==\"RUNNING\" {{print $6\"|\"$5}}' {table} ;;\n"
-        f"  *) cut -d'|' -f1-5 {table} ;;\n"
-        "esac\n"
-    )
+    squeue.write_text(f"#!/bin/sh\ncat {table}\n")
     squeue.chmod(0o755)
     env = {"HOME": str(root / "home"), "PATH": f"{bin_dir}:/usr/bin:/bin"}
     return env, mix
@@ -137,7 +132,7 @@ async def cycles(env: dict[str, str], count: int, rtt: float) -> list[dict]:
     monitor = SiteMonitor("~/hb", timing)
     metrics = ConnectivityMetrics()
     poller = SitePoller(
-        executor, probes=[monitor.probe, ElapsedProbe()], max_age=0, name="JURECA"
+        SlurmDriver(), executor, probes=[monitor.probe], max_age=0, name="JURECA"
     )
     results = []
     for _ in range(count):

@@ -38,7 +38,8 @@ from tardis.exceptions.tardisexceptions import (
     TardisTimeout,
 )
 
-from .batch import slurm
+from .batch.driver import BatchOutputError
+from .batch.poller import ListingUntrusted, StatusUnavailable
 
 logger = logging.getLogger("cobald.runtime.tardis_netadapter.siteadapter")
 
@@ -105,12 +106,12 @@ def transient_failures(site: str) -> Iterator[None]:
     except (OSError, EOFError) as error:  # ConnectionError is an OSError
         warning(error, "%s: connection failed: %r", site, error)
         raise TardisResourceStatusUpdateFailed(f"{site}: {error!r}") from error
-    except slurm.StatusUnavailable as error:
+    except StatusUnavailable as error:
         warning(error, "%s: %s", site, error)
         if isinstance(error.__cause__, asyncio.TimeoutError):
             raise NetadapterTimeout(f"{site}: {error}") from error
         raise TardisResourceStatusUpdateFailed(f"{site}: {error}") from error
-    except (slurm.SlurmOutputError, slurm.ListingUntrusted) as error:
+    except (BatchOutputError, ListingUntrusted) as error:
         warning(error, "%s: %s", site, error)
         raise TardisResourceStatusUpdateFailed(f"{site}: {error}") from error
     except UnicodeError as error:
@@ -132,7 +133,7 @@ class _WarnOnce:
     _last: Optional[BaseException] = None
 
     def __call__(self, error: BaseException, message: str, *args: Any) -> None:
-        root = error.__cause__ if isinstance(error, slurm.StatusUnavailable) else error
+        root = error.__cause__ if isinstance(error, StatusUnavailable) else error
         if root is not None and root is _WarnOnce._last:
             logger.debug(message, *args)
             return

@@ -1,10 +1,12 @@
-"""Make ``adapter: NetSlurm`` resolvable by TARDIS, then build TARDIS's own pool.
+"""Make every batch driver's ``adapter:`` name resolvable by TARDIS, then build its pool.
 
 TARDIS finds site adapters only as
 ``import_module(f"tardis.adapters.sites.{name.lower()}")`` + ``f"{name}Adapter"``
-and has no plugin hook. :func:`register` puts this package's adapter module
-into ``sys.modules`` under ``tardis.adapters.sites.netslurm``; ``import_module``
-returns a module found there without searching the file system.
+and has no plugin hook. :func:`register` puts, for every registered batch
+driver (``tardis_netadapter.batch.DRIVERS``: ``NetSlurm`` today), a module
+holding its adapter class into ``sys.modules`` under
+``tardis.adapters.sites.<name in lower case>``; ``import_module`` returns a
+module found there without searching the file system.
 
 Why a ``sys.modules`` alias rather than an import hook (a ``MetaPathFinder``)
 or a file inside the installed tardis package: it is one idempotent line of
@@ -29,31 +31,46 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from typing import Optional
 
 from cobald.composite.weighted import WeightedComposite
 from cobald.interfaces import Partial
 
-ALIAS = "tardis.adapters.sites.netslurm"
-ADAPTER_MODULE = "tardis_netadapter.siteadapter"
+SITES_PACKAGE = "tardis.adapters.sites"
+#: the alias of the built-in driver (``adapter: NetSlurm``)
+ALIAS = f"{SITES_PACKAGE}.netslurm"
+#: marks the alias modules this factory made, so re-registering is idempotent
+_MADE_HERE = "__tardis_netadapter__"
 
 
 def register() -> None:
-    """Make ``tardis.adapters.sites.netslurm`` resolve to our adapter module (idempotent)."""
-    sites = importlib.import_module("tardis.adapters.sites")
-    module = importlib.import_module(ADAPTER_MODULE)
-    existing = sys.modules.get(ALIAS)
-    if existing is not None and existing is not module:
-        raise ImportError(
-            f"{ALIAS} is already a different module ({existing!r}); "
-            "refusing to replace it"
-        )
-    sys.modules[ALIAS] = module
-    sites.netslurm = module  # attribute access on the package, as after a real import
+    """Make ``tardis.adapters.sites.<name>`` resolve for every driver (idempotent)."""
+    from .batch import DRIVERS
+    from .siteadapter import adapter_class
+
+    sites = importlib.import_module(SITES_PACKAGE)
+    for adapter_name, driver in DRIVERS.items():
+        alias = f"{SITES_PACKAGE}.{adapter_name.lower()}"
+        existing = sys.modules.get(alias)
+        if existing is not None and not getattr(existing, _MADE_HERE, False):
+            raise ImportError(
+                f"{alias} is already a different module ({existing!r}); "
+                "refusing to replace it"
+            )
+        class_name = f"{adapter_name}Adapter"
+        if existing is not None and getattr(existing, class_name, None) is not None:
+            continue
+        module = types.ModuleType(alias, f"tardis-netadapter's {adapter_name}")
+        setattr(module, class_name, adapter_class(driver))
+        setattr(module, _MADE_HERE, True)
+        sys.modules[alias] = module
+        # attribute access on the package, as after a real import
+        setattr(sites, adapter_name.lower(), module)
 
 
 def create_composite_pool(configuration: Optional[str] = None) -> WeightedComposite:
-    """TARDIS's ``create_composite_pool`` with the NetSlurm adapter registered first."""
+    """TARDIS's ``create_composite_pool`` with every driver's adapter registered first."""
     register()
     from tardis.resources.poolfactory import create_composite_pool as tardis_factory
 

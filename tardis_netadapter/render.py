@@ -336,6 +336,7 @@ def render_drone_script(
     budget: KeepaliveBudget,
     site_name: str,
     machine_type: str,
+    job_id_variable: str = "SLURM_JOB_ID",  # interim: the modes work renders it
 ) -> str:
     """The drone's job script for one machine type: pure and deterministic.
 

@@ -1,4 +1,4 @@
-"""A NetSlurm site's own configuration section, validated once, for the adapter and the CLI.
+"""A site's own configuration section, validated once, for the adapter and the CLI.
 
 TARDIS validates only the ``Sites`` list; everything in the site's own section
 (``NetLab: {executor, MachineTypes, ...}``) is up to the adapter. Here it is
@@ -20,24 +20,22 @@ from typing import Any, Optional
 
 import yaml
 
-from .batch.slurm import MachineMetaData, SlurmMachineType
+from .batch import DRIVERS, BatchDriver, SlurmDriver, driver_for
 from .brake import BrakeSettings, check_against_walltimes, load_brake
 from .config import NetworkProfile, _plain, load_profile
 from .keepalive import KeepaliveBudget, derive_budget
+from .machine import MachineMetaData
 from .schema import ConfigurationError, load
-
-#: the adapter name in the TARDIS ``Sites`` list
-ADAPTER_NAME = "NetSlurm"
 
 #: keys of the site section and what they are for (for error messages)
 SITE_KEYS = {
     "executor": "the TARDIS executor that reaches the login node",
     "MachineTypes": "the list of machine type names",
-    "MachineTypeConfiguration": "Slurm settings per machine type",
+    "MachineTypeConfiguration": "batch system settings per machine type",
     "MachineMetaData": "Cores, Memory (GB), Disk (GB) per machine type",
     "Network": "the network profile (docs/configuration.md)",
     "status_max_age": "seconds a squeue snapshot is reused (default: half the drone heartbeat)",
-    "command_timeout": "seconds before a Slurm command counts as failed (default 120)",
+    "command_timeout": "seconds before a batch command counts as failed (default 120)",
     "brake": "the brake for a site whose drones keep dying young (docs/adapter.md)",
     "export_environment": "NAME or NAME=VALUE entries sbatch exports into each job",
 }
@@ -62,15 +60,17 @@ class MachineTypeSettings:
     """Everything the adapter needs for one machine type."""
 
     name: str
-    slurm: SlurmMachineType
+    #: the driver's ``machine_type_options`` (for Slurm: Walltime, Partition, ...)
+    batch: Any
     meta_data: MachineMetaData
 
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """A validated NetSlurm site section."""
+    """A validated site section, for the site's batch driver."""
 
     name: str
+    driver: BatchDriver
     profile: NetworkProfile
     budget: KeepaliveBudget
     machine_types: Mapping[str, MachineTypeSettings]
@@ -81,8 +81,11 @@ class SiteSettings:
     export_environment: tuple[str, ...] = ()
 
 
-def load_site_settings(site_name: str, section: Any) -> SiteSettings:
-    """Validate a site section; raise ConfigurationError listing every problem."""
+def load_site_settings(
+    site_name: str, section: Any, driver: Optional[BatchDriver] = None
+) -> SiteSettings:
+    """Validate a site section for ``driver`` (default Slurm); list every problem."""
+    driver = driver if driver is not None else SlurmDriver()
     problems: list[str] = []
     if section is None or not hasattr(section, "keys"):
         raise ConfigurationError(
@@ -96,7 +99,8 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         site_name,
         "site name",
         "it is part of every drone uuid (site name in lower case, '-', hex), "
-        "which reaches sbatch --export and --job-name: a comma there broke the "
+        "which reaches the submit command's environment and job name (Slurm: "
+        "--export and --job-name): a comma there broke the "
         "first deploy. Rename the site in Sites and its section",
     )
     for key in section:
@@ -119,7 +123,7 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         except ConfigurationError as error:
             problems += error.problems
 
-    machine_types = _machine_types(site_name, section, problems)
+    machine_types = _machine_types(site_name, section, driver, problems)
     status_max_age = _number(site_name, section, "status_max_age", None, problems)
     command_timeout = _number(
         site_name, section, "command_timeout", DEFAULT_COMMAND_TIMEOUT, problems
@@ -128,7 +132,8 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
     try:
         brake = load_brake(section.get("brake"), f"{site_name}.brake")
         walltimes = {
-            name: kind.slurm.walltime_seconds for name, kind in machine_types.items()
+            name: driver.walltime_seconds(kind.batch)
+            for name, kind in machine_types.items()
         }
         problems += check_against_walltimes(brake, walltimes, f"{site_name}.brake")
     except ConfigurationError as error:
@@ -138,6 +143,7 @@ def load_site_settings(site_name: str, section: Any) -> SiteSettings:
         raise ConfigurationError(problems)
     return SiteSettings(
         name=site_name,
+        driver=driver,
         profile=profile,
         budget=budget,
         machine_types=machine_types,
@@ -228,7 +234,7 @@ def _number(
 
 
 def _machine_types(
-    site: str, section: Any, problems: list[str]
+    site: str, section: Any, driver: BatchDriver, problems: list[str]
 ) -> dict[str, MachineTypeSettings]:
     names = section.get("MachineTypes")
     if (
@@ -270,7 +276,7 @@ def _machine_types(
     for name in names:
         parts = {}
         for kind, cls in (
-            ("MachineTypeConfiguration", SlurmMachineType),
+            ("MachineTypeConfiguration", driver.machine_type_options),
             ("MachineMetaData", MachineMetaData),
         ):
             path = f"{site}.{kind}.{name}"
@@ -408,14 +414,15 @@ def load_site_from_file(config: Path, site_name: str) -> SiteFromFile:
         raise ConfigurationError(
             [f"{source}: Sites: no site named {site_name!r}; known: {known or 'none'}"]
         )
-    if entry.get("adapter") != ADAPTER_NAME:
+    driver = driver_for(entry.get("adapter"))
+    if driver is None:
         raise ConfigurationError(
             [
                 f"{source}: Sites[{site_name}].adapter: got {entry.get('adapter')!r}; "
-                f"expected {ADAPTER_NAME!r}"
+                f"expected one of {', '.join(repr(name) for name in DRIVERS)}"
             ]
         )
-    settings = load_site_settings(site_name, tardis.get(site_name))
+    settings = load_site_settings(site_name, tardis.get(site_name), driver())
     return SiteFromFile(settings=settings, tardis=tardis, source=source)
 
 

@@ -146,7 +146,7 @@ def render_view(
         )
         lines.append(
             f"{uuid:<22} {job:>5} {state:<18} "
-            f"{(row.slurm_state if row else '-'):<10} "
+            f"{(row.batch_state if row else '-'):<10} "
             f"{(row.verdict if row else '-'):<16} {age:>6} "
             f"{(row.restarts if row else 0):>8} "
             f"{'yes' if record.get('connected') else 'no':>5} #{record.get('connect_count', 0)}"

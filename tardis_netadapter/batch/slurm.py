@@ -1,9 +1,9 @@
-"""Slurm for the NetSlurm adapter: commands, output parsing, states and bulk status.
+"""The Slurm driver: sbatch, squeue and scancel, their answers and Slurm's job states.
 
-Everything here is a pure function except :class:`SitePoller`, which owns the
-one bulk ``squeue`` per site and cycle. The adapter (``siteadapter.py``) is thin
-glue over this module and ``render.py``; the ``render`` CLI builds its command
-line with the same functions, so what it prints is what a drone gets.
+Everything here is a pure function; :class:`SlurmDriver` bundles them as the
+driver the batch-neutral adapter, poller and CLI take (batch/driver.py). The
+``render`` CLI builds its command line with the same functions, so what it
+prints is what a drone gets.
 
 Why not TARDIS's own SlurmAdapter pieces: its job-id regex misses
 ``sbatch --parsable`` output, it polls ``squeue --job=<100 ids>`` per bulk
@@ -12,28 +12,22 @@ Why not TARDIS's own SlurmAdapter pieces: its job-id regex misses
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 import shlex
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Optional
 
-from tardis.interfaces.executor import Executor
 from tardis.interfaces.siteadapter import ResourceStatus
 from tardis.utilities.staticmapping import StaticMapping
 
-from . import runner
-
-logger = logging.getLogger("cobald.runtime.tardis_netadapter.batch.slurm")
+from ..machine import MachineMetaData
+from .driver import BatchDriver, BatchOutputError, JobRecord
+from .options import OptionSet
 
 # --------------------------------------------------------------------------
 # machine type settings (validated through schema.load, see siteconfig.py)
 # --------------------------------------------------------------------------
-
-_OPTION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 #: sbatch options the adapter sets itself; SubmitOptions may not override them.
 OWNED_SHORT = {
@@ -55,45 +49,6 @@ OWNED_LONG = {
     "parsable": "(always set)",
     "wrap": "(the rendered drone script, sent on stdin)",
 }
-
-
-@dataclass(frozen=True)
-class OptionSet:
-    """Extra command-line options in TARDIS's ``short``/``long`` form.
-
-    ``short: {q: normal}`` becomes ``-q normal``; ``long: {qos: normal}``
-    becomes ``--qos=normal``; a null value gives a bare flag.
-    """
-
-    short: dict[str, Optional[str]] = field(default_factory=dict)
-    long: dict[str, Optional[str]] = field(default_factory=dict)
-
-    def check(self, path: str) -> list[str]:
-        problems = []
-        for name in self.short:
-            if len(name) != 1 or not _OPTION_NAME.fullmatch(name):
-                problems.append(
-                    f"{path}.short.{name}: not a short option; expected one "
-                    "letter or digit (use long: for --name=value options)"
-                )
-        for name in self.long:
-            if not _OPTION_NAME.fullmatch(name):
-                problems.append(
-                    f"{path}.long.{name}: not an option name; expected letters, "
-                    "digits, '-' or '_' such as 'qos' or 'account'"
-                )
-        return problems
-
-    def tokens(self) -> list[str]:
-        """Argv tokens: names as given, values kept as separate/`=` joined words."""
-        words: list[str] = []
-        for name, value in self.short.items():
-            words.append(f"-{name}")
-            if value is not None:
-                words.append(value)
-        for name, value in self.long.items():
-            words.append(f"--{name}" if value is None else f"--{name}={value}")
-        return words
 
 
 @dataclass(frozen=True)
@@ -135,27 +90,6 @@ class SlurmMachineType:
         return walltime_seconds(self.Walltime)
 
 
-@dataclass(frozen=True)
-class MachineMetaData:
-    """``Site.MachineMetaData.<machine type>``: what one drone provides."""
-
-    Cores: int
-    Memory: float  # GB, as everywhere in TARDIS
-    Disk: float  # GB
-
-    def check(self, path: str) -> list[str]:
-        return [
-            f"{path}.{key}: got {getattr(self, key)!r}; expected a number greater than 0"
-            for key in ("Cores", "Memory", "Disk")
-            if getattr(self, key) <= 0
-        ]
-
-    @property
-    def memory_mb(self) -> int:
-        """Slurm takes whole megabytes; like TARDIS, 1 GB = 1024 MB."""
-        return int(self.Memory * 1024)
-
-
 _WALLTIME = re.compile(
     r"(?:(?P<days>\d+)-(?P<dh>\d+)(?::(?P<dm>\d+)(?::(?P<ds>\d+))?)?"
     r"|(?P<a>\d+)(?::(?P<b>\d+)(?::(?P<c>\d+))?)?)"
@@ -195,38 +129,10 @@ def walltime_seconds(walltime: str) -> int:
 
 #: squeue fields; the job name goes last so a '|' inside a name cannot shift
 #: the other fields (only drones are named by us; --me lists all our jobs).
-SQUEUE_FIELDS = ("JobId", "State", "Nodes", "Reason", "Name")
-SQUEUE_FORMAT = "%i|%T|%N|%r|%j"
-
-
-def drone_environment(
-    drone_uuid: str,
-    meta_data: MachineMetaData,
-    translation: Mapping[str, float],
-    walltime: int,
-) -> dict[str, str]:
-    """The ``TardisDrone*`` variables a drone's job gets, in the overlay batch system's units.
-
-    Same semantics as TARDIS's ``SiteAdapter.drone_environment``: each meta
-    data value times the batch system's translation factor (HTCondor: cores,
-    MB, KB), whole numbers where possible; plus the uuid and the walltime in
-    seconds (what a startd needs for its lifetime).
-    """
-    environment = {}
-    for key in ("Cores", "Memory", "Disk"):
-        try:
-            factor = translation[key]
-        except KeyError:
-            raise ValueError(
-                f"the batch system's translation mapping has no factor for {key}"
-            ) from None
-        value = getattr(meta_data, key) * factor
-        environment[f"TardisDrone{key}"] = str(
-            int(value) if float(value).is_integer() else value
-        )
-    environment["TardisDroneUuid"] = drone_uuid
-    environment["TardisDroneWalltime"] = str(walltime)
-    return environment
+#: TimeUsed (%M) needs no time zone, unlike StartTime: with the site clock of
+#: the heartbeat collection it gives a job's start for the connect deadline.
+SQUEUE_FIELDS = ("JobId", "State", "Nodes", "Reason", "TimeUsed", "Name")
+SQUEUE_FORMAT = "%i|%T|%N|%r|%M|%j"
 
 
 def sbatch_command(
@@ -295,24 +201,8 @@ def squeue_command() -> str:
 # --------------------------------------------------------------------------
 
 
-class SlurmOutputError(ValueError):
-    """Slurm answered with output we cannot interpret; carries it for the log."""
-
-    def __init__(self, message: str, stdout: str = "", stderr: str = ""):
-        super().__init__(message)
-        self.stdout = stdout
-        self.stderr = stderr
-
-    def __str__(self) -> str:
-        return (
-            f"{self.args[0]} (stdout={_clip(self.stdout)!r}, "
-            f"stderr={_clip(self.stderr)!r})"
-        )
-
-
-def _clip(text: str, limit: int = 500) -> str:
-    text = text or ""
-    return text if len(text) <= limit else text[:limit] + "..."
+#: sbatch or squeue answered with output we cannot interpret
+SlurmOutputError = BatchOutputError
 
 
 #: a job id as Slurm prints it: 1234, array task 1234_7, pending array
@@ -340,21 +230,10 @@ def parse_sbatch_output(stdout: str, stderr: str = "") -> str:
     return found
 
 
-@dataclass(frozen=True)
-class JobInfo:
-    """One squeue line."""
-
-    job_id: str
-    state: str
-    nodes: str = ""
-    reason: str = ""
-    name: str = ""
-
-
 _STATE_WORD = re.compile(r"[A-Z][A-Z_]*")
 
 
-def parse_squeue_output(stdout: str) -> dict[str, JobInfo]:
+def parse_squeue_output(stdout: str) -> dict[str, JobRecord]:
     """Jobs by id from :data:`SQUEUE_FORMAT` lines; anything else makes the listing untrusted.
 
     Every non-blank line must be a whole job line: a line cut short
@@ -363,17 +242,14 @@ def parse_squeue_output(stdout: str) -> dict[str, JobInfo]:
     the job on that line as gone. (Login banners before squeue's output are
     cut off by the poller's markers, not here.)
     """
-    jobs: dict[str, JobInfo] = {}
+    jobs: dict[str, JobRecord] = {}
     for raw in (stdout or "").splitlines():
         line = raw.strip()
         if not line:
             continue
         parts = [part.strip() for part in line.split("|", len(SQUEUE_FIELDS) - 1)]
-        state = (
-            parts[1].split()[0].rstrip("+").upper()
-            if len(parts) > 1 and parts[1].split()
-            else ""
-        )
+        words = parts[1].split() if len(parts) > 1 else []
+        state = words[0].rstrip("+").upper() if words else ""
         if (
             len(parts) != len(SQUEUE_FIELDS)
             or not _JOB_ID.fullmatch(parts[0])
@@ -382,9 +258,31 @@ def parse_squeue_output(stdout: str) -> dict[str, JobInfo]:
             raise SlurmOutputError(
                 f"squeue printed a line that is not a job line: {line!r}", stdout
             )
-        job_id, _, nodes, reason, name = parts
-        jobs[job_id] = JobInfo(job_id, state, nodes, reason, name)
+        job_id, _, nodes, reason, used, name = parts
+        jobs[job_id] = JobRecord(
+            job_id=job_id,
+            name=name,
+            state=state,
+            status=map_state(state),
+            elapsed=parse_elapsed(used),
+            nodes=nodes,
+            reason=reason,
+            failed=state in FAILURE_STATES,
+        )
     return jobs
+
+
+#: squeue's TimeUsed (%M): [days-][hours:]minutes:seconds
+_ELAPSED = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)")
+
+
+def parse_elapsed(text: str) -> Optional[float]:
+    """Seconds from squeue's ``%M`` (TimeUsed); None for anything else."""
+    match = _ELAPSED.fullmatch(text.strip())
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 # --------------------------------------------------------------------------
@@ -430,391 +328,53 @@ FAILURE_STATES = frozenset(
 )
 
 
-def map_state(state: str, job_id: str = "?") -> Optional[ResourceStatus]:
+def map_state(state: str) -> Optional[ResourceStatus]:
     """ResourceStatus of a Slurm state; None for a state this table does not know.
 
     An unknown word (a newer Slurm, a state cut short) says nothing about the
     job, so the caller keeps the drone's previous state instead of guessing.
     """
-    try:
-        status = STATE_MAP[state]
-    except KeyError:
-        return None
-    if state in FAILURE_STATES:
-        logger.warning("job %s ended in Slurm state %s", job_id, state)
-    return status
+    return STATE_MAP.get(state)
 
 
-def is_final(state: str) -> bool:
-    """The job has ended (its ResourceStatus is Deleted)."""
-    return STATE_MAP.get(state) is ResourceStatus.Deleted
+_GONE = ("already completing or completed", "invalid job id")
 
 
-# --------------------------------------------------------------------------
-# bulk status: one executor call per site and cycle
-# --------------------------------------------------------------------------
+class SlurmDriver(BatchDriver):
+    """Slurm (>= 20.11, for ``squeue --me``) over the site's TARDIS executor."""
 
+    adapter_name = "NetSlurm"
+    system = "Slurm"
+    job_id_variable = "SLURM_JOB_ID"
+    site_commands = ("sbatch", "squeue", "scancel")
+    machine_type_options = SlurmMachineType
 
-class Probe(Protocol):
-    """Extra data gathered in the same executor call as squeue (e.g. heartbeats).
-
-    ``command`` is a shell snippet run after squeue succeeded; its stdout is
-    handed to ``parse`` and the result lands in ``StatusSnapshot.extras[name]``.
-    A probe must not fail the call: end its command with ``|| true``.
-    """
-
-    name: str
-    command: str
-
-    def parse(self, text: str) -> Any: ...
-
-
-@dataclass(frozen=True)
-class StatusSnapshot:
-    """What one refresh saw; ``started`` is taken before the command was sent."""
-
-    started: float
-    finished: float
-    jobs: Mapping[str, JobInfo]
-    extras: Mapping[str, Any] = field(default_factory=dict)
-
-    def by_name(self, name: str) -> Optional[JobInfo]:
-        """The newest job with this name (drones are named by their uuid)."""
-        matches = [job for job in self.jobs.values() if job.name == name]
-        return max(matches, key=lambda job: _id_key(job.job_id)) if matches else None
-
-
-def _id_key(job_id: str) -> tuple[int, str]:
-    digits = re.match(r"\d+", job_id)
-    return (int(digits.group(0)) if digits else -1, job_id)
-
-
-class StatusUnavailable(RuntimeError):
-    """The last refresh failed a moment ago; not retried yet to spare the login node."""
-
-
-class ListingUntrusted(RuntimeError):
-    """squeue answered, but not with an answer that can be taken as the whole truth."""
-
-
-#: lines around squeue's own output: whatever a login shell prints before it
-#: (banners) is ignored, and output that stops before the end marker was cut
-#: short and is not trusted.
-_MARKER = "@@tardis-netadapter:{}@@"
-SQUEUE_BEGIN = _MARKER.format("squeue")
-SQUEUE_END = _MARKER.format("squeue-end")
-
-#: how long an empty listing must persist, while jobs were active, before it is
-#: believed (longer than Slurm's default MinJobAge of 300 s, during which a
-#: finished job is still listed with its final state)
-TRUST_EMPTY_AFTER = 600.0
-
-
-class _Refresh:
-    """One running refresh and the callers waiting for it.
-
-    Each caller awaits a future of its own, settled by one callback when the
-    refresh ends: a cancelled caller cannot cancel the shared refresh. A
-    per-caller ``asyncio.shield`` would do the same with an extra future and
-    an extra event-loop hop per caller; at 5,000 drones that measured 1.7-1.9x
-    the stock adapter's CPU time per cycle instead of 0.8-0.95x
-    (benchmarks/adapter_scale.py).
-    """
-
-    __slots__ = ("task", "started", "waiters")
-
-    def __init__(self, task: asyncio.Future, started: float):
-        self.task = task
-        self.started = started
-        self.waiters: list[asyncio.Future] = []
-
-    def wait(self) -> asyncio.Future:
-        waiter = asyncio.get_running_loop().create_future()
-        self.waiters.append(waiter)
-        return waiter
-
-    def settle(self) -> Optional[BaseException]:
-        """Pass the outcome to every waiter; return the error, if any."""
-        task, waiters, self.waiters = self.task, self.waiters, []
-        if task.cancelled():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.cancel()
-            return None
-        error = task.exception()
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is not None:
-                waiter.set_exception(error)
-            else:
-                waiter.set_result(task.result())
-        return error
-
-
-class SitePoller:
-    """One bulk ``squeue`` per site, shared by every machine type and drone.
-
-    ``snapshot()`` returns the current snapshot while it is younger than
-    ``max_age`` seconds; otherwise one refresh runs and every concurrent
-    caller awaits that same refresh. A failed refresh is reported to every
-    waiter and, for ``retry_after`` seconds, to later callers too, so a dead
-    login node sees one attempt per interval, not one per drone.
-
-    A listing is never believed blindly: output cut short, a line that is not a
-    job line, or an empty listing while jobs were running (a login node's
-    hiccup) fail the refresh instead of reporting every drone gone; and a job
-    missing from one listing is only gone once a later listing misses it too
-    (:meth:`status_of`).
-
-    Probes (see :class:`Probe`) extend the same executor call; the
-    connectivity monitor adds its heartbeat collection this way.
-    """
-
-    def __init__(
+    def submit_command(
         self,
-        executor: Executor,
-        *,
-        max_age: float = 30.0,
-        retry_after: Optional[float] = None,
-        timeout: Optional[float] = None,
-        probes: Sequence[Probe] = (),
-        clock: Callable[[], float] = time.monotonic,
-        name: str = "",
-        trust_empty_after: float = TRUST_EMPTY_AFTER,
-    ):
-        self.executor = executor
-        self.max_age = max_age
-        self.retry_after = min(max_age, 10.0) if retry_after is None else retry_after
-        self.timeout = timeout
-        self.probes = list(probes)
-        self.clock = clock
-        self.name = name
-        self.trust_empty_after = trust_empty_after
-        self.calls = 0  # executor calls made, for tests and benchmarks
-        #: listings started before this cannot know jobs a previous process submitted
-        self.created = clock()
-        self._current: Optional[StatusSnapshot] = None
-        self._pending: Optional[_Refresh] = None
-        self._failure: Optional[tuple[float, BaseException]] = None
-        self._submitted: dict[str, float] = {}
-        self._active: set[str] = set()
-        self._empty_since: Optional[float] = None
-        self._missing: dict[str, float] = {}
-        self._unknown_states: set[tuple[str, str]] = set()
+        options: SlurmMachineType,
+        meta_data: MachineMetaData,
+        job_name: str,
+        environment: Mapping[str, str],
+        export: Sequence[str] = (),
+    ) -> str:
+        return sbatch_command(options, meta_data, job_name, environment, export)
 
-    # -- commands -----------------------------------------------------------
-    def add_probe(self, probe: Probe) -> None:
-        self.probes.append(probe)
+    def parse_submit(self, stdout: str, stderr: str = "") -> str:
+        return parse_sbatch_output(stdout, stderr)
 
-    def command(self) -> str:
-        """squeue between its markers, then each probe after a marker line, in one call."""
-        squeue = squeue_command()
-        if self.timeout is not None:
-            squeue = runner.limited(squeue, self.timeout)
-        parts = [
-            f"printf '%s\\n' {shlex.quote(SQUEUE_BEGIN)}",
-            squeue,
-            f"printf '%s\\n' {shlex.quote(SQUEUE_END)}",
-        ]
-        for probe in self.probes:
-            marker = shlex.quote(_MARKER.format(probe.name))
-            parts.append(f"printf '%s\\n' {marker} && {{ {probe.command}\n}}")
-        return " && ".join(parts)
+    def cancel_command(self, job_id: str, options: SlurmMachineType) -> str:
+        return scancel_command(job_id, options.TerminateOptions)
 
-    def parse(self, stdout: str, started: float, finished: float) -> StatusSnapshot:
-        """Split the output into squeue's part and each probe's part.
+    def already_gone(self, text: str) -> bool:
+        """scancel's wording for a job that finished or was purged already."""
+        text = (text or "").lower()
+        return any(phrase in text for phrase in _GONE)
 
-        Text before the begin marker (a login banner) is ignored; output
-        without the end marker was cut short and raises ListingUntrusted.
-        """
-        lines = (stdout or "").splitlines()
-        stripped = [line.strip() for line in lines]
-        if SQUEUE_BEGIN not in stripped:
-            raise ListingUntrusted(
-                f"{self.name}: squeue's output is missing (no begin marker)"
-            )
-        begin = stripped.index(SQUEUE_BEGIN)
-        if SQUEUE_END not in stripped[begin:]:
-            raise ListingUntrusted(
-                f"{self.name}: squeue's output was cut short (no end marker)"
-            )
-        end = stripped.index(SQUEUE_END, begin)
-        sections: dict[Optional[str], list[str]] = {None: lines[begin + 1 : end]}
-        current: Optional[str] = None
-        names = {_MARKER.format(probe.name): probe.name for probe in self.probes}
-        for line in lines[end + 1 :]:
-            if line.strip() in names:
-                current = names[line.strip()]
-                sections[current] = []
-            elif current is not None:
-                sections[current].append(line)
-        jobs = parse_squeue_output("\n".join(sections[None]))
-        extras = {
-            probe.name: probe.parse("\n".join(sections.get(probe.name, [])))
-            for probe in self.probes
-        }
-        return StatusSnapshot(started, finished, jobs, extras)
+    def list_command(self) -> str:
+        return squeue_command()
 
-    # -- refreshing ---------------------------------------------------------
-    async def snapshot(self, newer_than: Optional[float] = None) -> StatusSnapshot:
-        """A snapshot fresh enough for this cycle (or started after ``newer_than``)."""
-        now = self.clock()
-        current = self._current
-        if newer_than is None:
-            if current is not None and now - current.started <= self.max_age:
-                return current
-            if self._failure is not None and now - self._failure[0] < self.retry_after:
-                raise StatusUnavailable(
-                    f"{self.name}: squeue failed {now - self._failure[0]:.1f}s ago "
-                    f"({self._failure[1]!r}); retrying after {self.retry_after:.0f}s"
-                ) from self._failure[1]
-        elif current is not None and current.started >= newer_than:
-            return current
-        pending = self._pending
-        if pending is None or (newer_than is not None and pending.started < newer_than):
-            pending = self._start_refresh()
-        return await pending.wait()
+    def parse_listing(self, text: str) -> dict[str, JobRecord]:
+        return parse_squeue_output(text)
 
-    async def refresh(self) -> StatusSnapshot:
-        """Force a snapshot that started now or later."""
-        return await self.snapshot(newer_than=self.clock())
-
-    def _start_refresh(self) -> _Refresh:
-        started = self.clock()
-        pending = _Refresh(asyncio.ensure_future(self._refresh(started)), started)
-        self._pending = pending
-        pending.task.add_done_callback(lambda task: self._refresh_done(pending))
-        return pending
-
-    def _refresh_done(self, pending: _Refresh) -> None:
-        if self._pending is pending:
-            self._pending = None
-        error = pending.settle()
-        if error is not None:
-            self._failure = (self.clock(), error)
-
-    async def _refresh(self, started: float) -> StatusSnapshot:
-        self.calls += 1
-        command = self.command()
-        if self.timeout is not None:
-            result = await runner.run(self.executor, command, timeout=self.timeout)
-        else:
-            result = await self.executor.run_command(command)
-        snapshot = self.parse(result.stdout, started, self.clock())
-        self._check_plausible(snapshot)
-        if self._current is None or snapshot.started >= self._current.started:
-            self._current = snapshot
-            self._active = {
-                job.job_id for job in snapshot.jobs.values() if not is_final(job.state)
-            }
-        self._failure = None
-        logger.debug(
-            "%s: squeue listed %d jobs in %.2fs",
-            self.name,
-            len(snapshot.jobs),
-            snapshot.finished - started,
-        )
-        return snapshot
-
-    def _check_plausible(self, snapshot: StatusSnapshot) -> None:
-        """Refuse an empty listing while jobs were running, until it persists.
-
-        A login node in trouble can answer squeue with nothing and exit 0;
-        believed, that ends every drone while its job runs on. Jobs that end
-        stay listed (``--states=all``) for Slurm's MinJobAge, so a real end is
-        seen as a final state first; an empty listing is believed only after it
-        has lasted ``trust_empty_after`` seconds.
-        """
-        if snapshot.jobs:
-            self._empty_since = None
-            return
-        known = self._active | set(self._submitted)
-        if not known:
-            return
-        if self._empty_since is None:
-            self._empty_since = snapshot.started
-        empty_for = snapshot.started - self._empty_since
-        if empty_for < self.trust_empty_after:
-            raise ListingUntrusted(
-                f"{self.name}: squeue listed no jobs while {len(known)} were active; "
-                f"not believed until it stays empty for {self.trust_empty_after:.0f}s "
-                f"(empty for {empty_for:.0f}s)"
-            )
-        logger.warning(
-            "%s: squeue has listed no jobs for %.0fs while %d were active: believing it",
-            self.name,
-            empty_for,
-            len(known),
-        )
-
-    # -- per-drone answers ----------------------------------------------------
-    def note_submitted(self, job_id: str, at: Optional[float] = None) -> None:
-        """Remember when sbatch returned: snapshots started earlier cannot know the job."""
-        self._submitted[str(job_id)] = self.clock() if at is None else at
-
-    def status_of(
-        self, job_id: Optional[str], snapshot: StatusSnapshot
-    ) -> Optional[ResourceStatus]:
-        """The job's ResourceStatus in ``snapshot``; None when it cannot be told yet.
-
-        None (keep the drone's previous state) for a state this adapter does
-        not know, and for a job missing from this listing for the first time:
-        it is Deleted only when a listing started after this one finished
-        misses it too. A job submitted after the snapshot started is Booting:
-        the snapshot could not have listed it yet.
-        """
-        if job_id is None:
-            return ResourceStatus.Deleted
-        job_id = str(job_id)
-        job = snapshot.jobs.get(job_id)
-        if job is not None:
-            self._submitted.pop(job_id, None)
-            self._missing.pop(job_id, None)
-            status = map_state(job.state, job_id)
-            if status is None:
-                self._unknown_state(job)
-            return status
-        submitted = self._submitted.get(job_id)
-        if submitted is not None and snapshot.started < submitted:
-            return ResourceStatus.Booting
-        return self._confirm_missing(job_id, snapshot)
-
-    def _confirm_missing(
-        self, key: str, snapshot: StatusSnapshot
-    ) -> Optional[ResourceStatus]:
-        first_missed = self._missing.get(key)
-        if first_missed is None:
-            self._missing[key] = snapshot.finished
-            logger.info(
-                "%s: job %s is missing from squeue; gone only if the next listing "
-                "misses it too",
-                self.name,
-                key,
-            )
-            return None
-        if snapshot.started <= first_missed:  # the same listing, or one as old
-            return None
-        del self._missing[key]
-        self._submitted.pop(key, None)
-        return ResourceStatus.Deleted
-
-    def missing_by_name(self, name: str, snapshot: StatusSnapshot) -> bool:
-        """A drone without a known job: True once two listings missed its name."""
-        return self._confirm_missing(f"name:{name}", snapshot) is ResourceStatus.Deleted
-
-    def _unknown_state(self, job: JobInfo) -> None:
-        key = (job.job_id, job.state)
-        if key in self._unknown_states:
-            return
-        if len(self._unknown_states) > 10_000:  # bounded: one warning per pair
-            self._unknown_states.clear()
-        self._unknown_states.add(key)
-        logger.warning(
-            "%s: job %s (%s) is in Slurm state %r, which this adapter does not "
-            "know; keeping the drone's previous state",
-            self.name,
-            job.job_id,
-            job.name,
-            job.state,
-        )
+    def walltime_seconds(self, options: SlurmMachineType) -> int:
+        return options.walltime_seconds

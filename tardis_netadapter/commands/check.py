@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..batch import DRIVERS
 from ..config import NetworkProfile
 from ..paths import shell_path
-from ..siteconfig import ADAPTER_NAME, SiteSettings
+from ..siteconfig import SiteSettings
 from .sitecli import build_executor
 
 #: the marker that starts every line of the remote probe's answer
@@ -98,7 +99,11 @@ def offline_items(settings: SiteSettings) -> list[Item]:
         )
     for machine_type in settings.machine_types:
         script = render.render_drone_script(
-            profile, budget, settings.name, machine_type
+            profile,
+            budget,
+            site_name=settings.name,
+            machine_type=machine_type,
+            job_id_variable=settings.driver.job_id_variable,
         )
         items.append(_bash_syntax(machine_type, script))
     try:
@@ -165,7 +170,8 @@ def probe_script(settings: SiteSettings) -> str:
         f'mark() {{ printf \'{MARK} %s %s %s\\n\' "$1" "$2" "$3"; }}',
         'have() { if command -v "$1" >/dev/null 2>&1; then mark "cmd:$1" ok '
         '"$(command -v "$1")"; else mark "cmd:$1" fail missing; fi; }',
-        'for c in sbatch squeue scancel; do have "$c"; done',
+        f"for c in {' '.join(q(c) for c in settings.driver.site_commands)}; "
+        'do have "$c"; done',
     ]
     if profile.mode == "socks":
         lines.append("have ssh")
@@ -217,9 +223,6 @@ def _home(path: str) -> str:
 
 
 _FIXES = {
-    "cmd:sbatch": "the executor must log in where Slurm's client commands are on PATH",
-    "cmd:squeue": "the executor must log in where Slurm's client commands are on PATH",
-    "cmd:scancel": "the executor must log in where Slurm's client commands are on PATH",
     "cmd:ssh": "install openssh-client on the workers (checked here on the login node)",
     "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: loop",
     "cmd:proxychains4": "install proxychains4 (proxychains-ng) or set Network.chain.library",
@@ -257,6 +260,13 @@ def _fix(name: str) -> str:
         return (
             "the login node cannot open this port: ask the site, or reach it "
             "through an ssh hop on 443"
+        )
+    if name.startswith("cmd:") and any(
+        name[4:] in driver.site_commands for driver in DRIVERS.values()
+    ):
+        return (
+            "the executor must log in where the batch system's client commands "
+            "are on PATH"
         )
     return _FIXES.get(name, "")
 
@@ -303,7 +313,7 @@ def _sites(config: Path, requested: Optional[str]) -> list[str]:
     return [
         str(site.get("name"))
         for site in tardis.get("Sites") or []
-        if isinstance(site, Mapping) and site.get("adapter") == ADAPTER_NAME
+        if isinstance(site, Mapping) and site.get("adapter") in DRIVERS
     ]
 
 
@@ -320,7 +330,7 @@ def run(args: argparse.Namespace) -> int:
 
     sites = _sites(args.config, args.site)
     if not sites:
-        print(f"{args.config}: no {ADAPTER_NAME} site to check", file=sys.stderr)
+        print(f"{args.config}: no {'/'.join(DRIVERS)} site to check", file=sys.stderr)
         return 1
     ready = True
     for site in sites:

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"# tardis-netadapter render: site {args.site}, machine type "
             f"{args.machine_type}, drone {uuid}\n"
-            "# submitted as (the script below goes to sbatch's stdin):\n"
+            "# submitted as (the script below goes to the command's stdin):\n"
             f"# {submission.command}\n"
             "# ---- script (use --script-only for the exact bytes) ----"
         )

@@ -52,8 +52,9 @@ def _load(path: str) -> Any:
 
 
 def site_name(config: Path, requested: Optional[str]) -> str:
-    """The requested site, or the only NetSlurm site of the configuration."""
-    from ..siteconfig import ADAPTER_NAME, read_yaml, tardis_section
+    """The requested site, or the only site of the configuration run by this adapter."""
+    from ..batch import DRIVERS
+    from ..siteconfig import read_yaml, tardis_section
 
     if requested:
         return requested
@@ -61,12 +62,12 @@ def site_name(config: Path, requested: Optional[str]) -> str:
     names = [
         str(site.get("name"))
         for site in tardis.get("Sites") or []
-        if isinstance(site, Mapping) and site.get("adapter") == ADAPTER_NAME
+        if isinstance(site, Mapping) and site.get("adapter") in DRIVERS
     ]
     if len(names) != 1:
         raise ConfigurationError(
             [
-                f"{source}: Sites: {len(names)} {ADAPTER_NAME} sites "
+                f"{source}: Sites: {len(names)} {'/'.join(DRIVERS)} sites "
                 f"({', '.join(names) or 'none'}); choose one with --site"
             ]
         )

@@ -1,7 +1,7 @@
 """``tardis-netadapter status CONFIG``: each drone's path to the pool, right now.
 
-Runs the same single executor call as the adapter's poller (squeue with the
-heartbeat collection appended, plus squeue's TimeUsed for start times), judges
+Runs the same single executor call as the adapter's poller (the batch
+system's job listing, with run times, and the heartbeat collection), judges
 every drone with the adapter's own verdict function and prints a table, or JSON
 with stable keys (``--json``). Nothing is changed at the site. When the
 adapter's brake for the site is engaged (read from the state file the adapter
@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from ..batch import BatchDriver, SlurmDriver
+from ..batch.poller import SitePoller
 from ..brake import BrakeSnapshot, default_state_file, read_brake_state
-from ..connectivity.collect import ElapsedProbe
 from ..connectivity.collector_view import collector_uuids
 from ..connectivity.monitor import SiteMonitor
 from ..connectivity.report import (
@@ -71,14 +72,14 @@ async def collect_rows(
     timeout: Optional[float],
     collector: Optional[str] = None,
     all_jobs: bool = False,
+    driver: Optional[BatchDriver] = None,
 ) -> list[StatusRow]:
-    """One poller call (squeue + heartbeats + TimeUsed), then a row per drone."""
-    from ..batch.slurm import SitePoller
-
+    """One poller call (the job listing + heartbeats), then a row per drone."""
     poller = SitePoller(
+        driver or SlurmDriver(),
         executor,
         timeout=timeout,
-        probes=[monitor.probe, ElapsedProbe()],
+        probes=[monitor.probe],
         name=site,
     )
     snapshot = await poller.refresh()
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
                 settings.command_timeout,
                 collector,
                 args.all,
+                settings.driver,
             )
         )
     except Exception as error:  # any failure to reach the site: say so, no traceback

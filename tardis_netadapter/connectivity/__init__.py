@@ -27,7 +27,7 @@ from .collect import (
 )
 from .heartbeat import Heartbeat, Probe, parse_record, parse_records
 from .monitor import SiteMonitor
-from .verdict import Judgement, SlurmView, Timing, Verdict, judge
+from .verdict import JobView, Judgement, Timing, Verdict, judge
 
 __all__ = [
     "Collection",
@@ -36,7 +36,7 @@ __all__ = [
     "Judgement",
     "Probe",
     "SiteMonitor",
-    "SlurmView",
+    "JobView",
     "Timing",
     "Verdict",
     "cleanup_command",

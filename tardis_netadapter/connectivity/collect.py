@@ -14,7 +14,6 @@ and does not make drones look silent.
 from __future__ import annotations
 
 import logging
-import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -199,7 +198,7 @@ class HeartbeatStore:
 
 @dataclass(frozen=True)
 class HeartbeatProbe:
-    """The collection as a ``batch.slurm.Probe``: rides in the SitePoller's call.
+    """The collection as a ``batch.poller.Probe``: rides in the SitePoller's call.
 
     The poller prints its own marker before ``command`` and hands the lines
     after it to ``parse``; the result lands in ``snapshot.extras[name]``.
@@ -220,41 +219,3 @@ class HeartbeatProbe:
 
     def parse(self, text: str) -> Collection:
         return parse_collection(text)
-
-
-#: squeue's TimeUsed (%M): [days-][hours:]minutes:seconds
-_ELAPSED = re.compile(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)")
-
-
-def parse_elapsed(text: str) -> Optional[float]:
-    """Seconds from squeue's ``%M`` (TimeUsed); None for anything else."""
-    match = _ELAPSED.fullmatch(text.strip())
-    if not match:
-        return None
-    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
-
-
-@dataclass(frozen=True)
-class ElapsedProbe:
-    """How long each running job has run (``squeue %M``), by job name.
-
-    Slurm's TimeUsed needs no time zone, unlike StartTime; with the site clock
-    of the heartbeat collection it gives the start time for the connect
-    deadline when no first-seen time exists (a one-shot ``status``, or an
-    adapter just restarted).
-    """
-
-    name: str = "elapsed"
-    command: str = (
-        "squeue --me --noheader --states=running --format='%M|%j' 2>/dev/null || true"
-    )
-
-    def parse(self, text: str) -> dict[str, float]:
-        elapsed = {}
-        for line in text.splitlines():
-            used, _, job_name = line.partition("|")
-            seconds = parse_elapsed(used)
-            if seconds is not None and job_name.strip():
-                elapsed[job_name.strip()] = seconds
-        return elapsed

@@ -12,6 +12,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
+from tardis.interfaces.siteadapter import ResourceStatus
+
 from .collect import (
     Collection,
     HeartbeatProbe,
@@ -21,7 +23,7 @@ from .collect import (
     split_output,
 )
 from .heartbeat import UUID_PATTERN
-from .verdict import Judgement, SlurmView, Timing, Verdict, judge
+from .verdict import JobView, Judgement, Timing, Verdict, judge
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
 
@@ -55,14 +57,14 @@ class SiteMonitor:
         self,
         snapshot: Any,
         collector: Optional[set[str]] = None,
-        running_for: Optional[Mapping[str, float]] = None,
     ) -> dict[str, Judgement]:
-        """Ingest a SitePoller snapshot and judge every drone job in it.
+        """Ingest a poller snapshot and judge every drone job in it.
 
-        Duck-typed on ``batch.slurm.StatusSnapshot``: ``jobs`` (objects with
-        ``name`` and ``state``) and ``extras[self.probe.name]`` (a Collection).
-        Observing the same snapshot twice does nothing new. ``running_for``
-        (job name -> seconds, from ``ElapsedProbe``) gives start times.
+        Duck-typed on ``batch.poller.StatusSnapshot``: ``jobs`` (records with
+        ``name``, a TARDIS ``status`` and ``elapsed`` seconds) and
+        ``extras[self.probe.name]`` (a Collection). No batch system's words:
+        a job runs when its status is Running. Observing the same snapshot
+        twice does nothing new.
         """
         if self._observed is snapshot:
             return self.judgements
@@ -71,27 +73,27 @@ class SiteMonitor:
         collection = extras.get(self.probe.name)
         if isinstance(collection, Collection):
             self.store.update(collection)
-        running_for = running_for or extras.get("elapsed") or {}
-        views: dict[str, SlurmView] = {}
+        views: dict[str, JobView] = {}
         for job in getattr(snapshot, "jobs", {}).values():
             name = getattr(job, "name", "")
             if not UUID_PATTERN.fullmatch(name or ""):
                 continue
-            running = getattr(job, "state", "") == "RUNNING"
+            running = getattr(job, "status", None) is ResourceStatus.Running
             if name in views and views[name].running:
                 continue  # an older job of a resubmitted drone
             started = None
-            if running and name in running_for and self.store.now is not None:
-                started = self.store.now - running_for[name]
-            views[name] = SlurmView(running, started)
+            elapsed = getattr(job, "elapsed", None)
+            if running and elapsed is not None and self.store.now is not None:
+                started = self.store.now - elapsed
+            views[name] = JobView(running, started)
         return self.judge(views, collector)
 
     def judge(
         self,
-        jobs: Mapping[str, SlurmView],
+        jobs: Mapping[str, JobView],
         collector: Optional[set[str]] = None,
     ) -> dict[str, Judgement]:
-        """Verdicts for ``jobs`` (drone uuid -> Slurm view), remembered for lookup."""
+        """Verdicts for ``jobs`` (drone uuid -> the batch system's view), remembered."""
         now = self.store.now
         judgements = {}
         for uuid, view in jobs.items():
@@ -99,11 +101,11 @@ class SiteMonitor:
             if now is None:
                 # no complete collection yet: nothing can be concluded
                 judgements[uuid] = judge(
-                    SlurmView(view.running), None, 0.0, self.timing, in_collector
+                    JobView(view.running), None, 0.0, self.timing, in_collector
                 )
                 continue
             if view.running and view.started is None:
-                view = SlurmView(True, self.first_running.setdefault(uuid, now))
+                view = JobView(True, self.first_running.setdefault(uuid, now))
             judgements[uuid] = judge(
                 view, self.store.get(uuid), now, self.timing, in_collector
             )

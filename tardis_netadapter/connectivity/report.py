@@ -22,7 +22,7 @@ SCHEMA_VERSION = 1
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("uuid", "DRONE"),
     ("job_id", "JOB"),
-    ("slurm_state", "SLURM"),
+    ("batch_state", "STATE"),
     ("verdict", "VERDICT"),
     ("heartbeat_age", "HB AGE"),
     ("failing_stage", "STAGE"),
@@ -38,7 +38,8 @@ class StatusRow:
 
     uuid: str
     job_id: Optional[str]
-    slurm_state: str
+    #: the batch system's own word for the job's state (RUNNING, PENDING, ...)
+    batch_state: str
     verdict: str
     heartbeat_age: Optional[float] = None
     failing_stage: Optional[str] = None
@@ -52,7 +53,7 @@ class StatusRow:
 def make_row(
     uuid: str,
     job_id: Optional[str],
-    slurm_state: str,
+    batch_state: str,
     judgement: Judgement,
     heartbeat: Optional[Heartbeat],
 ) -> StatusRow:
@@ -60,7 +61,7 @@ def make_row(
     return StatusRow(
         uuid=uuid,
         job_id=job_id,
-        slurm_state=slurm_state,
+        batch_state=batch_state,
         verdict=judgement.verdict.value,
         heartbeat_age=judgement.heartbeat_age,
         failing_stage=judgement.failing_stage,
@@ -131,7 +132,9 @@ def to_json(
         "site": site,
         "site_time": site_time,
         "counts": counts(rows),
-        "drones": [asdict(row) for row in rows],
+        # slurm_state: the key's name before batch systems were pluggable,
+        # kept so scripts written against schema 1 go on working
+        "drones": [{**asdict(row), "slurm_state": row.batch_state} for row in rows],
     }
     document.update(extra or {})
     return json.dumps(document, indent=2, sort_keys=True)

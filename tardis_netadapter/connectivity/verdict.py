@@ -56,7 +56,7 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class SlurmView:
+class JobView:
     """The batch system's side: is the job running, and since when (if known)."""
 
     running: bool
@@ -76,7 +76,7 @@ class Judgement:
 
 
 def judge(
-    slurm: SlurmView,
+    job: JobView,
     heartbeat: Optional[Heartbeat],
     now: float,
     timing: Timing,
@@ -101,9 +101,9 @@ def judge(
             in_collector,
         )
 
-    if not slurm.running:
+    if not job.running:
         return result(Verdict.PENDING, "job is not running")
-    running_for = None if slurm.started is None else now - slurm.started
+    running_for = None if job.started is None else now - job.started
     past_deadline = running_for is not None and running_for > timing.connect_deadline
 
     if heartbeat is None or age is None:

@@ -189,7 +189,7 @@ class Watch:
                 row.failing_stage,
             ):
                 self.say(
-                    f"status: {row.uuid} job {row.job_id} {row.slurm_state} "
+                    f"status: {row.uuid} job {row.job_id} {row.batch_state} "
                     f"{row.verdict} stage={row.failing_stage} ({row.reason})"
                 )
         self.rows = {row.uuid: row for row in rows}

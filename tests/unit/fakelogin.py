@@ -55,16 +55,12 @@ class ShellExecutor:
 
 @pytest.fixture
 def login(tmp_path: Path) -> dict:
-    """A fake login node: squeue on PATH answering both formats, a heartbeat dir."""
+    """A fake login node: squeue on PATH (id|state|name|elapsed lines), a heartbeat dir."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     jobs = tmp_path / "jobs.txt"  # id|state|name|elapsed
     (bin_dir / "squeue").write_text(
-        "#!/bin/sh\n"
-        'case "$*" in\n'
-        f"  *%M*) awk -F'|' '$2==\"RUNNING\" {{print $4\"|\"$3}}' {jobs} ;;\n"
-        f"  *) awk -F'|' '{{print $1\"|\"$2\"|wn1|None|\"$3}}' {jobs} ;;\n"
-        "esac\n"
+        f'#!/bin/sh\nawk -F\'|\' \'{{print $1"|"$2"|wn1|None|"$4"|"$3}}\' {jobs}\n'
     )
     (bin_dir / "squeue").chmod(0o755)
     home = tmp_path / "home"

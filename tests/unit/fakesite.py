@@ -26,7 +26,7 @@ from tardis.utilities.attributedict import AttributeDict
 
 import tardis_netadapter
 from tardis_netadapter import siteadapter
-from tardis_netadapter.batch import slurm
+from tardis_netadapter.batch.poller import LISTING_BEGIN, LISTING_END
 from tardis_netadapter.siteadapter import NetSlurmAdapter
 
 HTCONDOR = AttributeDict(Cores=1, Memory=1024, Disk=1024 * 1024)
@@ -56,7 +56,7 @@ def first_command(command: str) -> list[str]:
 
 def squeue_output(lines: list[str]) -> str:
     """squeue's lines between the poller's markers, as the login node prints them."""
-    return "\n".join([slurm.SQUEUE_BEGIN, *lines, slurm.SQUEUE_END])
+    return "\n".join([LISTING_BEGIN, *lines, LISTING_END])
 
 
 class FakeExecutor:
@@ -90,7 +90,7 @@ class FakeExecutor:
             lines = []
             for job_id, entry in self.jobs.items():
                 state, name = entry.split("|")
-                lines.append(f"{job_id}|{state}|worker1|None|{name}")
+                lines.append(f"{job_id}|{state}|worker1|None|0:00|{name}")
             return AttributeDict(stdout=squeue_output(lines), stderr="", exit_code=0)
         if words[0] == "scancel":
             job_id = words[-1]
@@ -147,7 +147,7 @@ def renders(monkeypatch) -> list[tuple]:
     """A stand-in for render.render_drone_script (the drone-scripts work), counting calls."""
     calls: list[tuple] = []
 
-    def render_drone_script(profile, budget, site_name, machine_type):
+    def render_drone_script(profile, budget, site_name, machine_type, **_):
         calls.append((site_name, machine_type))
         return f"#!/bin/bash\n# {site_name} {machine_type} {profile.mode}\nexec true\n"
 

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tardis_netadapter.batch.slurm import parse_elapsed as slurm_elapsed
 from tardis_netadapter.connectivity.collect import (
     BEGIN,
     END,
-    ElapsedProbe,
     HeartbeatProbe,
     HeartbeatStore,
     cleanup_command,
     collection_command,
     combine_command,
     parse_collection,
-    parse_elapsed,
     prune_command,
     shell_path,
     split_output,
@@ -297,11 +296,6 @@ def test_probe_objects_fit_the_poller():
         f"{prune_command('~/hb', 7, 30)}; {collection_command('~/hb')}"
     )
     assert probe.parse(f"{BEGIN} 5\n{END}").complete
-    elapsed = ElapsedProbe()
-    assert elapsed.parse("1:02|d-1\n1-02:03:04|d-2\nINVALID|d-3\n\n5:00|") == {
-        "d-1": 62.0,
-        "d-2": 93784.0,
-    }
 
 
 @pytest.mark.parametrize(
@@ -315,6 +309,9 @@ def test_probe_objects_fit_the_poller():
     ],
 )
 def test_parse_elapsed(text, seconds):
+    """Slurm's TimeUsed, read by the Slurm driver from the one listing per cycle."""
+    from tardis_netadapter.batch.slurm import parse_elapsed
+
     assert parse_elapsed(text) == seconds
 
 
@@ -348,4 +345,4 @@ def test_monitoring_keys_are_validated(monitoring, fragment):
 def test_a_uuid_with_a_trailing_newline_is_no_heartbeat_and_not_removed():
     assert parse_record(record("d-1\n")) is None
     assert cleanup_command("~/.hb", ["d-1\n"]) is None
-    assert parse_elapsed("1:00\n") == 60.0  # stripped first, then matched whole
+    assert slurm_elapsed("1:00\n") == 60.0  # stripped first, then matched whole

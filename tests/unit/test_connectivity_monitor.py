@@ -12,13 +12,14 @@ from types import SimpleNamespace
 import pytest
 from aioprometheus import Registry, render
 from fakelogin import ShellExecutor, record, write_heartbeat
+from tardis.interfaces.siteadapter import ResourceStatus
 
 from tardis_netadapter import cli
-from tardis_netadapter.batch.slurm import SitePoller
+from tardis_netadapter.batch import SlurmDriver
+from tardis_netadapter.batch.poller import SitePoller
 from tardis_netadapter.connectivity.collect import (
     BEGIN,
     END,
-    ElapsedProbe,
     parse_collection,
 )
 from tardis_netadapter.connectivity.collector_view import (
@@ -59,7 +60,7 @@ def test_one_executor_call_gives_squeue_heartbeats_and_verdicts(login):
     write_heartbeat(login, record("netlab-gone", now - 9999))
     executor = ShellExecutor(login["env"])
     monitor = SiteMonitor("~/hb", TIMING)
-    poller = SitePoller(executor, probes=[monitor.probe, ElapsedProbe()], name="NetLab")
+    poller = SitePoller(SlurmDriver(), executor, probes=[monitor.probe], name="NetLab")
     snapshot = asyncio.run(poller.refresh())
     assert executor.calls == 1
     assert sorted(snapshot.jobs) == ["11", "12", "13", "14", "15"]
@@ -84,7 +85,7 @@ def test_one_executor_call_gives_squeue_heartbeats_and_verdicts(login):
 
 def test_first_seen_running_starts_the_deadline():
     monitor = SiteMonitor("~/hb", TIMING)
-    job = SimpleNamespace(name="netlab-aaa", state="RUNNING", job_id="1")
+    job = SimpleNamespace(name="netlab-aaa", status=ResourceStatus.Running, job_id="1")
 
     def snapshot(site_time: float):
         collection = parse_collection(f"{BEGIN} {site_time}\n{END}")
@@ -99,7 +100,7 @@ def test_first_seen_running_starts_the_deadline():
 
 def test_no_complete_collection_concludes_nothing():
     monitor = SiteMonitor("~/hb", TIMING)
-    job = SimpleNamespace(name="netlab-aaa", state="RUNNING", job_id="1")
+    job = SimpleNamespace(name="netlab-aaa", status=ResourceStatus.Running, job_id="1")
     cut = parse_collection(f"{BEGIN} 5000\n")  # no END: cut short
     judgements = monitor.observe(
         SimpleNamespace(jobs={"1": job}, extras={"heartbeats": cut})
@@ -110,9 +111,15 @@ def test_no_complete_collection_concludes_nothing():
 def test_resubmitted_drone_uses_its_running_job():
     monitor = SiteMonitor("~/hb", TIMING)
     jobs = {
-        "1": SimpleNamespace(name="netlab-aaa", state="RUNNING", job_id="1"),
-        "2": SimpleNamespace(name="netlab-aaa", state="CANCELLED", job_id="2"),
-        "3": SimpleNamespace(name="not a drone/..", state="RUNNING", job_id="3"),
+        "1": SimpleNamespace(
+            name="netlab-aaa", status=ResourceStatus.Running, job_id="1"
+        ),
+        "2": SimpleNamespace(
+            name="netlab-aaa", status=ResourceStatus.Deleted, job_id="2"
+        ),
+        "3": SimpleNamespace(
+            name="not a drone/..", status=ResourceStatus.Running, job_id="3"
+        ),
     }
     collection = parse_collection(f"{BEGIN} 100\n{END}")
     judgements = monitor.observe(
@@ -258,7 +265,7 @@ def test_render_table():
     assert lines[0].split() == [
         "DRONE",
         "JOB",
-        "SLURM",
+        "STATE",
         "VERDICT",
         "HB",
         "AGE",
@@ -302,6 +309,7 @@ def test_json_keys_are_stable():
     assert set(document["drones"][0]) == {
         "uuid",
         "job_id",
+        "batch_state",
         "slurm_state",
         "verdict",
         "heartbeat_age",
@@ -403,7 +411,9 @@ def test_the_poll_prunes_records_no_drone_has_touched_for_a_week(login):
     orphan = login["hb"] / "netlab-0123456789.json"
     os.utime(orphan, (now - 9 * 86400, now - 9 * 86400))
     monitor = SiteMonitor("~/hb", TIMING)
-    poller = SitePoller(ShellExecutor(login["env"]), probes=[monitor.probe], name="S")
+    poller = SitePoller(
+        SlurmDriver(), ShellExecutor(login["env"]), probes=[monitor.probe], name="S"
+    )
     snapshot = asyncio.run(poller.refresh())
     assert not orphan.exists()
     assert (login["hb"] / "netlab-aaa.json").exists()

@@ -9,7 +9,7 @@ import pytest
 
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.connectivity.heartbeat import Heartbeat, Probe
-from tardis_netadapter.connectivity.verdict import SlurmView, Timing, Verdict, judge
+from tardis_netadapter.connectivity.verdict import JobView, Timing, Verdict, judge
 from tardis_netadapter.keepalive import derive_budget
 
 T = Timing(interval=30, grace=120, connect_deadline=600)
@@ -40,25 +40,25 @@ def hb(
     )
 
 
-RUN = SlurmView(True, STARTED)
-YOUNG = SlurmView(True, NOW - 100)
+RUN = JobView(True, STARTED)
+YOUNG = JobView(True, NOW - 100)
 
 CASES = [
     # (name, slurm, heartbeat, collector, verdict, stage)
-    ("queued", SlurmView(False), None, None, Verdict.PENDING, None),
+    ("queued", JobView(False), None, None, Verdict.PENDING, None),
     (
         "queued with a stale record",
-        SlurmView(False),
+        JobView(False),
         hb(age=9999),
         None,
         Verdict.PENDING,
         None,
     ),
     ("young, no record", YOUNG, None, None, Verdict.CONNECTING, None),
-    ("start unknown, no record", SlurmView(True), None, None, Verdict.CONNECTING, None),
+    ("start unknown, no record", JobView(True), None, None, Verdict.CONNECTING, None),
     (
         "at deadline, no record",
-        SlurmView(True, NOW - 600),
+        JobView(True, NOW - 600),
         None,
         None,
         Verdict.CONNECTING,
@@ -66,7 +66,7 @@ CASES = [
     ),
     (
         "past deadline, no record",
-        SlurmView(True, NOW - 601),
+        JobView(True, NOW - 601),
         None,
         None,
         Verdict.NEVER_CONNECTED,
@@ -174,7 +174,7 @@ CASES = [
     ),
     (
         "never ok, failing > grace, before deadline",
-        SlurmView(True, NOW - 500),
+        JobView(True, NOW - 500),
         hb(ok=False, failing_since=NOW - 490, stage="tunnel"),
         None,
         Verdict.CONNECTING,
@@ -267,7 +267,7 @@ def test_cut_link_is_lost_within_grace_plus_two_intervals():
                         failing_stage="chain",
                     )
             if tick % 30 == 15 and record is not None:  # poller, off phase
-                verdict = judge(SlurmView(True, 0.0), record, now, T).verdict
+                verdict = judge(JobView(True, 0.0), record, now, T).verdict
                 if now < cut + T.grace:
                     assert verdict is not Verdict.LOST, (phase, now)
                 if verdict is Verdict.LOST:

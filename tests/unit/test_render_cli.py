@@ -16,6 +16,7 @@ from tardis.configuration.configuration import Configuration
 
 import tardis_netadapter
 from tardis_netadapter import cli, siteadapter
+from tardis_netadapter import site as sites
 from tardis_netadapter.siteconfig import load_site_from_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def fake_render(monkeypatch):
     """render.render_drone_script is the drone-scripts work; a recorder stands in."""
     calls = []
 
-    def render_drone_script(profile, budget, site_name, machine_type):
+    def render_drone_script(profile, budget, site_name, machine_type, **_):
         calls.append((site_name, machine_type, profile, budget))
         return SCRIPT
 
@@ -218,7 +219,7 @@ def test_shipped_configs_build_a_tardis_pool(tmp_path, monkeypatch, path, site):
     try:
         with cobald_load(str(config)):
             pass
-        state = siteadapter._SITES[site]
+        state = sites.get(site)
         assert state.settings.name == site
     finally:
         Configuration._shared_state.clear()

@@ -28,6 +28,7 @@ from tardis.utilities.attributedict import AttributeDict
 
 from tardis_netadapter import siteadapter
 from tardis_netadapter.batch import slurm
+from tardis_netadapter.batch.poller import StatusUnavailable
 from tardis_netadapter.failures import StatusUndecided
 from tardis_netadapter.schema import ConfigurationError
 from tardis_netadapter.siteadapter import NetadapterTimeout, NetSlurmAdapter
@@ -300,7 +301,7 @@ TRANSIENT = [
     (EOFError(), TardisResourceStatusUpdateFailed),
     (asyncio.TimeoutError(), TardisTimeout),
     (slurm.SlurmOutputError("no id", "out", "err"), TardisResourceStatusUpdateFailed),
-    (slurm.StatusUnavailable("later"), TardisResourceStatusUpdateFailed),
+    (StatusUnavailable("later"), TardisResourceStatusUpdateFailed),
     (
         UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad"),
         TardisResourceStatusUpdateFailed,
@@ -385,8 +386,8 @@ def test_a_shared_failure_is_warned_once_not_per_drone(adapter, caplog):
         ):
             raise error
     try:
-        raise slurm.StatusUnavailable("later") from error
-    except slurm.StatusUnavailable as later:
+        raise StatusUnavailable("later") from error
+    except StatusUnavailable as later:
         with (
             pytest.raises(TardisResourceStatusUpdateFailed),
             adapter.handle_exceptions(),
@@ -434,7 +435,7 @@ async def test_a_timed_out_sbatch_is_found_by_name_later(configure, executor):
 async def test_an_unresolved_drone_is_not_cancelled_as_done_while_its_job_may_appear(
     adapter, executor
 ):
-    adapter._state.unresolved["netlab-0123456789"] = adapter.poller.clock() + 60
+    adapter.site.unresolved["netlab-0123456789"] = adapter.poller.clock() + 60
     with pytest.raises(StatusUndecided):
         await adapter.terminate_resource(drone())
     executor.jobs["55"] = "PENDING|netlab-0123456789"

@@ -116,7 +116,7 @@ async def test_without_monitoring_heartbeats_are_not_collected(configure, login)
 async def test_metrics_are_set_once_per_cycle_not_once_per_drone(
     configure, login, monkeypatch
 ):
-    from tardis_netadapter import siteadapter
+    from tardis_netadapter import site as sites
     from tardis_netadapter.connectivity.metrics import ConnectivityMetrics
 
     updates = []
@@ -127,7 +127,7 @@ async def test_metrics_are_set_once_per_cycle_not_once_per_drone(
     async def no_exporter(metrics, port):
         return None
 
-    monkeypatch.setattr(siteadapter, "serve", no_exporter)
+    monkeypatch.setattr(sites, "serve", no_exporter)
     executor = ShellExecutor(login["env"])
     network = {**MONITORED, "monitoring": {"heartbeat_dir": "~/hb", "metrics_port": 9}}
     configure(site_section(executor, Network=network))

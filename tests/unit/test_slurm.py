@@ -8,12 +8,10 @@ import pytest
 from tardis.interfaces.siteadapter import ResourceStatus
 
 from tardis_netadapter.batch import slurm
-from tardis_netadapter.batch.slurm import (
-    MachineMetaData,
-    OptionSet,
-    SlurmMachineType,
-    SlurmOutputError,
-)
+from tardis_netadapter.batch.driver import JobRecord
+from tardis_netadapter.batch.options import OptionSet
+from tardis_netadapter.batch.slurm import SlurmMachineType, SlurmOutputError
+from tardis_netadapter.machine import MachineMetaData, drone_environment
 from tardis_netadapter.schema import ConfigurationError, load
 
 HOSTILE = "a b;rm -rf /"
@@ -30,7 +28,7 @@ META = MachineMetaData(Cores=8, Memory=16, Disk=20)
 
 
 def env(uuid: str = "netlab-0123456789") -> dict[str, str]:
-    return slurm.drone_environment(uuid, META, HTCONDOR, 7200)
+    return drone_environment(uuid, META, HTCONDOR, 7200)
 
 
 def words_after(words: list[str], flag: str) -> str:
@@ -52,15 +50,13 @@ def test_drone_environment_uses_translation_units():
 
 def test_drone_environment_keeps_fractions():
     meta = MachineMetaData(Cores=1, Memory=2.5, Disk=0.5)
-    result = slurm.drone_environment(
-        "x", meta, {"Cores": 1, "Memory": 1, "Disk": 1}, 60
-    )
+    result = drone_environment("x", meta, {"Cores": 1, "Memory": 1, "Disk": 1}, 60)
     assert result["TardisDroneMemory"] == "2.5"
 
 
 def test_drone_environment_needs_every_factor():
     with pytest.raises(ValueError, match="Disk"):
-        slurm.drone_environment("x", META, {"Cores": 1, "Memory": 1}, 60)
+        drone_environment("x", META, {"Cores": 1, "Memory": 1}, 60)
 
 
 # -- sbatch command ------------------------------------------------------------
@@ -157,7 +153,7 @@ def test_squeue_command():
         "--me",
         "--noheader",
         "--states=all",
-        "--format=%i|%T|%N|%r|%j",
+        "--format=%i|%T|%N|%r|%M|%j",
     ]
 
 
@@ -294,21 +290,28 @@ def test_parse_sbatch_output_refuses(stdout):
 
 def test_parse_squeue_output_shapes():
     stdout = (
-        "101|RUNNING|worker1|None|netlab-aaa\n"
-        "102|PENDING||Resources|netlab-bbb\n"
+        "101|RUNNING|worker1|None|1:02|netlab-aaa\n"
+        "102|PENDING||Resources|0:00|netlab-bbb\n"
         "\n"
-        "103_4|COMPLETED|worker2|None|array task\n"
-        "104_[1-5%2]|PENDING||JobArrayTaskLimit|array\n"
-        "105+0|RUNNING|worker1|None|het\n"
-        "106|CANCELLED by 1000|worker1|None|name|with|pipes\n"
-        "107|running|w|None|lower\n"
+        "103_4|COMPLETED|worker2|None|5:00|array task\n"
+        "104_[1-5%2]|PENDING||JobArrayTaskLimit|0:00|array\n"
+        "105+0|RUNNING|worker1|None|1-00:00:00|het\n"
+        "106|CANCELLED by 1000|worker1|None|0:01|name|with|pipes\n"
+        "107|running|w|None|0:00|lower\n"
         "   \n"
     )
     jobs = slurm.parse_squeue_output(stdout)
     assert set(jobs) == {"101", "102", "103_4", "104_[1-5%2]", "105+0", "106", "107"}
-    assert jobs["101"] == slurm.JobInfo(
-        "101", "RUNNING", "worker1", "None", "netlab-aaa"
+    assert jobs["101"] == JobRecord(
+        job_id="101",
+        name="netlab-aaa",
+        state="RUNNING",
+        status=ResourceStatus.Running,
+        elapsed=62.0,
+        nodes="worker1",
+        reason="None",
     )
+    assert jobs["105+0"].elapsed == 86400.0
     assert jobs["102"].nodes == "" and jobs["102"].reason == "Resources"
     assert jobs["106"].state == "CANCELLED"
     assert jobs["106"].name == "name|with|pipes"
@@ -323,10 +326,10 @@ def test_parse_squeue_empty_means_no_jobs():
 @pytest.mark.parametrize(
     "stdout",
     [
-        "5|RUNNING|n|None|d\n1001|RUNN\n",  # a line cut short
-        "CLUSTER: jureca\n5|RUNNING|n|None|d\n",  # not a job line
-        "squeue: warning: x\n5|RUNNING|n|None|d\n",
-        "5||n|None|d\n",  # no state
+        "5|RUNNING|n|None|0:00|d\n1001|RUNN\n",  # a line cut short
+        "CLUSTER: jureca\n5|RUNNING|n|None|0:00|d\n",  # not a job line
+        "squeue: warning: x\n5|RUNNING|n|None|0:00|d\n",
+        "5||n|None|0:00|d\n",  # no state
     ],
 )
 def test_a_listing_with_a_line_that_is_not_a_job_is_not_trusted(stdout):
@@ -389,10 +392,10 @@ def test_map_state(state, status):
 
 def test_unknown_state_says_nothing():
     """An unknown word (a newer Slurm, a state cut short) keeps the previous state."""
-    assert slurm.map_state("HIBERNATING", "42") is None
-    assert slurm.map_state("RUNN", "42") is None
+    assert slurm.map_state("HIBERNATING") is None
+    assert slurm.map_state("RUNN") is None
 
 
-def test_failure_states_are_logged(caplog):
-    slurm.map_state("OUT_OF_MEMORY", "42")
-    assert "job 42 ended in Slurm state OUT_OF_MEMORY" in caplog.text
+def test_failure_states_are_marked_for_the_operator():
+    jobs = slurm.parse_squeue_output("42|OUT_OF_MEMORY|w|None|1:00|d\n")
+    assert jobs["42"].failed and jobs["42"].final

@@ -9,7 +9,8 @@ from tardis.exceptions.executorexceptions import CommandExecutionFailure
 from tardis.interfaces.siteadapter import ResourceStatus
 from tardis.utilities.attributedict import AttributeDict
 
-from tardis_netadapter.batch import slurm
+from tardis_netadapter.batch import SlurmDriver, slurm
+from tardis_netadapter.batch import poller as batch_poller
 
 
 class Clock:
@@ -40,14 +41,21 @@ class FakeExecutor:
             raise self.fail_with
         if self.stdout_override is not None:
             return AttributeDict(stdout=self.stdout_override, stderr="", exit_code=0)
-        lines = [f"{i}|{state}|node|None|drone-{i}" for i, state in self.jobs.items()]
-        stdout = "\n".join([slurm.SQUEUE_BEGIN, *lines, slurm.SQUEUE_END]) + "\n"
+        lines = [
+            f"{i}|{state}|node|None|0:00|drone-{i}" for i, state in self.jobs.items()
+        ]
+        stdout = (
+            "\n".join([batch_poller.LISTING_BEGIN, *lines, batch_poller.LISTING_END])
+            + "\n"
+        )
         return AttributeDict(stdout=stdout, stderr="", exit_code=0)
 
 
 def listing(*lines: str) -> str:
     """squeue's lines between the poller's markers, as the login node prints them."""
-    return "\n".join([slurm.SQUEUE_BEGIN, *lines, slurm.SQUEUE_END]) + "\n"
+    return (
+        "\n".join([batch_poller.LISTING_BEGIN, *lines, batch_poller.LISTING_END]) + "\n"
+    )
 
 
 @pytest.fixture
@@ -55,8 +63,10 @@ def clock() -> Clock:
     return Clock()
 
 
-def poller_for(executor, clock, **kwargs) -> slurm.SitePoller:
-    return slurm.SitePoller(executor, clock=clock, name="NetLab", **kwargs)
+def poller_for(executor, clock, **kwargs) -> batch_poller.SitePoller:
+    return batch_poller.SitePoller(
+        SlurmDriver(), executor, clock=clock, name="NetLab", **kwargs
+    )
 
 
 async def test_concurrent_callers_share_one_call(clock):
@@ -152,7 +162,7 @@ async def test_failure_reaches_every_waiter_and_is_not_retried_at_once(clock):
     assert all(isinstance(r, CommandExecutionFailure) for r in results)
     assert len(executor.commands) == 1
     clock.now += 1
-    with pytest.raises(slurm.StatusUnavailable):
+    with pytest.raises(batch_poller.StatusUnavailable):
         await poller.snapshot()
     assert len(executor.commands) == 1
     executor.fail_with = None
@@ -190,9 +200,9 @@ async def test_garbage_is_an_error_not_an_empty_queue(clock):
 async def test_by_name_finds_newest_job(clock):
     executor = FakeExecutor()
     executor.stdout_override = listing(
-        "9|COMPLETED|n|None|netlab-x",
-        "10|PENDING||None|netlab-x",
-        "11|RUNNING|n|None|other",
+        "9|COMPLETED|n|None|0:00|netlab-x",
+        "10|PENDING||None|0:00|netlab-x",
+        "11|RUNNING|n|None|0:00|other",
     )
     snapshot = await poller_for(executor, clock).snapshot()
     assert snapshot.by_name("netlab-x").job_id == "10"
@@ -213,9 +223,9 @@ async def test_probe_extends_the_same_executor_call(clock):
     executor = FakeExecutor()
     probe = HeartbeatProbe()
     poller = poller_for(executor, clock, probes=[probe])
-    marker = slurm._MARKER.format("heartbeats")
+    marker = batch_poller._MARKER.format("heartbeats")
     executor.stdout_override = (
-        listing("5|RUNNING|n|None|netlab-a")
+        listing("5|RUNNING|n|None|0:00|netlab-a")
         + f"{marker}\nnetlab-a 1700000000\nnetlab-b 1700000003\n"
     )
     snapshot = await poller.snapshot()
@@ -233,7 +243,9 @@ async def test_probe_extends_the_same_executor_call(clock):
 def test_probe_command_is_valid_shell(tmp_path):
     import subprocess
 
-    poller = slurm.SitePoller(FakeExecutor(), probes=[HeartbeatProbe()])
+    poller = batch_poller.SitePoller(
+        SlurmDriver(), FakeExecutor(), probes=[HeartbeatProbe()]
+    )
     result = subprocess.run(
         ["bash", "-n", "-c", poller.command()], capture_output=True, text=True
     )
@@ -262,10 +274,12 @@ async def test_an_empty_listing_while_jobs_run_is_not_believed(clock):
     await poller.snapshot()
     executor.jobs.clear()
     clock.now += 31
-    with pytest.raises(slurm.ListingUntrusted, match="no jobs while 2 were active"):
+    with pytest.raises(
+        batch_poller.ListingUntrusted, match="no jobs while 2 were active"
+    ):
         await poller.snapshot()
     clock.now += 300
-    with pytest.raises(slurm.ListingUntrusted):
+    with pytest.raises(batch_poller.ListingUntrusted):
         await poller.refresh()
     # an emptiness that lasts longer than Slurm keeps finished jobs is believed
     clock.now += 301
@@ -283,14 +297,18 @@ async def test_an_empty_listing_without_active_jobs_is_believed(clock):
 
 async def test_output_cut_short_is_not_trusted(clock):
     executor = FakeExecutor()
-    executor.stdout_override = f"{slurm.SQUEUE_BEGIN}\n5|RUNNING|n|None|d\n"
-    with pytest.raises(slurm.ListingUntrusted, match="cut short"):
+    executor.stdout_override = (
+        f"{batch_poller.LISTING_BEGIN}\n5|RUNNING|n|None|0:00|d\n"
+    )
+    with pytest.raises(batch_poller.ListingUntrusted, match="cut short"):
         await poller_for(executor, clock).snapshot()
 
 
 async def test_a_login_banner_before_the_listing_is_ignored(clock):
     executor = FakeExecutor()
-    executor.stdout_override = "Welcome to JURECA!\n" + listing("5|RUNNING|n|None|d")
+    executor.stdout_override = "Welcome to JURECA!\n" + listing(
+        "5|RUNNING|n|None|0:00|d"
+    )
     snapshot = await poller_for(executor, clock).snapshot()
     assert list(snapshot.jobs) == ["5"]
 
@@ -308,3 +326,15 @@ async def test_an_unknown_state_is_undecided_and_warned_once(clock, caplog):
 async def test_the_squeue_runs_under_a_time_limit_on_the_login_node(clock):
     poller = poller_for(FakeExecutor(), clock, timeout=40)
     assert "timeout -k 5 30 squeue" in poller.command()
+
+
+async def test_a_job_that_ended_in_a_failure_state_is_warned_once(clock, caplog):
+    executor = FakeExecutor({"42": "OUT_OF_MEMORY", "43": "RUNNING"})
+    poller = poller_for(executor, clock, max_age=0)
+    for _ in range(2):
+        clock.now += 1
+        assert poller.status_of("42", await poller.snapshot()) is ResourceStatus.Deleted
+    warnings = [
+        r.getMessage() for r in caplog.records if "OUT_OF_MEMORY" in r.getMessage()
+    ]
+    assert warnings == ["NetLab: job 42 (drone-42) ended in Slurm state OUT_OF_MEMORY"]

@@ -22,7 +22,7 @@ import pytest
 
 from tardis_netadapter.connectivity.heartbeat import parse_record
 from tardis_netadapter.connectivity.startd_cron import startd_cron_knobs
-from tardis_netadapter.connectivity.verdict import SlurmView, Timing, Verdict, judge
+from tardis_netadapter.connectivity.verdict import JobView, Timing, Verdict, judge
 
 WATCHDOG = Path(__file__).resolve().parents[2] / "drone_scripts" / "lib" / "watchdog.sh"
 UUID = "netlab-0123456789"
@@ -152,9 +152,7 @@ def test_healthy_drone_is_connected_for_the_adapter(site, listener):
     assert data["last_ok"] == data["time"] and data["failing_since"] is None
     record = parse_record(json.dumps(data))
     timing = Timing(30, 90, 300)
-    judgement = judge(
-        SlurmView(True, record.time - 10), record, record.time + 1, timing
-    )
+    judgement = judge(JobView(True, record.time - 10), record, record.time + 1, timing)
     assert judgement.verdict is Verdict.CONNECTED
 
 

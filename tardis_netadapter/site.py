@@ -1,0 +1,226 @@
+"""One site: its settings, batch driver, poller, monitor, metrics, brake and drone scripts.
+
+TARDIS builds one adapter per machine type and knows nothing of sites beyond
+their names, yet a site's drones must share one listing per cycle, one
+connectivity monitor, one brake and the scripts rendered once. A
+:class:`Site` holds all of that; the adapter (siteadapter.py) and the CLI
+(``render``, ``status``, ``check``) use the same object, so what the CLI shows
+is what a drone gets.
+
+The only module-level state is the table of sites by name (:func:`site_for`),
+because TARDIS gives each adapter nothing but the site's name and section.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from tardis.interfaces.executor import Executor
+
+from .batch import BatchDriver, runner
+from .batch.poller import Probe, SitePoller
+from .brake import SiteBrake, default_state_file
+from .connectivity.metrics import ConnectivityMetrics, serve
+from .connectivity.monitor import SiteMonitor
+from .connectivity.verdict import Timing
+from .machine import drone_environment
+from .siteconfig import SiteSettings, load_site_settings
+
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.site")
+
+#: HTCondor's unit translation (cores, MB, KB), used when no batch system says otherwise
+HTCONDOR_TRANSLATION = {"Cores": 1, "Memory": 1024, "Disk": 1024 * 1024}
+#: seconds a listing is reused when neither the site nor TARDIS says otherwise
+DEFAULT_MAX_AGE = 30.0
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What one drone gets: the submit command line and the script on its stdin."""
+
+    command: str
+    script: str
+
+
+class Site:
+    """Everything shared by the drones of one site, built once from its settings."""
+
+    def __init__(
+        self,
+        settings: SiteSettings,
+        executor: Optional[Executor] = None,
+        *,
+        max_age: Optional[float] = None,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.driver: BatchDriver = settings.driver
+        self.executor = executor
+        self.brake = SiteBrake(
+            self.name, settings.brake, state_file=default_state_file(self.name)
+        )
+        #: drones whose submit outcome is unknown -> when a late job can no longer appear
+        self.unresolved: dict[str, float] = {}
+        self._scripts: dict[str, str] = {}
+        self.monitor: Optional[SiteMonitor] = None
+        self.metrics: Optional[ConnectivityMetrics] = None
+        self._exporter: Optional[asyncio.Future] = None
+        self._metered: Any = None
+        self.poller = self._new_poller(executor, max_age)
+
+    # -- status --------------------------------------------------------------------
+    def _new_poller(
+        self, executor: Optional[Executor], max_age: Optional[float]
+    ) -> SitePoller:
+        """One listing per cycle; with monitoring, heartbeats ride in the same call."""
+        settings = self.settings
+        probes: list[Probe] = []
+        monitoring = settings.profile.monitoring
+        if monitoring.enabled:
+            self.monitor = SiteMonitor(
+                monitoring.heartbeat_dir,
+                Timing.from_budget(settings.budget),
+                timeout=max(1, int(min(30, settings.command_timeout))),  # 0: no limit
+            )
+            probes = [self.monitor.probe]
+            if monitoring.metrics_port:
+                self.metrics = ConnectivityMetrics()
+        if settings.status_max_age is not None:
+            max_age = settings.status_max_age
+        return SitePoller(
+            self.driver,
+            executor,
+            max_age=DEFAULT_MAX_AGE if max_age is None else max_age,
+            timeout=settings.command_timeout,
+            probes=probes,
+            name=self.name,
+        )
+
+    def use_executor(self, executor: Executor, max_age: Optional[float]) -> None:
+        """A new executor (a reloaded configuration): a new poller and monitor for it."""
+        if self.poller.executor is not executor:
+            self.poller = self._new_poller(executor, max_age)
+            self.executor = executor
+
+    def update_metrics(self, snapshot: Any) -> None:
+        """Set the site's gauges once per listing, not once per drone."""
+        if self.metrics is None or self.monitor is None or self._metered is snapshot:
+            return
+        self._metered = snapshot
+        if self._exporter is None:
+            port = self.settings.profile.monitoring.metrics_port
+            self._exporter = asyncio.ensure_future(serve(self.metrics, int(port)))
+            self._exporter.add_done_callback(_log_exporter_failure)
+        self.metrics.update(
+            self.name, self.monitor.judgements, self.monitor.store.records
+        )
+        self.metrics.update_brake(self.name, self.brake.snapshot())
+
+    # -- commands ------------------------------------------------------------------
+    async def run(self, command: str, stdin_input: Optional[str] = None) -> Any:
+        """One batch command, limited on the login node and here alike."""
+        timeout = self.settings.command_timeout
+        return await runner.run(
+            self.executor,
+            runner.limited(command, timeout),
+            timeout=timeout,
+            stdin_input=stdin_input,
+        )
+
+    @property
+    def late_job_margin(self) -> float:
+        """How long after a submit was given up on its job may still appear."""
+        return self.settings.command_timeout + runner.KILL_AFTER
+
+    # -- what a drone gets -----------------------------------------------------------
+    def script(self, machine_type: str) -> str:
+        """The rendered drone script of a machine type, rendered once and cached."""
+        if machine_type not in self._scripts:
+            from . import render  # late: the renderer pulls in the templates
+
+            self._scripts[machine_type] = render.render_drone_script(
+                self.settings.profile,
+                self.settings.budget,
+                site_name=self.name,
+                machine_type=machine_type,
+                job_id_variable=self.driver.job_id_variable,
+            )
+        return self._scripts[machine_type]
+
+    def submission(
+        self,
+        machine_type: str,
+        drone_uuid: str,
+        translation: Optional[Mapping[str, float]] = None,
+    ) -> Submission:
+        """The exact submit command and script for one drone (adapter and CLI alike)."""
+        kind = self.settings.machine_types[machine_type]
+        environment = drone_environment(
+            drone_uuid,
+            kind.meta_data,
+            translation or HTCONDOR_TRANSLATION,
+            self.driver.walltime_seconds(kind.batch),
+        )
+        command = self.driver.submit_command(
+            kind.batch,
+            kind.meta_data,
+            drone_uuid,
+            environment,
+            export=self.settings.export_environment,
+        )
+        return Submission(command=command, script=self.script(machine_type))
+
+
+def _log_exporter_failure(task: asyncio.Future) -> None:
+    """The metrics exporter is optional: its failure is logged, never raised."""
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("connectivity metrics exporter failed: %r", task.exception())
+
+
+# ------------------------------------------------------------------------------------
+# the sites of this process, by name
+# ------------------------------------------------------------------------------------
+
+_SITES: dict[str, tuple[Any, Site]] = {}
+
+
+def site_for(
+    site_name: str,
+    section: Any,
+    driver: BatchDriver,
+    executor: Executor,
+    max_age: Optional[float] = None,
+) -> Site:
+    """The site of this name, validated once; again only if its section object changed."""
+    known = _SITES.get(site_name)
+    if known is not None and known[0] is section:
+        site = known[1]
+        site.use_executor(executor, max_age)
+        return site
+    site = Site(
+        load_site_settings(site_name, section, driver), executor, max_age=max_age
+    )
+    _SITES[site_name] = (section, site)
+    logger.info(
+        "%s: site valid (%s, network mode %s, ssh keepalive %ss)",
+        site_name,
+        driver.system,
+        site.settings.profile.mode,
+        site.settings.budget.server_alive_interval,
+    )
+    return site
+
+
+def get(site_name: str) -> Optional[Site]:
+    """The site of this name once an adapter has built it (hook for tests and probes)."""
+    known = _SITES.get(site_name)
+    return known[1] if known is not None else None
+
+
+def forget_all() -> None:
+    """Forget every site (tests, configuration reloads)."""
+    _SITES.clear()
