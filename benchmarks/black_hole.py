@@ -3,14 +3,15 @@
 
 Brings up its own lab (``--name``, default ``tnbh``), makes the payload
 stand-in exit at once (``lab fault payload exit``), runs the real COBalD
-daemon with configs/lab.yml at a fixed demand of ``--drones`` drones and,
-unless ``--no-brake``, the site brake ``{after: 2, min_lifetime: 30,
-backoff: 10, max_backoff: 40}``; counts the drone jobs Slurm saw every 2 s
-and prints them with the bound ``daemon.brake_bound`` derives from the
-settings. The lab is always torn down.
+daemon with configs/lab.yml at a fixed demand of ``--drones`` drones and the
+site brake ``--brake``: ``small`` (``{after: 2, min_lifetime: 30, backoff:
+10, max_backoff: 40}``, printed with the bound ``daemon.brake_bound`` derives
+from it), ``default`` (the shipped defaults) or ``off``; counts the drone
+jobs Slurm saw every 2 s. The lab is always torn down.
 
-    python benchmarks/black_hole.py --minutes 10            # braked
-    python benchmarks/black_hole.py --minutes 10 --no-brake # today's behaviour
+    python benchmarks/black_hole.py --minutes 10                   # small brake
+    python benchmarks/black_hole.py --minutes 10 --brake default   # shipped defaults
+    python benchmarks/black_hole.py --minutes 10 --brake off       # no brake
 
 Needs root and the lab's packages (docs/lab.md). The CI-sized check with the
 same settings is tests/lab/test_lab_never_lose.py::test_black_hole_site_is_braked_and_recovers
@@ -44,19 +45,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--drones", type=int, default=3, help="fixed demand/quota")
-    parser.add_argument("--no-brake", action="store_true", help="no brake: key")
+    parser.add_argument(
+        "--brake",
+        choices=("small", "default", "off"),
+        default="small",
+        help="small: the CI test's settings; default: no brake key (the "
+        "shipped defaults); off: brake.enabled false (TARDIS's own behaviour)",
+    )
     parser.add_argument("--name", default="tnbh", help="lab name (default tnbh)")
     parser.add_argument("--keep", metavar="DIR", help="copy the daemon's files here")
     args = parser.parse_args(argv)
     window = 60 * args.minutes
     replace = fixed_demand(args.drones)
-    if not args.no_brake:
-        replace = with_brake(replace, **BRAKE)
     result: dict = {"minutes": args.minutes, "drones": args.drones}
-    result["brake"] = None if args.no_brake else BRAKE
-    result["bound"] = brake_bound(
-        window, args.drones, BRAKE["after"], BRAKE["backoff"], BRAKE["max_backoff"]
-    )
+    if args.brake == "small":
+        replace = with_brake(replace, **BRAKE)
+        result["brake"] = BRAKE
+        result["bound"] = brake_bound(
+            window, args.drones, BRAKE["after"], BRAKE["backoff"], BRAKE["max_backoff"]
+        )
+    elif args.brake == "off":
+        replace = {**replace, "  NetLab:\n": "  NetLab:\n    brake: {enabled: false}\n"}
+        result["brake"] = "off"
+    else:
+        result["brake"] = "shipped defaults"
     lab = Lab(name=args.name, workers=2)
     with tempfile.TemporaryDirectory() as tmp, lab:
         faults.set_payload(lab.layout, "exit")
