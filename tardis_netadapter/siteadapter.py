@@ -157,6 +157,7 @@ def drone_script(settings: SiteSettings, machine_type: str) -> str:
             settings.budget,
             site_name=settings.name,
             machine_type=machine_type,
+            job_id_variable="SLURM_JOB_ID",  # until the batch driver declares it
         )
     return _SCRIPTS[key]
 

@@ -147,7 +147,7 @@ def renders(monkeypatch) -> list[tuple]:
     """A stand-in for render.render_drone_script (the drone-scripts work), counting calls."""
     calls: list[tuple] = []
 
-    def render_drone_script(profile, budget, site_name, machine_type):
+    def render_drone_script(profile, budget, site_name, machine_type, **_):
         calls.append((site_name, machine_type))
         return f"#!/bin/bash\n# {site_name} {machine_type} {profile.mode}\nexec true\n"
 

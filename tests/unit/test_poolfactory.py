@@ -65,7 +65,7 @@ def clean_state(monkeypatch):
     monkeypatch.delattr(sites, "netslurm", raising=False)
     rendered: list[tuple] = []
 
-    def render_drone_script(profile, budget, site_name, machine_type):
+    def render_drone_script(profile, budget, site_name, machine_type, **_):
         rendered.append((site_name, machine_type))
         return "#!/bin/bash\nexec true\n"
 

@@ -29,7 +29,7 @@ def fake_render(monkeypatch):
     """render.render_drone_script is the drone-scripts work; a recorder stands in."""
     calls = []
 
-    def render_drone_script(profile, budget, site_name, machine_type):
+    def render_drone_script(profile, budget, site_name, machine_type, **_):
         calls.append((site_name, machine_type, profile, budget))
         return SCRIPT
 
