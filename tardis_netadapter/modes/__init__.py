@@ -42,12 +42,13 @@ def register(mode: Union[Mode, ModuleType], *, replace: bool = False) -> Mode:
     problems = mode.problems()
     if mode.name in _MODES and not replace:
         problems.append(f"mode {mode.name!r} is already registered")
-    common = set(NetworkProfile.__dataclass_fields__)
+    common = NetworkProfile.__dataclass_fields__
+    for name, spec in mode.profile_class.__dataclass_fields__.items():
+        if name in common and name != "mode" and spec.type != common[name].type:
+            problems.append(f"section {name!r} is part of the common profile")
     for section in mode.sections():
         owner = owner_of(section)
-        if section in common:
-            problems.append(f"section {section!r} is part of the common profile")
-        elif owner is not None and owner.name != mode.name:
+        if owner is not None and owner.name != mode.name:
             problems.append(f"section {section!r} belongs to mode {owner.name!r}")
     if problems:
         raise ValueError(f"cannot register mode {mode.name!r}: " + "; ".join(problems))
