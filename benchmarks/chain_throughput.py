@@ -86,7 +86,13 @@ def start_drone(lab: Lab, stack: ExitStack) -> tuple[str, str]:
     """Submit the drone; return its work directory and job id once the tunnel is up."""
     drone_uuid = f"bench-{uuid.uuid4().hex[:8]}"
     profile = load_profile(profile_data())
-    script = render_drone_script(profile, derive_budget(profile), "NetLab", "bench")
+    script = render_drone_script(
+        profile,
+        derive_budget(profile),
+        site_name="NetLab",
+        machine_type="bench",
+        job_id_variable="SLURM_JOB_ID",
+    )
     result = lab.run(
         "login",
         ["sbatch", "--parsable", "-w", "worker1", "-o", f"{drone_uuid}.out"]

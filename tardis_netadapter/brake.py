@@ -55,7 +55,7 @@ from tardis.exceptions.tardisexceptions import (
 )
 from tardis.interfaces.siteadapter import ResourceStatus
 
-from .schema import load
+from .schema import load, plain
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.brake")
 
@@ -116,9 +116,8 @@ def load_brake(section_value: Any, path: str) -> BrakeSettings:
     Raises schema.ConfigurationError listing every problem, each with its key
     path (``path`` is e.g. ``NetLab.brake``), the bad value and the fix.
     """
-    from .config import _plain  # AttributeDicts from TARDIS become plain dicts
 
-    return load(BrakeSettings, _plain(section_value), path)
+    return load(BrakeSettings, plain(section_value), path)  # AttributeDicts too
 
 
 def check_against_walltimes(

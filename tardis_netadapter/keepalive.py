@@ -18,14 +18,15 @@ docs/keepalive.md explains this with the lab measurements.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
 from typing import TYPE_CHECKING, Optional
 
+from . import modes
 from .schema import ConfigurationError
 
-if TYPE_CHECKING:  # only for hints: config imports this module to check the budget
-    from .config import NetworkProfile
+if TYPE_CHECKING:
+    from .profile import NetworkProfile
 
 #: HTCondor's own defaults (seconds) for the knobs the budget may lower.
 CONDOR_DEFAULTS: dict[str, int] = {
@@ -56,6 +57,8 @@ class KeepaliveBudget:
     watchdog_interval: int = 30
     grace: int = 90
     connect_deadline: int = MIN_CONNECT_DEADLINE
+    #: the network mode's own legs (tardis_netadapter/modes/), first in legs()
+    mode_legs: tuple[tuple[str, str], ...] = ()
 
     @property
     def dead_tunnel_detection(self) -> int:
@@ -67,17 +70,14 @@ class KeepaliveBudget:
         if not self.enabled:
             return [("all legs", "nothing: keepalive is switched off")]
         return [
-            (
-                "worker -> login ssh",
-                f"ServerAliveInterval={self.server_alive_interval}s",
-            ),
-            ("login -> pool (sshd-opened legs)", self._knob("CCB_HEARTBEAT_INTERVAL")),
-            ("startd -> collector updates", self._knob("UPDATE_INTERVAL")),
-            ("schedd <-> startd claim", self._knob("ALIVE_INTERVAL")),
-            ("starter -> shadow", self._knob("STARTER_UPDATE_INTERVAL")),
+            *self.mode_legs,
+            ("startd -> collector updates", self.knob_text("UPDATE_INTERVAL")),
+            ("schedd <-> startd claim", self.knob_text("ALIVE_INTERVAL")),
+            ("starter -> shadow", self.knob_text("STARTER_UPDATE_INTERVAL")),
         ]
 
-    def _knob(self, name: str) -> str:
+    def knob_text(self, name: str) -> str:
+        """``NAME=Ns``, or that HTCondor's default applies (for the legs)."""
         value = self.condor_knobs.get(name)
         return f"{name}={value}s" if value else f"{name} (HTCondor default)"
 
@@ -169,7 +169,7 @@ def derive_budget(profile: NetworkProfile, path: str = "Network") -> KeepaliveBu
         )
     if problems:
         raise ConfigurationError(problems)
-    return KeepaliveBudget(
+    budget = KeepaliveBudget(
         idle_timeout=timeout,
         enabled=keepalive.enabled,
         server_alive_interval=server_alive if keepalive.enabled else 0,
@@ -179,6 +179,8 @@ def derive_budget(profile: NetworkProfile, path: str = "Network") -> KeepaliveBu
         grace=grace,
         connect_deadline=deadline,
     )
+    mode_legs = modes.get(profile.mode).legs(profile, budget)
+    return replace(budget, mode_legs=tuple(mode_legs))
 
 
 def _monitoring(

@@ -252,3 +252,12 @@ def load(cls: type[T], data: Any, path: str) -> T:
     if problems or instance is None:
         raise ConfigurationError(problems or [f"{path}: invalid"])
     return instance
+
+
+def plain(data: Any) -> Any:
+    """Turn TARDIS AttributeDicts (and tuples) into plain dicts and lists."""
+    if isinstance(data, dict) or hasattr(data, "items"):
+        return {key: plain(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [plain(item) for item in data]
+    return data

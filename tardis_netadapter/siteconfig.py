@@ -22,10 +22,10 @@ import yaml
 
 from .batch import DRIVERS, BatchDriver, SlurmDriver, driver_for
 from .brake import BrakeSettings, check_against_walltimes, load_brake
-from .config import NetworkProfile, _plain, load_profile
-from .keepalive import KeepaliveBudget, derive_budget
+from .config import NetworkProfile, load_profile_and_budget
+from .keepalive import KeepaliveBudget
 from .machine import MachineMetaData
-from .schema import ConfigurationError, load
+from .schema import ConfigurationError, load, plain
 
 #: keys of the site section and what they are for (for error messages)
 SITE_KEYS = {
@@ -118,8 +118,7 @@ def load_site_settings(
     else:
         path = f"{site_name}.Network"
         try:
-            profile = load_profile(section["Network"], path=path)
-            budget = derive_budget(profile, path=path)
+            profile, budget = load_profile_and_budget(section["Network"], path=path)
         except ConfigurationError as error:
             problems += error.problems
 
@@ -286,7 +285,7 @@ def _machine_types(
                 problems.append(f"{path}: missing; every machine type needs one")
                 continue
             try:
-                parts[kind] = load(cls, _plain(tables[kind][name]), path)
+                parts[kind] = load(cls, plain(tables[kind][name]), path)
             except ConfigurationError as error:
                 problems += error.problems
         if len(parts) == 2:

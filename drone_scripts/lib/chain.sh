@@ -7,6 +7,20 @@
 
 CHAIN_ENV=()
 
+# What the chain adds to the payload (lib/payload.sh composes it).
+PAYLOAD_ENVIRONMENT+=(chain_environment)
+
+# The chain's LD_PRELOAD and configuration for the payload; without a
+# container a preload library the site itself set is kept after ours.
+chain_environment() {
+    if ((${#CHAIN_ENV[@]})); then
+        PAYLOAD_ENV+=("${CHAIN_ENV[@]}")
+        if [[ $CONTAINER_RUNTIME == none && -n ${LD_PRELOAD:-} ]]; then
+            PAYLOAD_ENV+=("${CHAIN_ENV[0]} $LD_PRELOAD") # keep the site's own
+        fi
+    fi
+}
+
 # The preload library: the configured one, else the first usual place.
 chain_library() {
     if [[ -n $CHAIN_LIBRARY ]]; then
@@ -75,6 +89,8 @@ chain_stage() {
             fail chain "$EXIT_CHAIN" "cannot write $conf"
         CHAIN_ENV=("LD_PRELOAD=$library" "TSOCKS_CONF_FILE=$conf")
     fi
+    # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
+    PATH_PROBE_PREFIX=(env "${CHAIN_ENV[@]}")
     if ! wait_until "$CHAIN_READY_TIMEOUT_MS" chain_probe; then
         stage_unready chain "$EXIT_CHAIN" chain_probe \
             "the pool's collector $CHAIN_PROBE_HOST:$CHAIN_PROBE_PORT" \

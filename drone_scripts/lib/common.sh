@@ -4,6 +4,7 @@
 # quoted settings block of drone.sh.j2.
 
 # One exit code per stage (docs/drone-script.md); 128+N for a signal.
+# shellcheck disable=SC2034  # tunnel and chain: used by mode socks's libraries
 readonly EXIT_SETUP=5 EXIT_CVMFS=10 EXIT_TUNNEL=20 EXIT_CHAIN=30
 readonly EXIT_CONTAINER=40 EXIT_PAYLOAD=50
 
@@ -11,6 +12,33 @@ DRONE_UUID=${TardisDroneUuid:-}
 DRONE_DIR=""
 DRONE_START_US=""
 CLEANUP=()
+
+# What the stages add to the payload: each library registers its functions
+# here when it is inserted, in library order (the first layer is outermost);
+# lib/payload.sh composes them, so a mode adds wrappers without editing it.
+#   PAYLOAD_ENVIRONMENT   functions appending NAME=VALUE words to PAYLOAD_ENV
+#   PAYLOAD_LAYERS        functions printing the words (NUL-terminated) of a
+#                         command put before the payload that runs the rest
+#   PAYLOAD_ENV_CARRIERS  functions true when their layer takes the payload's
+#                         environment itself (then no `env` before the payload)
+#   PAYLOAD_BEFORE_START  functions run just before the payload starts
+#   PAYLOAD_STARTED       functions run once it started (PID, start time)
+#   PAYLOAD_VERDICTS      functions printing "CODE STAGE REASON" when their
+#                         layer ended the command line (STATUS), else nothing
+PAYLOAD_ENVIRONMENT=()
+PAYLOAD_LAYERS=()
+PAYLOAD_ENV_CARRIERS=()
+PAYLOAD_BEFORE_START=()
+PAYLOAD_STARTED=()
+PAYLOAD_VERDICTS=()
+
+# The drone's path to the pool as its network mode set it up, for the watchdog:
+# the words a probe is run with to go the payload's way (e.g. env LD_PRELOAD=...)
+# and a process whose death means the path is down (a tunnel's supervisor).
+# shellcheck disable=SC2034  # read by lib/monitoring.sh (monitoring enabled)
+PATH_PROBE_PREFIX=()
+# shellcheck disable=SC2034
+PATH_SUPERVISOR_PID=""
 
 # Microseconds since the epoch, without a fork (bash 5's EPOCHREALTIME).
 now_us() {
@@ -28,7 +56,7 @@ seconds_since() {
     printf '%d.%02d' $((elapsed / 1000000)) $((elapsed % 1000000 / 10000))
 }
 
-# One timestamped line on stderr (Slurm puts it into the job's output).
+# One timestamped line on stderr (the batch system puts it into the job's output).
 log() {
     local now=${EPOCHREALTIME:-}
     if [[ -z $now ]]; then
@@ -112,16 +140,6 @@ port_open() {
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
-# TEXT with each @TARDIS_PORT_<i>@ replaced by the i-th local port this drone
-# chose (TUNNEL_PORTS: 0 the SOCKS port, i forward i; set by the tunnel stage).
-with_ports() {
-    local text=$1 index
-    for index in "${!TUNNEL_PORTS[@]}"; do
-        text=${text//"@TARDIS_PORT_$index@"/${TUNNEL_PORTS[index]}}
-    done
-    printf '%s\n' "$text"
-}
-
 # True when PID is ANCESTOR or descends from it (parents from /proc/PID/stat).
 pid_descends() {
     local pid=$1 ancestor=$2 stat
@@ -194,6 +212,7 @@ drone_setup() {
         fail setup "$EXIT_SETUP" "cannot create a work directory in ${TMPDIR:-/tmp}"
     mkdir -p "$DRONE_DIR/stages" "$DRONE_DIR/bin"
     run_hook watchdog_setup
-    log "drone of site $SITE_NAME, machine type $MACHINE_TYPE, on $(hostname)," \
-        "job ${SLURM_JOB_ID:-none}, work directory $DRONE_DIR"
+    log "drone of site $SITE_NAME, machine type $MACHINE_TYPE, network mode" \
+        "$NETWORK_MODE, on $(hostname)," \
+        "job ${TNA_JOB_ID:-none}, work directory $DRONE_DIR"
 }

@@ -6,6 +6,49 @@
 
 CONTAINER_ARGV=()
 
+# What the container adds to the payload (lib/payload.sh composes it): its
+# command line, inside it the CVMFS check, and the payload's environment
+# through an --env-file (the runtime itself never runs under the chain).
+PAYLOAD_LAYERS+=(container_layer)
+PAYLOAD_ENV_CARRIERS+=(container_carries_env)
+PAYLOAD_BEFORE_START+=(container_write_env)
+PAYLOAD_VERDICTS+=(container_verdict)
+
+container_layer() {
+    local dirs=()
+    if ((${#CONTAINER_ARGV[@]})); then
+        printf '%s\0' "${CONTAINER_ARGV[@]}"
+        payload_enter container
+        if [[ $CVMFS_ACTIVE_MODE != none ]]; then
+            mapfile -d '' dirs < <(cvmfs_dirs)
+            payload_enter cvmfs-inside "${dirs[@]}"
+        fi
+    fi
+}
+
+container_carries_env() {
+    ((${#CONTAINER_ARGV[@]}))
+}
+
+container_write_env() {
+    if ((${#CONTAINER_ARGV[@]})); then
+        container_env_file "${PAYLOAD_ENV[@]}" >"$DRONE_DIR/container.env" ||
+            fail container "$EXIT_CONTAINER" "cannot write $DRONE_DIR/container.env"
+    fi
+}
+
+# STATUS: the runtime ended before the payload, or CVMFS was not inside.
+container_verdict() {
+    local status=$1 marks=$DRONE_DIR/stages
+    if ((${#CONTAINER_ARGV[@]})) && [[ ! -e $marks/container ]]; then
+        echo "$EXIT_CONTAINER container ${CONTAINER_ARGV[0]} exited with status" \
+            "$status before the payload started"
+    elif ((${#CONTAINER_ARGV[@]})) && [[ $CVMFS_ACTIVE_MODE != none && ! -e $marks/cvmfs-inside ]]; then
+        echo "$EXIT_CVMFS cvmfs ${CVMFS_REPOSITORIES[*]} not visible at /cvmfs" \
+            "inside the container"
+    fi
+}
+
 container_stage() {
     local started image bind
     started=$(now_us)

@@ -11,6 +11,64 @@ CVMFS_TOOLS=""
 CVMFS_ROOT=""
 CVMFS_MOUNTED=()
 
+# What CVMFS adds to the payload (lib/payload.sh composes it).
+PAYLOAD_ENVIRONMENT+=(cvmfs_environment)
+PAYLOAD_LAYERS+=(cvmfs_layer)
+PAYLOAD_STARTED+=(cvmfs_track_layers)
+PAYLOAD_VERDICTS+=(cvmfs_verdict)
+
+# Where CVMFS is visible and through which proxy, for the payload.
+cvmfs_environment() {
+    if [[ -n $CVMFS_ROOT ]]; then
+        PAYLOAD_ENV+=("TARDIS_CVMFS_ROOT=$CVMFS_ROOT"
+            "TARDIS_CVMFS_HTTP_PROXY=$CVMFS_HTTP_PROXY")
+    fi
+}
+
+# /cvmfs/REPO for each repository: what the markers check before going on.
+cvmfs_dirs() {
+    local repo
+    for repo in "${CVMFS_REPOSITORIES[@]}"; do
+        printf '%s\0' "/cvmfs/$repo"
+    done
+}
+
+# cvmfsexec mounts the repositories in a namespace around the rest.
+cvmfs_layer() {
+    local dirs=()
+    if [[ $CVMFS_ACTIVE_MODE == cvmfsexec ]]; then
+        mapfile -d '' dirs < <(cvmfs_dirs)
+        printf '%s\0' "$CVMFS_TOOLS/cvmfsexec" "${CVMFS_REPOSITORIES[@]}" --
+        payload_enter cvmfs "${dirs[@]}"
+    fi
+}
+
+# STATUS: cvmfsexec or singcvmfs ended before their layer was up.
+cvmfs_verdict() {
+    local status=$1 marks=$DRONE_DIR/stages
+    if [[ $CVMFS_ACTIVE_MODE == cvmfsexec && ! -e $marks/cvmfs ]]; then
+        echo "$EXIT_CVMFS cvmfs cvmfsexec exited with status $status before" \
+            "${CVMFS_REPOSITORIES[*]} were visible at /cvmfs"
+    elif [[ $CVMFS_ACTIVE_MODE == singcvmfs && ! -e $marks/container ]]; then
+        echo "$EXIT_CVMFS cvmfs singcvmfs exited with status $status before" \
+            "the container started"
+    fi
+}
+
+# When cvmfsexec or singcvmfs mount around the payload, log the mount as the
+# cvmfs stage once the layers are up (or the command line ended).
+cvmfs_track_layers() {
+    local launched=$2 marks=$DRONE_DIR/stages
+    case $CVMFS_ACTIVE_MODE in
+    cvmfsexec | singcvmfs) ;;
+    *) return 0 ;;
+    esac
+    wait_until $((CVMFS_MOUNT_TIMEOUT_S * 1000)) payload_layers_done
+    if [[ -e $marks/payload ]]; then
+        stage_ready cvmfs "$launched"
+    fi
+}
+
 # cvmfs resolves names itself, past the chain: the proxy is a numeric address,
 # written where every mode's cvmfs2 reads it (DIST/etc/cvmfs/default.d). The
 # file is shared by every drone of the site: a proxy through a forward with a

@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # monitoring.sh: feed the connectivity watchdog (lib/watchdog.sh) this drone's
-# identity, stages, chain and tunnel, and start it once the chain works (or,
-# when the tunnel or chain is not ready in time, at once: see stage_unready).
+# identity, stages and path to the pool (PATH_PROBE_PREFIX, PATH_SUPERVISOR_PID,
+# set by the network mode's stages), and start it once the path works (or,
+# when a stage of the path is not ready in time, at once: see stage_unready).
 # Included only when monitoring is enabled; the stages report through run_hook.
 
 # From drone_setup: the watchdog's identity and files, so stages can report.
@@ -12,22 +13,20 @@ watchdog_setup() {
     TNA_POOL_ENDPOINTS=${MONITORING_ENDPOINTS[*]}
     TNA_RUN_DIR=$DRONE_DIR/watchdog
     TNA_TUNNEL_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
+    TNA_STAGES=("${MONITORING_STAGES[@]}")
     local stage
-    for stage in cvmfs tunnel chain payload; do
+    for stage in "${TNA_STAGES[@]}"; do
         tna_stage "$stage" pending
     done
 }
 
-# The watchdog with the tunnel and chain as they are now (it is a background
-# process: what is set later does not reach it, so it is restarted then).
-# [PID]: the tunnel supervisor to watch (default TUNNEL_PID; empty: none).
+# The watchdog with the path as it is now (it is a background process: what
+# is set later does not reach it, so it is restarted then).
+# [PID]: the supervisor to watch (default PATH_SUPERVISOR_PID; empty: none).
 watchdog_run() {
     watchdog_stop
-    TNA_TUNNEL_PID=${1-$TUNNEL_PID}
-    TNA_CHAIN_PREFIX=()
-    if ((${#CHAIN_ENV[@]})); then
-        TNA_CHAIN_PREFIX=(env "${CHAIN_ENV[@]}")
-    fi
+    TNA_TUNNEL_PID=${1-$PATH_SUPERVISOR_PID}
+    TNA_CHAIN_PREFIX=("${PATH_PROBE_PREFIX[@]}")
     tna_watchdog_start
     CLEANUP+=(watchdog_stop)
 }
@@ -48,7 +47,7 @@ watchdog_wait() {
     done
 }
 
-# After the chain: probe through it, watch the tunnel supervisor, publish.
+# After the path's stages: probe through the path, watch its supervisor, publish.
 watchdog_stage() {
     watchdog_run
     tna_startd_cron_env

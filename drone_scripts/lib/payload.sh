@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # payload.sh: start the unmodified payload (a glidein or condor_master) with
-# the drone's HTCondor identity and keepalive knobs, through the chain, inside
-# the container, and turn its end into the drone's exit code.
+# the drone's HTCondor identity and keepalive knobs, wrapped in what the stages
+# contributed (PAYLOAD_LAYERS, PAYLOAD_ENVIRONMENT ...: see lib/common.sh), and
+# turn its end into the drone's exit code.
 # HTCondor reads every knob from _CONDOR_<KNOB> environment variables; the
 # same knobs are also written as a config.d snippet for glideins that read
 # LOCAL_CONFIG_DIR (TARDIS_CONDOR_CONFIG_DIR names the directory).
@@ -33,7 +34,7 @@ condor_knobs() {
 }
 
 payload_environment() {
-    local knob knobs=() config_dir=$DRONE_DIR/condor_config.d
+    local knob knobs=() config_dir=$DRONE_DIR/condor_config.d contribution
     mapfile -d '' knobs < <(condor_knobs)
     mkdir -p "$config_dir"
     {
@@ -48,37 +49,13 @@ payload_environment() {
     done
     PAYLOAD_ENV+=("TardisDroneUuid=$DRONE_UUID" "TARDIS_DRONE_DIR=$DRONE_DIR"
         "TARDIS_CONDOR_CONFIG_DIR=$config_dir")
-    if [[ -n $CVMFS_ROOT ]]; then
-        PAYLOAD_ENV+=("TARDIS_CVMFS_ROOT=$CVMFS_ROOT"
-            "TARDIS_CVMFS_HTTP_PROXY=$CVMFS_HTTP_PROXY")
-    fi
-    tunnel_port_environment
-    if ((${#CHAIN_ENV[@]})); then
-        PAYLOAD_ENV+=("${CHAIN_ENV[@]}")
-        if [[ $CONTAINER_RUNTIME == none && -n ${LD_PRELOAD:-} ]]; then
-            PAYLOAD_ENV+=("${CHAIN_ENV[0]} $LD_PRELOAD")  # keep the site's own
-        fi
-    fi
+    # what the stages add (cvmfs, the mode's), in library order
+    for contribution in "${PAYLOAD_ENVIRONMENT[@]}"; do
+        "$contribution"
+    done
     if ((${#PAYLOAD_EXTRA_ENV[@]})); then
         PAYLOAD_ENV+=("${PAYLOAD_EXTRA_ENV[@]}")
     fi
-}
-
-# The local ports this drone chose, for payloads that configure a proxy of
-# their own (e.g. Frontier through the squid forward): TARDIS_SOCKS_PORT and
-# TARDIS_FORWARD_PORT_<NAME> for each named forward (NAME in upper case).
-tunnel_port_environment() {
-    local index name
-    if ((${#TUNNEL_PORTS[@]} == 0)); then
-        return 0
-    fi
-    PAYLOAD_ENV+=("TARDIS_SOCKS_PORT=${TUNNEL_PORTS[0]}")
-    for index in "${!TUNNEL_FORWARD_NAMES[@]}"; do
-        name=${TUNNEL_FORWARD_NAMES[index]}
-        if [[ -n $name ]]; then
-            PAYLOAD_ENV+=("TARDIS_FORWARD_PORT_${name^^}=${TUNNEL_PORTS[index + 1]}")
-        fi
-    done
 }
 
 # A tiny helper that notes a stage was reached (after checking that each DIR
@@ -103,66 +80,58 @@ exec "$@"
 TARDIS_NETADAPTER_EOF
 }
 
-# The full command line: [cvmfsexec] [container] payload, with markers between.
-payload_argv() {
-    local enter=("/bin/sh" "$DRONE_DIR/bin/enter") marks=$DRONE_DIR/stages repo
-    local cvmfs_dirs=()
-    for repo in "${CVMFS_REPOSITORIES[@]}"; do
-        cvmfs_dirs+=("/cvmfs/$repo")
-    done
-    if [[ $CVMFS_ACTIVE_MODE == cvmfsexec ]]; then
-        printf '%s\0' "$CVMFS_TOOLS/cvmfsexec" "${CVMFS_REPOSITORIES[@]}" -- \
-            "${enter[@]}" "$marks/cvmfs" "${cvmfs_dirs[@]}" --
-    fi
-    if ((${#CONTAINER_ARGV[@]})); then
-        printf '%s\0' "${CONTAINER_ARGV[@]}" "${enter[@]}" "$marks/container" --
-        if [[ $CVMFS_ACTIVE_MODE != none ]]; then
-            printf '%s\0' "${enter[@]}" "$marks/cvmfs-inside" "${cvmfs_dirs[@]}" --
-        fi
-    else
-        printf '%s\0' env "${PAYLOAD_ENV[@]}"
-    fi
-    printf '%s\0' "${enter[@]}" "$marks/payload" -- "${PAYLOAD_ARGV[@]}"
+# payload_enter MARKER [DIR...]: the words of the enter helper that writes
+# stages/MARKER (once each DIR exists) and then runs the rest of the line.
+payload_enter() {
+    printf '%s\0' /bin/sh "$DRONE_DIR/bin/enter" "$DRONE_DIR/stages/$1" "${@:2}" --
 }
 
-# Which stage an ended payload command line failed in, as "CODE STAGE REASON".
+# True when a layer takes the payload's environment itself.
+payload_env_carried() {
+    local carrier
+    for carrier in "${PAYLOAD_ENV_CARRIERS[@]}"; do
+        if "$carrier"; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The full command line: the stages' layers (outermost first, each with its
+# marker), the environment unless a layer carries it, then the payload.
+payload_argv() {
+    local layer
+    for layer in "${PAYLOAD_LAYERS[@]}"; do
+        "$layer"
+    done
+    if ! payload_env_carried; then
+        printf '%s\0' env "${PAYLOAD_ENV[@]}"
+    fi
+    payload_enter payload
+    printf '%s\0' "${PAYLOAD_ARGV[@]}"
+}
+
+# Which stage an ended payload command line failed in, as "CODE STAGE REASON":
+# the payload's own status once it started, else the first layer that says
+# it ended the line.
 payload_verdict() {
-    local status=$1 marks=$DRONE_DIR/stages
-    if [[ -e $marks/payload ]]; then
+    local status=$1 judge verdict
+    if [[ -e $DRONE_DIR/stages/payload ]]; then
         if ((status == 0)); then
             echo "0 payload exited with status 0"
         else
             echo "$EXIT_PAYLOAD payload exited with status $status"
         fi
-    elif [[ $CVMFS_ACTIVE_MODE == cvmfsexec && ! -e $marks/cvmfs ]]; then
-        echo "$EXIT_CVMFS cvmfs cvmfsexec exited with status $status before" \
-            "${CVMFS_REPOSITORIES[*]} were visible at /cvmfs"
-    elif [[ $CVMFS_ACTIVE_MODE == singcvmfs && ! -e $marks/container ]]; then
-        echo "$EXIT_CVMFS cvmfs singcvmfs exited with status $status before" \
-            "the container started"
-    elif ((${#CONTAINER_ARGV[@]})) && [[ ! -e $marks/container ]]; then
-        echo "$EXIT_CONTAINER container ${CONTAINER_ARGV[0]} exited with status" \
-            "$status before the payload started"
-    elif ((${#CONTAINER_ARGV[@]})) && [[ $CVMFS_ACTIVE_MODE != none && ! -e $marks/cvmfs-inside ]]; then
-        echo "$EXIT_CVMFS cvmfs ${CVMFS_REPOSITORIES[*]} not visible at /cvmfs" \
-            "inside the container"
-    else
-        echo "$EXIT_PAYLOAD payload could not be started (status $status)"
+        return 0
     fi
-}
-
-# When cvmfsexec or singcvmfs mount around the payload, log the mount as the
-# cvmfs stage once the layers are up (or the command line ended).
-payload_track_layers() {
-    local launched=$1 marks=$DRONE_DIR/stages
-    case $CVMFS_ACTIVE_MODE in
-    cvmfsexec | singcvmfs) ;;
-    *) return 0 ;;
-    esac
-    wait_until $((CVMFS_MOUNT_TIMEOUT_S * 1000)) payload_layers_done
-    if [[ -e $marks/payload ]]; then
-        stage_ready cvmfs "$launched"
-    fi
+    for judge in "${PAYLOAD_VERDICTS[@]}"; do
+        verdict=$("$judge" "$status")
+        if [[ -n $verdict ]]; then
+            printf '%s\n' "$verdict"
+            return 0
+        fi
+    done
+    echo "$EXIT_PAYLOAD payload could not be started (status $status)"
 }
 
 payload_layers_done() {
@@ -179,12 +148,11 @@ payload_stop() {
 }
 
 payload_stage() {
-    local argv=() status verdict code launched
+    local argv=() status verdict code launched hook
     payload_environment || fail payload "$EXIT_PAYLOAD" "cannot write the HTCondor config"
-    if ((${#CONTAINER_ARGV[@]})); then
-        container_env_file "${PAYLOAD_ENV[@]}" >"$DRONE_DIR/container.env" ||
-            fail container "$EXIT_CONTAINER" "cannot write $DRONE_DIR/container.env"
-    fi
+    for hook in "${PAYLOAD_BEFORE_START[@]}"; do
+        "$hook"
+    done
     write_enter_helper || fail payload "$EXIT_PAYLOAD" "cannot write $DRONE_DIR/bin/enter"
     mapfile -d '' argv < <(payload_argv)
     # its own process group, so stopping it reaches every process it started
@@ -195,7 +163,9 @@ payload_stage() {
     log "stage payload started: ${PAYLOAD_ARGV[*]} (pid $PAYLOAD_PID," \
         "$(seconds_since "$DRONE_START_US")s since start)"
     run_hook watchdog_report payload ok "pid $PAYLOAD_PID"
-    payload_track_layers "$launched"
+    for hook in "${PAYLOAD_STARTED[@]}"; do
+        "$hook" "$PAYLOAD_PID" "$launched"
+    done
     wait "$PAYLOAD_PID"
     status=$?
     PAYLOAD_PID=""

@@ -19,6 +19,36 @@ declare -gA TUNNEL_LISTEN=()
 # port -> inode of a listening socket found to be this drone's ssh's
 declare -gA TUNNEL_OWNED=()
 
+# What the tunnel adds to the payload (lib/payload.sh composes it).
+PAYLOAD_ENVIRONMENT+=(tunnel_port_environment)
+
+# TEXT with each @TARDIS_PORT_<i>@ replaced by the i-th local port this drone
+# chose (TUNNEL_PORTS: 0 the SOCKS port, i forward i; set by the tunnel stage).
+with_ports() {
+    local text=$1 index
+    for index in "${!TUNNEL_PORTS[@]}"; do
+        text=${text//"@TARDIS_PORT_$index@"/${TUNNEL_PORTS[index]}}
+    done
+    printf '%s\n' "$text"
+}
+
+# The local ports this drone chose, for payloads that configure a proxy of
+# their own (e.g. Frontier through the squid forward): TARDIS_SOCKS_PORT and
+# TARDIS_FORWARD_PORT_<NAME> for each named forward (NAME in upper case).
+tunnel_port_environment() {
+    local index name
+    if ((${#TUNNEL_PORTS[@]} == 0)); then
+        return 0
+    fi
+    PAYLOAD_ENV+=("TARDIS_SOCKS_PORT=${TUNNEL_PORTS[0]}")
+    for index in "${!TUNNEL_FORWARD_NAMES[@]}"; do
+        name=${TUNNEL_FORWARD_NAMES[index]}
+        if [[ -n $name ]]; then
+            PAYLOAD_ENV+=("TARDIS_FORWARD_PORT_${name^^}=${TUNNEL_PORTS[index + 1]}")
+        fi
+    done
+}
+
 # Ciphers in order of preference, keeping only those this ssh knows:
 # AES-GCM first where the CPU has AES instructions, ChaCha20 first elsewhere.
 tunnel_ciphers() {
@@ -89,10 +119,11 @@ tunnel_wanted() {
     printf '%s\n' "$TUNNEL_SOCKS_PORT" "${TUNNEL_FORWARD_PORTS[@]}"
 }
 
-# Where this drone's candidates start: from the Slurm job id, so drones that
-# start together on a node (nearby ids) try different sets; else the uuid.
+# Where this drone's candidates start: from the batch job id (TNA_JOB_ID), so
+# drones that start together on a node (nearby ids) try different sets; else
+# the uuid.
 tunnel_seed() {
-    local id=${SLURM_JOB_ID:-} hash=5381 char index
+    local id=${TNA_JOB_ID:-} hash=5381 char index
     if [[ $id =~ ^[0-9]{1,15}$ ]]; then
         printf '%s' "$((10#$id))"
         return
@@ -240,6 +271,8 @@ tunnel_stop() {
     if [[ -n $TUNNEL_PID ]]; then
         stop_process "$TUNNEL_PID" 5000
         TUNNEL_PID=""
+        # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
+        PATH_SUPERVISOR_PID=""
         log "tunnel stopped"
     fi
 }
@@ -260,16 +293,14 @@ tunnel_start() {
     TUNNEL_FOREIGN=""
     tunnel_supervise &
     TUNNEL_PID=$!
+    # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
+    PATH_SUPERVISOR_PID=$TUNNEL_PID
     tunnel_wait_ports
 }
 
 tunnel_stage() {
     local started port attempt state
     started=$(now_us)
-    if [[ $NETWORK_MODE != socks ]]; then
-        stage_skipped tunnel "network mode $NETWORK_MODE"
-        return 0
-    fi
     command -v ssh >/dev/null || fail tunnel "$EXIT_TUNNEL" "ssh not found in PATH"
     for port in $(tunnel_wanted); do
         if [[ $port != auto ]] && port_open "$port"; then

@@ -26,7 +26,11 @@
 #                            line to per restart: counted into "restarts"
 #   TNA_RUN_DIR              node-local directory for stage files and the ad
 #                            file (default ${TMPDIR:-/tmp}/tna-$TNA_DRONE_UUID)
-#   TNA_SLURM_JOB_ID         default $SLURM_JOB_ID
+#   TNA_JOB_ID               the batch system's job id (the drone script
+#                            exports it); empty: null in the record
+#   TNA_STAGES               bash ARRAY: the stages in the record, in the order
+#                            the first failing one is blamed (the drone script
+#                            renders it from tardis_netadapter/modes/stages.py)
 #   TNA_CONDOR_PING          auto (default; run condor_ping when installed and
 #                            record the result), require (a failed condor_ping
 #                            fails the probe) or off
@@ -39,8 +43,8 @@
 #                            exits (TNA_PARENT_PID, default: $$ at source time)
 #
 # Functions for the drone script:
-#   tna_stage NAME STATE [DETAIL]  record a stage: NAME in cvmfs tunnel chain
-#                                  payload; STATE in pending starting ok failed
+#   tna_stage NAME STATE [DETAIL]  record a stage: NAME one of TNA_STAGES;
+#                                  STATE in pending starting ok failed
 #                                  restarting skipped
 #   tna_watchdog_start             run tna_watchdog_loop in the background,
 #                                  pid in TNA_WATCHDOG_PID (kill it at exit)
@@ -52,7 +56,9 @@
 # replaced atomically) and "$TNA_RUN_DIR/tna.ad" (ClassAd lines).
 
 : "${TNA_PARENT_PID:=$$}"
-TNA_STAGES=(cvmfs tunnel chain payload)
+if ! declare -p TNA_STAGES >/dev/null 2>&1; then
+  TNA_STAGES=()
+fi
 TNA_SEQ=0
 TNA_RESTARTS=0
 TNA_LAST_OK=""
@@ -309,7 +315,7 @@ tna_watchdog_once() {
   if [[ $tunnel_state != ok ]]; then
     states[tunnel]=$tunnel_state
     details[tunnel]=$TNA_LAST_ERROR
-  elif [[ ${states[tunnel]} == restarting || ${states[tunnel]} == failed ]] &&
+  elif [[ ${states[tunnel]:-} == restarting || ${states[tunnel]:-} == failed ]] &&
     [[ -n $(tna_tunnel_pid) ]]; then
     # the restarted supervisor lives: the probes tell whether it works
     states[tunnel]=ok
@@ -360,7 +366,8 @@ tna_watchdog_once() {
     fi
   done
   if [[ -z $failing ]] && ((n_failed > 0 || n_ok + n_failed == 0)); then
-    for name in cvmfs tunnel chain; do
+    for name in "${TNA_STAGES[@]}"; do
+      [[ $name != payload ]] || continue # the path's stages, not the payload
       if [[ ${states[$name]} == pending || ${states[$name]} == starting ]]; then
         failing=$name
         error=${details[$name]:-${error:-stage $name is still ${states[$name]}}}
@@ -393,7 +400,7 @@ tna_watchdog_once() {
   local j_uuid j_job j_host j_err j_stage restarts
   tna_restarts restarts
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
-  tna_json_opt j_job "${TNA_SLURM_JOB_ID:-${SLURM_JOB_ID:-}}"
+  tna_json_opt j_job "${TNA_JOB_ID:-}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from .. import modes
 from ..batch import DRIVERS
-from ..config import NetworkProfile
 from ..paths import shell_path
 from ..siteconfig import SiteSettings
 from .sitecli import build_executor
@@ -78,15 +78,8 @@ def offline_items(settings: SiteSettings) -> list[Item]:
     items = [Item(True, f"{settings.name}: configuration valid")]
     for leg, protection in budget.legs():
         items.append(Item(True, f"keepalive: {leg}: {protection}"))
-    if not profile.tunnel.strict_host_key_checking and profile.mode == "socks":
-        items.append(
-            Item(
-                False,
-                "tunnel.strict_host_key_checking is false: host keys are not verified",
-                "add the hops' keys to tunnel.known_hosts and remove the key",
-                warning=True,
-            )
-        )
+    for what, fix in modes.get(profile.mode).warnings(profile):
+        items.append(Item(False, what, fix, warning=True))
     if profile.firewall.idle_timeout and not budget.enabled:
         items.append(
             Item(
@@ -151,49 +144,18 @@ def _bash_syntax(machine_type: str, script: str) -> Item:
 # --------------------------------------------------------------------------
 
 
-def _first_hop_out(profile: NetworkProfile) -> Optional[tuple[str, int, str]]:
-    """(host, port, role) the login node itself must open for the chain to work."""
-    hops = profile.tunnel.hops
-    if len(hops) > 1:
-        return hops[1].host, hops[1].port, "second ssh hop"
-    if profile.chain.proxies:
-        first = profile.chain.proxies[0]
-        return first.host, first.port, f"{first.type} proxy"
-    return None
-
-
 def probe_script(settings: SiteSettings) -> str:
     """A POSIX shell script whose every output line is ``MARK name ok|fail detail``."""
     profile = settings.profile
-    q = shlex.quote
     lines = [
         f'mark() {{ printf \'{MARK} %s %s %s\\n\' "$1" "$2" "$3"; }}',
         'have() { if command -v "$1" >/dev/null 2>&1; then mark "cmd:$1" ok '
         '"$(command -v "$1")"; else mark "cmd:$1" fail missing; fi; }',
-        f"for c in {' '.join(q(c) for c in settings.driver.site_commands)}; "
+        f"for c in {' '.join(shlex.quote(c) for c in settings.driver.site_commands)}; "
         'do have "$c"; done',
     ]
-    if profile.mode == "socks":
-        lines.append("have ssh")
-        if profile.tunnel.supervisor == "autossh":
-            lines.append("have autossh")
-        tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
-            profile.chain.tool
-        )
-        if tool:
-            lines.append(f"have {q(tool)}")
-        lines += [
-            f"f={_home(profile.tunnel.identity_file)}",
-            'if [ -r "$f" ]; then mark key ok "$f"; else mark key fail "$f"; fi',
-            f"k={_home(profile.tunnel.known_hosts)}",
-        ]
-        for hop in profile.tunnel.hops:
-            name = hop.host if hop.port == 22 else f"[{hop.host}]:{hop.port}"
-            lines.append(
-                f'if ssh-keygen -F {q(name)} -f "$k" >/dev/null 2>&1; then '
-                f'mark {q("known_hosts:" + name)} ok "$k"; else '
-                f'mark {q("known_hosts:" + name)} fail "$k"; fi'
-            )
+    mode = modes.get(profile.mode)
+    lines += mode.probe_lines(profile)
     if profile.cvmfs.mode != "none":
         lines += [
             f"d={_home(profile.cvmfs.dist)}",
@@ -205,14 +167,6 @@ def probe_script(settings: SiteSettings) -> str:
         'if mkdir -p -- "$h" 2>/dev/null && [ -w "$h" ]; then mark heartbeat-dir ok "$h"; '
         'else mark heartbeat-dir fail "$h"; fi',
     ]
-    out = _first_hop_out(profile) if profile.mode == "socks" else None
-    if out is not None:
-        host, port, role = out
-        lines.append(
-            f"if timeout 5 bash -c {q(f'exec 3<>/dev/tcp/{host}/{port}')} "
-            f"2>/dev/null; then mark {q(f'outbound:{host}:{port}')} ok {q(role)}; "
-            f"else mark {q(f'outbound:{host}:{port}')} fail {q(role)}; fi"
-        )
     return "\n".join(lines) + "\n"
 
 
@@ -223,12 +177,6 @@ def _home(path: str) -> str:
 
 
 _FIXES = {
-    "cmd:ssh": "install openssh-client on the workers (checked here on the login node)",
-    "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: loop",
-    "cmd:proxychains4": "install proxychains4 (proxychains-ng) or set Network.chain.library",
-    "cmd:tsocks": "install tsocks or set Network.chain.library",
-    "key": "create the tunnel key (ssh-keygen -t ed25519) at Network.tunnel.identity_file "
-    "and authorize it on the login node (restrict,port-forwarding)",
     "cvmfs-dist": "build the cvmfsexec dist (makedist) at Network.cvmfs.dist on the shared "
     "file system",
     "heartbeat-dir": "make Network.monitoring.heartbeat_dir a writable directory on the "
@@ -250,17 +198,9 @@ def parse_probe(stdout: str) -> list[Item]:
 
 
 def _fix(name: str) -> str:
-    if name.startswith("known_hosts:"):
-        host = name.split(":", 1)[1]
-        return (
-            f"add the host key of {host} to Network.tunnel.known_hosts "
-            f"(compare ssh-keyscan with the key the site publishes)"
-        )
-    if name.startswith("outbound:"):
-        return (
-            "the login node cannot open this port: ask the site, or reach it "
-            "through an ssh hop on 443"
-        )
+    """The common fix for a probe item, else the batch system's or a mode's."""
+    if name in _FIXES:
+        return _FIXES[name]
     if name.startswith("cmd:") and any(
         name[4:] in driver.site_commands for driver in DRIVERS.values()
     ):
@@ -268,7 +208,11 @@ def _fix(name: str) -> str:
             "the executor must log in where the batch system's client commands "
             "are on PATH"
         )
-    return _FIXES.get(name, "")
+    for mode_name in modes.names():
+        fix = modes.get(mode_name).probe_fix(name)
+        if fix:
+            return fix
+    return ""
 
 
 async def _probe(executor: Any, script: str, timeout: float) -> str:

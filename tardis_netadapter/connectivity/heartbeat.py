@@ -15,13 +15,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..modes.stages import record_stages
+
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
 
 #: the record format version written by watchdog.sh (key ``v``).
 FORMAT_VERSION = 1
 
-#: stage names in the order a drone brings them up; the first failing one is blamed.
-STAGES: tuple[str, ...] = ("cvmfs", "tunnel", "chain", "pool", "payload")
+#: stage names a record may hold, in the order the first failing one is blamed
+#: (defined once, with the drone script's stage list: modes/stages.py)
+STAGES: tuple[str, ...] = record_stages()
 
 #: what a drone uuid (and so a heartbeat file name) may look like.
 UUID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")

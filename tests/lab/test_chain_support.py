@@ -68,7 +68,13 @@ class Drone:
 
     def submit(self) -> Drone:
         profile = load_profile(json.loads(json.dumps(self.profile)))
-        script = render_drone_script(profile, derive_budget(profile), "NetLab", "cpu1")
+        script = render_drone_script(
+            profile,
+            derive_budget(profile),
+            site_name="NetLab",
+            machine_type="cpu1",
+            job_id_variable="SLURM_JOB_ID",
+        )
         exports = (
             f"ALL,TardisDroneUuid={self.uuid},TardisDroneCores=1,TardisDroneMemory=200"
         )

@@ -23,9 +23,9 @@ from tardis.exceptions.tardisexceptions import TardisDroneCrashed
 from tardis.interfaces.siteadapter import ResourceStatus
 from tardis.utilities.attributedict import AttributeDict
 from tardis.utilities.executors.shellexecutor import ShellExecutor
-from toys import toybatch
+from toys import toy_mode, toybatch
 
-from tardis_netadapter import batch, poolfactory, siteadapter
+from tardis_netadapter import batch, modes, poolfactory, siteadapter
 
 NETWORK = {
     "tunnel": {"hops": [{"host": "10.66.1.1", "user": "drone"}]},
@@ -35,9 +35,12 @@ NETWORK = {
 }
 
 
-@pytest.fixture
-def toy_site(tmp_path, monkeypatch):
-    """A login node whose batch system is Toy; the driver registered as a plug-in would."""
+@pytest.fixture(params=["socks", "toy"])
+def toy_site(request, tmp_path, monkeypatch):
+    """A login node whose batch system is Toy, in mode socks or the toy mode.
+
+    Both toys are registered the way a plug-in would register them.
+    """
     bin_dir, state, home = tmp_path / "bin", tmp_path / "toy", tmp_path / "home"
     bin_dir.mkdir()
     (home / "hb").mkdir(parents=True)
@@ -45,6 +48,16 @@ def toy_site(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setenv("HOME", str(home))
     batch.register(toybatch.ToyDriver)
+    network = dict(NETWORK)
+    if request.param == "toy":
+        modes.register(toy_mode)
+        network = {
+            "mode": "toy",
+            "toy": {"greeting": "hi from the toy"},
+            "firewall": {"idle_timeout": 30},
+            "pool": {"collector": "10.66.2.1:9618"},
+            "monitoring": {"heartbeat_dir": "~/hb"},
+        }
     saved = dict(Configuration._shared_state)
     siteadapter.reset_caches()
     Configuration._shared_state.clear()
@@ -56,16 +69,18 @@ def toy_site(tmp_path, monkeypatch):
                 "MachineTypes": ["m"],
                 "MachineTypeConfiguration": {"m": {"Minutes": 90, "Queue": "long"}},
                 "MachineMetaData": {"m": {"Cores": 4, "Memory": 8, "Disk": 20}},
-                "Network": NETWORK,
+                "Network": network,
             },
         }
     )
-    yield state, home / "hb"
+    yield state, home / "hb", request.param
     Configuration._shared_state.clear()
     Configuration._shared_state.update(saved)
     siteadapter.reset_caches()
     batch.DRIVERS.pop("NetToy", None)
     sys.modules.pop("tardis.adapters.sites.nettoy", None)
+    if request.param == "toy":
+        modes.unregister("toy")
 
 
 def heartbeat(hb: Path, uuid: str, ok: bool = True) -> None:
@@ -82,8 +97,8 @@ def heartbeat(hb: Path, uuid: str, ok: bool = True) -> None:
     (hb / f"{uuid}.json").write_text(json.dumps(record) + "\n")
 
 
-async def test_a_toy_batch_system_runs_drones_without_any_other_change(toy_site):
-    state, hb = toy_site
+async def test_toy_plugins_run_drones_without_any_other_change(toy_site):
+    state, hb, mode = toy_site
     poolfactory.register()  # what the pool factory does before TARDIS looks
     module = importlib.import_module("tardis.adapters.sites.nettoy")
     adapter = module.NetToyAdapter(machine_type="m", site_name="ToySite")
@@ -96,7 +111,13 @@ async def test_a_toy_batch_system_runs_drones_without_any_other_change(toy_site)
     assert deployed.remote_resource_uuid == "1"
     assert deployed.resource_status is ResourceStatus.Booting
     script = toybatch.script_of(state, "1")
-    assert script.startswith("#!/bin/bash") and "TOY_JOB_ID" in script
+    assert script.startswith("#!/bin/bash")
+    assert "TNA_JOB_ID=${TOY_JOB_ID:-}" in script  # the driver's variable, once
+    if mode == "toy":  # the mode's stage, setting and library, and no socks parts
+        assert "toy_stage" in script and "hi from the toy" in script
+        assert "write_proxychains_conf" not in script and "tunnel_stage" not in script
+    else:
+        assert "tunnel_stage" in script
     drone.update(deployed)
 
     # poll: queued, then running and connected

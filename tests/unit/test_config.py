@@ -53,7 +53,9 @@ def test_socks_mode_needs_a_hop() -> None:
 
 
 def test_direct_mode_refuses_a_chain() -> None:
-    (problem,) = problems_of({"mode": "direct"})
+    # the chain belongs to mode socks: a direct profile without one is whole
+    # (issue 10); one that asks for a chain tool is refused
+    (problem,) = problems_of({"mode": "direct", "chain": {"tool": "proxychains"}})
     assert "chain.tool" in problem and "set chain.tool: none" in problem
     assert load_profile({"mode": "direct", "chain": {"tool": "none"}}).mode == "direct"
 

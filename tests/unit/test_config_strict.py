@@ -84,6 +84,7 @@ def test_a_sexagesimal_walltime_is_refused_not_read_as_minutes() -> None:
 def test_a_nested_error_does_not_hide_the_parents_errors() -> None:
     data = {
         "mode": "direct",  # parent rule: direct needs chain.tool none
+        "chain": {"tool": "proxychains"},
         "tunnel": {"hops": [{"host": "login", "port": 70000}]},  # nested rule
         "cvmfs": {"mode": "singcvmfs", "repositories": ["cms.cern.ch"]},
     }

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tardis_netadapter import condor_knobs, render
+from tardis_netadapter import condor_knobs, render, templates
 from tardis_netadapter.config import NetworkProfile, load_profile
 from tardis_netadapter.keepalive import derive_budget
 
@@ -54,7 +54,13 @@ def profile_of(data: dict[str, Any]) -> NetworkProfile:
 
 def script_of(data: dict[str, Any], site: str = "FZJ", machine: str = "cpu") -> str:
     profile = profile_of(data)
-    return render.render_drone_script(profile, derive_budget(profile), site, machine)
+    return render.render_drone_script(
+        profile,
+        derive_budget(profile),
+        site_name=site,
+        machine_type=machine,
+        job_id_variable="SLURM_JOB_ID",
+    )
 
 
 def bash_with(script: str, body: str, tmp_path: Path, **env: str) -> str:
@@ -91,7 +97,7 @@ def test_templates_are_found_in_an_installed_package(
     """Installed, drone_scripts/ is the namespace package tardis_netadapter.drone_scripts."""
     (tmp_path / "drone.sh.j2").write_text("#!/bin/bash\n")
     spec = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])
-    monkeypatch.setattr(render.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(templates.importlib.util, "find_spec", lambda name: spec)
     assert render.template_dir() == tmp_path
 
 
@@ -277,14 +283,18 @@ def test_the_script_writes_the_conf_files_byte_for_byte(tmp_path: Path) -> None:
     profile = profile_of(FZJ)
     out = bash_with(
         script_of(FZJ),
-        "write_ssh_config; printf '\\0'; write_proxychains_conf; printf '\\0';"
-        " write_tsocks_conf; printf '\\0'",
+        "write_ssh_config; printf '\\0'; write_proxychains_conf; printf '\\0'",
         tmp_path,
     )
-    ssh, proxychains, tsocks = words(out)
+    ssh, proxychains = words(out)
     assert ssh == render.ssh_config_text(profile, derive_budget(profile))
     assert proxychains == render.proxychains_conf_text(profile)
-    assert tsocks == render.tsocks_conf_text(profile)
+    # only the chosen chain tool's configuration is carried: tsocks on its own
+    data = {**FZJ, "chain": {"tool": "tsocks", "localnet": FZJ["chain"]["localnet"]}}
+    (tsocks,) = words(
+        bash_with(script_of(data), "write_tsocks_conf; printf '\\0'", tmp_path)
+    )
+    assert tsocks == render.tsocks_conf_text(profile_of(data))
 
 
 # -- container and payload command lines ---------------------------------------

@@ -53,7 +53,13 @@ def profile_of(data: dict[str, Any]):
 
 def script_of(data: dict[str, Any]) -> str:
     profile = profile_of(data)
-    return render.render_drone_script(profile, derive_budget(profile), "S", "cpu")
+    return render.render_drone_script(
+        profile,
+        derive_budget(profile),
+        site_name="S",
+        machine_type="cpu",
+        job_id_variable="SLURM_JOB_ID",
+    )
 
 
 def problems_of(data: dict[str, Any]) -> list[str]:

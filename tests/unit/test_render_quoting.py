@@ -65,7 +65,13 @@ MACHINE = f"cpu $(touch {CANARY})\n"
 @pytest.fixture()
 def script(tmp_path: Path) -> Path:
     profile = load_profile(json.loads(json.dumps(hostile_profile())))
-    text = render.render_drone_script(profile, derive_budget(profile), SITE, MACHINE)
+    text = render.render_drone_script(
+        profile,
+        derive_budget(profile),
+        site_name=SITE,
+        machine_type=MACHINE,
+        job_id_variable="SLURM_JOB_ID",
+    )
     path = tmp_path / "drone.sh"
     path.write_text(text)
     return path
@@ -147,10 +153,17 @@ def test_payload_runs_with_the_configured_argv(script: Path) -> None:
     """The whole script in direct mode: printf gets the hostile words as data."""
     profile_data = hostile_profile()
     profile_data.update(mode="direct", chain={"tool": "none"})
+    del profile_data["tunnel"]  # a section of mode socks
     profile_data["cvmfs"] = {"mode": "none"}
     profile_data["container"] = {"runtime": "none"}
     profile = load_profile(json.loads(json.dumps(profile_data)))
-    text = render.render_drone_script(profile, derive_budget(profile), SITE, MACHINE)
+    text = render.render_drone_script(
+        profile,
+        derive_budget(profile),
+        site_name=SITE,
+        machine_type=MACHINE,
+        job_id_variable="SLURM_JOB_ID",
+    )
     script.write_text(text)
     result = subprocess.run(
         ["bash", str(script)],
@@ -184,4 +197,10 @@ def test_unsafe_cvmfs_server_url_is_refused() -> None:
     data["cvmfs"]["server_url"] = 'http://x/cvmfs/@fqrn@"; $(id)'
     profile = load_profile(json.loads(json.dumps(data)))
     with pytest.raises(ConfigurationError, match=r"cvmfs\.server_url"):
-        render.render_drone_script(profile, derive_budget(profile), "s", "m")
+        render.render_drone_script(
+            profile,
+            derive_budget(profile),
+            site_name="s",
+            machine_type="m",
+            job_id_variable="SLURM_JOB_ID",
+        )

@@ -45,7 +45,13 @@ def start(data: dict[str, Any], tmp_path: Path, **env: str) -> subprocess.Popen[
     profile = load_profile(json.loads(json.dumps(data)))
     script = write(
         tmp_path / "drone.sh",
-        render.render_drone_script(profile, derive_budget(profile), "Site", "cpu"),
+        render.render_drone_script(
+            profile,
+            derive_budget(profile),
+            site_name="Site",
+            machine_type="cpu",
+            job_id_variable="SLURM_JOB_ID",
+        ),
     )
     environment = {
         "PATH": f"{tmp_path}/bin:/usr/local/bin:/usr/bin:/bin",

@@ -63,7 +63,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     ),
     "tsocks": variant(chain={"tool": "tsocks", "proxies": []}),
     "no-chain": variant(chain={"tool": "none", "proxies": []}),
-    "direct": variant(mode="direct", chain={"tool": "none", "proxies": []}),
+    # a direct site has no tunnel section: it belongs to mode socks
+    "direct": {
+        key: value
+        for key, value in variant(
+            mode="direct", chain={"tool": "none", "proxies": []}
+        ).items()
+        if key != "tunnel"
+    },
     "mountrepo": variant(cvmfs={"mode": "mountrepo"}),
     "cvmfsexec": variant(cvmfs={"mode": "cvmfsexec"}),
     "singcvmfs-gpu-contain": variant(
@@ -118,7 +125,13 @@ def check_script(text: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_option_combinations(name: str, tmp_path: Path) -> None:
     profile = load_profile(json.loads(json.dumps(VARIANTS[name])))
-    text = render.render_drone_script(profile, derive_budget(profile), "Site", "cpu")
+    text = render.render_drone_script(
+        profile,
+        derive_budget(profile),
+        site_name="Site",
+        machine_type="cpu",
+        job_id_variable="SLURM_JOB_ID",
+    )
     check_script(text, tmp_path)
 
 
@@ -128,7 +141,11 @@ def test_example_configurations(config: str, site: str, tmp_path: Path) -> None:
     assert settings.machine_types, f"{config}: {site} has no machine types"
     for machine_type in settings.machine_types:
         text = render.render_drone_script(
-            settings.profile, settings.budget, site, machine_type
+            settings.profile,
+            settings.budget,
+            site_name=site,
+            machine_type=machine_type,
+            job_id_variable="SLURM_JOB_ID",
         )
         check_script(text, tmp_path)
 

@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tardis_netadapter import modes
 from tardis_netadapter.connectivity.heartbeat import parse_record
 from tardis_netadapter.connectivity.startd_cron import startd_cron_knobs
 from tardis_netadapter.connectivity.verdict import JobView, Timing, Verdict, judge
+from tardis_netadapter.modes.stages import watched_stages
 
 WATCHDOG = Path(__file__).resolve().parents[2] / "drone_scripts" / "lib" / "watchdog.sh"
 UUID = "netlab-0123456789"
@@ -83,7 +85,7 @@ def bash(site: dict[str, Path], body: str, endpoints: str = "", **variables: str
         "TNA_RUN_DIR": str(site["run"]),
         "TNA_POOL_ENDPOINTS": endpoints,
         "TNA_PROBE_TIMEOUT": "3",
-        "TNA_SLURM_JOB_ID": "4711",
+        "TNA_JOB_ID": "4711",
         "TNA_CONDOR_PING": "off",
         **variables,
     }
@@ -91,6 +93,8 @@ def bash(site: dict[str, Path], body: str, endpoints: str = "", **variables: str
     script += f"source {shlex.quote(str(WATCHDOG))}\n"
     script += "".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items())
     script += f"TNA_CHAIN_PREFIX=({shlex.quote(str(site['chain']))})\n"
+    # the stage list as the drone script renders it for mode socks
+    script += f"TNA_STAGES=({' '.join(watched_stages(modes.get('socks')))})\n"
     script += body
     home = site["tmp"] / "home"
     home.mkdir(exist_ok=True)

@@ -1,0 +1,662 @@
+"""Network mode ``socks``: an ssh tunnel out of the site and a proxy chain into it.
+
+The worker opens a supervised ssh tunnel (``tunnel``: hops, SOCKS port,
+``-L`` forwards such as a squid for CVMFS) and the unmodified payload's
+connections are sent into it by an LD_PRELOAD library (``chain``:
+proxychains-ng or tsocks, optionally further proxies). Bash: lib/tunnel.sh,
+lib/chain.sh. docs/configuration.md (keys), docs/drone-script.md (stages).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+
+from ..paths import shell_path
+from ..profile import (
+    FORWARD_NAME,
+    NetworkProfile,
+    check_host,
+    check_path,
+    check_port,
+    check_positive,
+    proxy_elements,
+)
+from ..schema import ConfigurationError
+from ..templates import CONTROL, render_template, template_dir
+from .base import ConfigFile, Mode, SettingsGroup, Stage
+
+if TYPE_CHECKING:
+    from ..keepalive import KeepaliveBudget
+
+__all__ = [
+    "AUTO",
+    "Chain",
+    "Forward",
+    "Hop",
+    "Proxy",
+    "SocksMode",
+    "SocksProfile",
+    "Tunnel",
+    "port_placeholder",
+]
+
+_USER = re.compile(r"[a-z_][a-z0-9_.\-]*\$?")
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One ssh hop of the tunnel; the first is usually the site's login node."""
+
+    host: str
+    port: int = 22
+    user: Optional[str] = None
+
+    def check(self, path: str) -> list[str]:
+        problems = check_host(f"{path}.host", self.host)
+        problems += check_port(f"{path}.port", self.port)
+        if self.user is not None and not _USER.fullmatch(self.user):
+            problems.append(
+                f"{path}.user: got {self.user!r}; expected a POSIX user name"
+            )
+        return problems
+
+    @property
+    def destination(self) -> str:
+        """The ``[user@]host`` form ssh takes."""
+        return f"{self.user}@{self.host}" if self.user else self.host
+
+
+#: a local port on the worker: a number, or ``auto`` for one chosen per drone
+PortSetting = Union[int, Literal["auto"]]
+AUTO = "auto"
+#: default candidates for ``auto`` ports: below Linux's ephemeral range
+#: (32768-60999), so outgoing connections do not take them
+DEFAULT_PORT_RANGE = (20000, 32767)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """An ``ssh -L`` forward opened by the tunnel, e.g. to a squid for CVMFS.
+
+    ``name`` lets other settings refer to the forward whatever its local port
+    (``cvmfs.http_proxy: forward:NAME``), which an ``auto`` port needs.
+    """
+
+    host: str
+    port: int
+    listen_port: PortSetting = AUTO
+    name: Optional[str] = None
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if self.listen_port != AUTO:
+            problems += check_port(f"{path}.listen_port", self.listen_port)
+        if self.name is not None and not FORWARD_NAME.fullmatch(self.name):
+            problems.append(
+                f"{path}.name: got {self.name!r}; expected a letter followed by "
+                "letters, digits or _ (it becomes part of an environment variable)"
+            )
+        return (
+            problems
+            + check_host(f"{path}.host", self.host)
+            + check_port(f"{path}.port", self.port)
+        )
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """The ssh tunnel from the worker node out of the site."""
+
+    hops: tuple[Hop, ...] = ()
+    identity_file: str = "~/.ssh/id_ed25519"
+    known_hosts: str = "~/.ssh/known_hosts"
+    strict_host_key_checking: bool = True
+    socks_port: PortSetting = AUTO
+    forwards: tuple[Forward, ...] = ()
+    port_range: tuple[int, ...] = DEFAULT_PORT_RANGE
+    ciphers: str = "auto"
+    supervisor: Literal["autossh", "loop"] = "autossh"
+    ready_timeout: float = 10.0
+
+    def check(self, path: str) -> list[str]:
+        problems = check_path(
+            f"{path}.identity_file", self.identity_file, "the tunnel key on the worker"
+        )
+        problems += check_path(
+            f"{path}.known_hosts", self.known_hosts, "a known_hosts file on the worker"
+        )
+        if self.socks_port != AUTO:
+            problems += check_port(f"{path}.socks_port", self.socks_port)
+        problems += check_positive(
+            f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
+        )
+        if not re.fullmatch(r"[A-Za-z0-9@.,\-]+", self.ciphers):
+            problems.append(
+                f"{path}.ciphers: got {self.ciphers!r}; expected 'auto' or an "
+                "ssh cipher list such as 'aes128-gcm@openssh.com,chacha20-poly1305"
+                "@openssh.com'"
+            )
+        fixed = [p for p in self.local_ports if p != AUTO]
+        if len(set(fixed)) != len(fixed):
+            listen = [f.listen_port for f in self.forwards]
+            problems.append(
+                f"{path}.forwards: got listen ports {listen!r} with socks_port "
+                f"{self.socks_port!r}; every local port must be different (or "
+                "auto: chosen per drone)"
+            )
+        names = [f.name.lower() for f in self.forwards if f.name]
+        if len(set(names)) != len(names):
+            problems.append(
+                f"{path}.forwards: got names {names!r}; every forward needs its "
+                "own name (compared without case)"
+            )
+        return problems + self._check_port_range(path)
+
+    def _check_port_range(self, path: str) -> list[str]:
+        """Room for two candidate sets at least: a drone retries on a taken port."""
+        got = f"{path}.port_range: got {list(self.port_range)!r}"
+        if len(self.port_range) != 2:
+            return [f"{got}; expected [LOW, HIGH], e.g. [20000, 32767]"]
+        low, high = self.port_range
+        if not 1024 <= low < high <= 65535:
+            return [
+                f"{got}; expected 1024 <= LOW < HIGH <= 65535 (ports below 1024 "
+                "need root)"
+            ]
+        if high - low + 1 < 2 * self.auto_ports:
+            return [
+                f"{got}; {self.auto_ports} local ports are auto, so the range needs "
+                f"at least {2 * self.auto_ports} ports (better hundreds: one set "
+                "per drone on a node)"
+            ]
+        return []
+
+    @property
+    def local_ports(self) -> tuple[PortSetting, ...]:
+        """The SOCKS port, then each forward's listen port (numbers or auto)."""
+        return (self.socks_port, *(f.listen_port for f in self.forwards))
+
+    @property
+    def auto_ports(self) -> int:
+        """How many local ports a drone chooses at run time."""
+        return sum(1 for port in self.local_ports if port == AUTO)
+
+    def forward_index(self, name: str) -> Optional[int]:
+        """Position of the forward called ``name`` (compared without case)."""
+        for index, forward in enumerate(self.forwards):
+            if forward.name and forward.name.lower() == name.lower():
+                return index
+        return None
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A proxy hop after the ssh tunnel's SOCKS port, e.g. dante at a partner site."""
+
+    type: Literal["socks5", "socks4", "http"]
+    host: str
+    port: int
+
+    def check(self, path: str) -> list[str]:
+        return check_host(f"{path}.host", self.host) + check_port(
+            f"{path}.port", self.port
+        )
+
+
+@dataclass(frozen=True)
+class Chain:
+    """How the unmodified payload's connections are sent into the tunnel."""
+
+    tool: Literal["proxychains", "tsocks", "none"] = "proxychains"
+    proxies: tuple[Proxy, ...] = ()
+    localnet: tuple[str, ...] = ("127.0.0.0/8",)
+    remote_dns: bool = True
+    quiet: bool = True
+    library: Optional[str] = None
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        if self.library is not None:
+            problems += check_path(
+                f"{path}.library",
+                self.library,
+                "libproxychains.so.4 / libtsocks.so on the worker",
+            )
+        for index, net in enumerate(self.localnet):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append(
+                    f"{path}.localnet[{index}]: got {net!r}; expected a network "
+                    "such as 10.0.0.0/8"
+                )
+        if self.tool == "tsocks" and len(self.proxies) > 0:
+            problems.append(
+                f"{path}.proxies: got {len(self.proxies)} proxies with tool "
+                "'tsocks'; tsocks speaks only to the tunnel's SOCKS port: use "
+                "tool 'proxychains' for further proxy hops"
+            )
+        return problems
+
+    @property
+    def localnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.localnet)
+
+
+@dataclass(frozen=True)
+class SocksProfile(NetworkProfile):
+    """The ``Network`` profile of a socks site: the common sections, a tunnel, a chain."""
+
+    tunnel: Tunnel = field(default_factory=Tunnel)
+    chain: Chain = field(default_factory=Chain)
+
+    def check(self, path: str) -> list[str]:
+        problems = super().check(path)
+        if not self.tunnel.hops:
+            problems.append(
+                f"{path}.tunnel.hops: empty with mode 'socks'; list at least the "
+                "login node (host, port, user), or use mode: direct"
+            )
+        return problems + _check_forward_references(f"{path}.cvmfs", self)
+
+
+def _check_forward_references(path: str, profile: SocksProfile) -> list[str]:
+    """``forward:NAME`` must name a forward; a loopback proxy must not dangle.
+
+    The rule: ``http://127.0.0.1:PORT`` is taken literally. It reaches a
+    forward only when that forward's listen_port is the number PORT; an
+    ``auto`` forward has a different port on every drone, so it must be
+    referred to as ``forward:NAME``. A loopback proxy that matches no
+    numbered forward while some forward is auto is that mistake.
+    """
+    problems = []
+    tunnel = profile.tunnel
+    for proxy, name in profile.cvmfs.forward_references():
+        if tunnel.forward_index(name) is None:
+            names = [f.name for f in tunnel.forwards if f.name]
+            problems.append(
+                f"{path}.http_proxy: got {proxy!r}; no forward of that name "
+                f"(named forwards: {names or 'none'}): add name: "
+                f"{name} to its tunnel.forwards entry"
+            )
+    fixed = {f.listen_port for f in tunnel.forwards if f.listen_port != AUTO}
+    auto = [f for f in tunnel.forwards if f.listen_port == AUTO]
+    for proxy in proxy_elements(profile.cvmfs.http_proxy):
+        loopback = re.fullmatch(r"http://127\.[0-9.]+:(\d+)/?", proxy)
+        if loopback and auto and int(loopback.group(1)) not in fixed:
+            problems.append(
+                f"{path}.http_proxy: got {proxy!r}, but no forward listens on "
+                f"port {loopback.group(1)}: forwards with listen_port auto get "
+                "a port per drone; refer to one as forward:NAME (e.g. name: "
+                "squid, http_proxy: forward:squid)"
+            )
+    return problems
+
+
+# -- rendered text -------------------------------------------------------------
+
+
+def endpoint(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def port_placeholder(index: int) -> str:
+    """What the script replaces with the ``index``-th local port it chose."""
+    return f"@TARDIS_PORT_{index}@"
+
+
+def _port(index: int, setting: PortSetting) -> str:
+    """A local port in rendered text: its number, or the run-time placeholder."""
+    return port_placeholder(index) if setting == AUTO else str(setting)
+
+
+def tunnel_route(profile: SocksProfile) -> str:
+    """Human wording of the tunnel for log lines and headers."""
+    if not profile.tunnel.hops:
+        return "no tunnel"
+    hops = " -> ".join(f"{hop.destination}:{hop.port}" for hop in profile.tunnel.hops)
+    return f"ssh {hops}, SOCKS on 127.0.0.1:{_port(0, profile.tunnel.socks_port)}"
+
+
+def chain_route(profile: SocksProfile) -> str:
+    """Human wording of the proxy chain for log lines and headers."""
+    hops = [f"socks5 127.0.0.1:{_port(0, profile.tunnel.socks_port)} (ssh tunnel)"]
+    hops += [
+        f"{proxy.type} {endpoint(proxy.host, proxy.port)}"
+        for proxy in profile.chain.proxies
+    ]
+    return " -> ".join(hops)
+
+
+def check_paths(profile: SocksProfile, path: str = "Network") -> None:
+    """Refuse tunnel paths that cannot be written into ssh_config."""
+    problems = []
+    for key in ("identity_file", "known_hosts"):
+        value = getattr(profile.tunnel, key)
+        if CONTROL.search(value) or not value:
+            problems.append(
+                f"{path}.tunnel.{key}: got {value!r}; expected a file path "
+                "without control characters"
+            )
+    if problems:
+        raise ConfigurationError(problems)
+
+
+def cvmfs_http_proxy(profile: SocksProfile) -> str:
+    """CVMFS_HTTP_PROXY with every ``forward:NAME`` turned into its local address.
+
+    An ``auto`` forward's port becomes its placeholder, replaced at run time.
+    """
+    tunnel = profile.tunnel
+
+    def resolve(part: str) -> str:
+        if not part.startswith("forward:"):
+            return part  # a proxy, DIRECT, or a ';' or '|' between them
+        index = tunnel.forward_index(part.removeprefix("forward:"))
+        if index is None:  # load_profile refuses this; a hand-built profile may not
+            raise ConfigurationError([f"cvmfs.http_proxy: no forward for {part!r}"])
+        return (
+            f"http://127.0.0.1:{_port(index + 1, tunnel.forwards[index].listen_port)}"
+        )
+
+    return "".join(
+        resolve(part) for part in re.split(r"([;|])", profile.cvmfs.http_proxy)
+    )
+
+
+def _hops(profile: SocksProfile) -> list[dict[str, Any]]:
+    hops = []
+    for index, hop in enumerate(profile.tunnel.hops, start=1):
+        hops.append(
+            {
+                "alias": f"tardis-hop-{index}",
+                "host": hop.host,
+                "port": hop.port,
+                "user": hop.user,
+                "jump": f"tardis-hop-{index - 1}" if index > 1 else None,
+            }
+        )
+    return hops
+
+
+def _forward_lines(profile: SocksProfile) -> list[str]:
+    """The -L/-D options the script gives ssh, for the ssh_config's header."""
+    tunnel = profile.tunnel
+    lines = [
+        f"-L 127.0.0.1:{f.listen_port}:{endpoint(f.host, f.port)}"
+        + (f" ({f.name})" if f.name else "")
+        for f in tunnel.forwards
+    ]
+    return lines + [f"-D 127.0.0.1:{tunnel.socks_port}"]
+
+
+def ssh_config_text(profile: SocksProfile, budget: KeepaliveBudget) -> str:
+    """The tunnel's ssh_config (hops as ProxyJump chain).
+
+    The -D/-L forwards are not in it: their local ports may be chosen per
+    drone, so the script gives them on ssh's command line (tunnel_command).
+    """
+    check_paths(profile)
+    tunnel = profile.tunnel
+    return render_template(
+        "conf/ssh_config.j2",
+        route=tunnel_route(profile),
+        hops=_hops(profile),
+        forwards=_forward_lines(profile),
+        strict_host_key_checking="yes" if tunnel.strict_host_key_checking else "no",
+        known_hosts=tunnel.known_hosts,
+        identity_file=tunnel.identity_file,
+        server_alive_interval=budget.server_alive_interval,
+        server_alive_count_max=budget.server_alive_count_max,
+        connect_timeout=max(1, math.ceil(tunnel.ready_timeout)),
+    )
+
+
+def _localnets(
+    profile: SocksProfile,
+) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The configured local networks, loopback always first (the -L forwards)."""
+    nets = [ipaddress.ip_network("127.0.0.0/8")]
+    for net in profile.chain.localnets:
+        if net not in nets:
+            nets.append(net)
+    return nets
+
+
+def proxychains_conf_text(profile: SocksProfile) -> str:
+    """proxychains-ng configuration: strict chain from the tunnel's SOCKS port."""
+    localnet = [
+        f"{net.network_address}/{net.netmask}"
+        if net.version == 4
+        else f"{net.network_address}/{net.prefixlen}"
+        for net in _localnets(profile)
+    ]
+    return render_template(
+        "conf/proxychains.conf.j2",
+        route=chain_route(profile),
+        quiet=profile.chain.quiet,
+        remote_dns=profile.chain.remote_dns,
+        localnet=localnet,
+        socks_port=_port(0, profile.tunnel.socks_port),
+        proxies=profile.chain.proxies,
+    )
+
+
+def tsocks_conf_text(profile: SocksProfile) -> str:
+    """tsocks configuration: the tunnel's SOCKS port, IPv4 local networks."""
+    localnet = [
+        f"{net.network_address}/{net.netmask}"
+        for net in _localnets(profile)
+        if net.version == 4
+    ]
+    return render_template(
+        "conf/tsocks.conf.j2",
+        route=chain_route(profile),
+        localnet=localnet,
+        socks_port=_port(0, profile.tunnel.socks_port),
+    )
+
+
+#: the chain gets at least this long to reach the collector (ms)
+MIN_CHAIN_READY_TIMEOUT_MS = 30_000
+
+#: the chain tool's configuration: (bash function, text of the profile)
+_CHAIN_CONFIGS = {
+    "proxychains": ("write_proxychains_conf", proxychains_conf_text),
+    "tsocks": ("write_tsocks_conf", tsocks_conf_text),
+}
+
+
+# -- the mode -------------------------------------------------------------------
+
+
+class SocksMode(Mode):
+    """ssh tunnel + LD_PRELOAD proxy chain (FZJ, CINECA)."""
+
+    name = "socks"
+    summary = "ssh tunnel from the worker out of the site, LD_PRELOAD proxy chain"
+    profile_class = SocksProfile
+    stages = (
+        Stage("tunnel", "tunnel_stage", phase="network"),
+        Stage("chain", "chain_stage", phase="path"),
+    )
+
+    def refuse(self, key: str, value: Any, path: str, chosen: str) -> list[str]:
+        # `chain: {tool: none}` says "no chain": every direct site wrote it
+        # while the chain was a common section, so it stays accepted
+        if key == "chain" and isinstance(value, dict):
+            tool = value.get("tool", "proxychains")
+            if tool == "none":
+                return []
+            return [
+                f"{path}.chain.tool: got {tool!r} with mode {chosen!r}; the chain "
+                "belongs to mode 'socks' (a tunnel to chain into): set chain.tool: "
+                "none or remove chain, or set mode: socks"
+            ]
+        return super().refuse(key, value, path, chosen)
+
+    def legs(
+        self, profile: NetworkProfile, budget: KeepaliveBudget
+    ) -> list[tuple[str, str]]:
+        return [
+            (
+                "worker -> login ssh",
+                f"ServerAliveInterval={budget.server_alive_interval}s",
+            ),
+            (
+                "login -> pool (sshd-opened legs)",
+                budget.knob_text("CCB_HEARTBEAT_INTERVAL"),
+            ),
+        ]
+
+    def libraries(self, profile: NetworkProfile) -> list[Path]:
+        lib = template_dir() / "lib"
+        return [lib / "tunnel.sh", lib / "chain.sh"]
+
+    def settings(
+        self, profile: NetworkProfile, budget: KeepaliveBudget
+    ) -> list[SettingsGroup]:
+        assert isinstance(profile, SocksProfile)
+        tunnel, chain = profile.tunnel, profile.chain
+        ready_ms = int(tunnel.ready_timeout * 1000)
+        endpoints = profile.pool.endpoints
+        probe_host, probe_port = endpoints[0] if profile.pool.collector else ("", "")
+        return [
+            SettingsGroup(
+                "tunnel: local ports are a number, or auto (chosen per drone from "
+                "TUNNEL_PORT_RANGE); @TARDIS_PORT_<i>@ in other settings stands "
+                "for the i-th port chosen",
+                (
+                    ("TUNNEL_TARGET", f"tardis-hop-{len(tunnel.hops)}"),
+                    ("TUNNEL_ROUTE", tunnel_route(profile)),
+                    ("TUNNEL_SUPERVISOR", tunnel.supervisor),
+                    ("TUNNEL_CIPHERS", tunnel.ciphers),
+                    ("TUNNEL_SOCKS_PORT", tunnel.socks_port),
+                    ("TUNNEL_FORWARD_NAMES", [f.name or "" for f in tunnel.forwards]),
+                    ("TUNNEL_FORWARD_PORTS", [f.listen_port for f in tunnel.forwards]),
+                    (
+                        "TUNNEL_FORWARD_TARGETS",
+                        [endpoint(f.host, f.port) for f in tunnel.forwards],
+                    ),
+                    ("TUNNEL_PORT_RANGE", list(tunnel.port_range)),
+                    ("TUNNEL_READY_TIMEOUT_MS", ready_ms),
+                ),
+            ),
+            SettingsGroup(
+                "chain",
+                (
+                    ("CHAIN_TOOL", chain.tool),
+                    ("CHAIN_LIBRARY", chain.library or ""),
+                    ("CHAIN_QUIET", chain.quiet),
+                    ("CHAIN_ROUTE", chain_route(profile)),
+                    ("CHAIN_PROBE_HOST", probe_host),
+                    ("CHAIN_PROBE_PORT", probe_port),
+                    (
+                        "CHAIN_READY_TIMEOUT_MS",
+                        max(ready_ms, MIN_CHAIN_READY_TIMEOUT_MS),
+                    ),
+                ),
+            ),
+        ]
+
+    def config_files(
+        self, profile: NetworkProfile, budget: KeepaliveBudget
+    ) -> list[ConfigFile]:
+        assert isinstance(profile, SocksProfile)
+        files = [ConfigFile("write_ssh_config", ssh_config_text(profile, budget))]
+        if profile.chain.tool in _CHAIN_CONFIGS:  # only the chosen tool's
+            function, text = _CHAIN_CONFIGS[profile.chain.tool]
+            files.append(ConfigFile(function, text(profile)))
+        return files
+
+    def cvmfs_http_proxy(self, profile: NetworkProfile) -> str:
+        assert isinstance(profile, SocksProfile)
+        return cvmfs_http_proxy(profile)
+
+    def warnings(self, profile: NetworkProfile) -> list[tuple[str, str]]:
+        assert isinstance(profile, SocksProfile)
+        if profile.tunnel.strict_host_key_checking:
+            return []
+        return [
+            (
+                "tunnel.strict_host_key_checking is false: host keys are not verified",
+                "add the hops' keys to tunnel.known_hosts and remove the key",
+            )
+        ]
+
+    def probe_lines(self, profile: NetworkProfile) -> list[str]:
+        assert isinstance(profile, SocksProfile)
+        from shlex import quote as q
+
+        lines = ["have ssh"]
+        if profile.tunnel.supervisor == "autossh":
+            lines.append("have autossh")
+        tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
+            profile.chain.tool
+        )
+        if tool:
+            lines.append(f"have {q(tool)}")
+        lines += [
+            f"f={shell_path(profile.tunnel.identity_file)}",
+            'if [ -r "$f" ]; then mark key ok "$f"; else mark key fail "$f"; fi',
+            f"k={shell_path(profile.tunnel.known_hosts)}",
+        ]
+        for hop in profile.tunnel.hops:
+            name = hop.host if hop.port == 22 else f"[{hop.host}]:{hop.port}"
+            lines.append(
+                f'if ssh-keygen -F {q(name)} -f "$k" >/dev/null 2>&1; then '
+                f'mark {q("known_hosts:" + name)} ok "$k"; else '
+                f'mark {q("known_hosts:" + name)} fail "$k"; fi'
+            )
+        out = _first_hop_out(profile)
+        if out is not None:
+            host, port, role = out
+            lines.append(
+                f"if timeout 5 bash -c {q(f'exec 3<>/dev/tcp/{host}/{port}')} "
+                f"2>/dev/null; then mark {q(f'outbound:{host}:{port}')} ok {q(role)}; "
+                f"else mark {q(f'outbound:{host}:{port}')} fail {q(role)}; fi"
+            )
+        return lines
+
+    def probe_fix(self, name: str) -> Optional[str]:
+        if name.startswith("known_hosts:"):
+            host = name.split(":", 1)[1]
+            return (
+                f"add the host key of {host} to Network.tunnel.known_hosts "
+                f"(compare ssh-keyscan with the key the site publishes)"
+            )
+        if name.startswith("outbound:"):
+            return (
+                "the login node cannot open this port: ask the site, or reach it "
+                "through an ssh hop on 443"
+            )
+        return _PROBE_FIXES.get(name)
+
+
+def _first_hop_out(profile: SocksProfile) -> Optional[tuple[str, int, str]]:
+    """(host, port, role) the login node itself must open for the chain to work."""
+    hops = profile.tunnel.hops
+    if len(hops) > 1:
+        return hops[1].host, hops[1].port, "second ssh hop"
+    if profile.chain.proxies:
+        first = profile.chain.proxies[0]
+        return first.host, first.port, f"{first.type} proxy"
+    return None
+
+
+_PROBE_FIXES = {
+    "cmd:ssh": "install openssh-client on the workers (checked here on the login node)",
+    "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: loop",
+    "cmd:proxychains4": "install proxychains4 (proxychains-ng) or set Network.chain.library",
+    "cmd:tsocks": "install tsocks or set Network.chain.library",
+    "key": "create the tunnel key (ssh-keygen -t ed25519) at Network.tunnel.identity_file "
+    "and authorize it on the login node (restrict,port-forwarding)",
+}
+
+MODE = SocksMode()
