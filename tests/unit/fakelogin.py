@@ -71,3 +71,24 @@ def login(tmp_path: Path) -> dict:
 
 def write_heartbeat(login: dict, data: dict) -> None:
     (login["hb"] / f"{data['uuid']}.json").write_text(json.dumps(data) + "\n")
+
+
+#: a one-site cobald.yml for the CLI on the fake login node ({hb}: heartbeat dir)
+CONFIG = """\
+Sites:
+  - name: NetLab
+    adapter: NetSlurm
+    quota: 10
+NetLab:
+  executor: !TardisShellExecutor {{}}
+  MachineTypes: [small]
+  MachineTypeConfiguration:
+    small: {{Walltime: "60", Partition: batch}}
+  MachineMetaData:
+    small: {{Cores: 1, Memory: 2, Disk: 4}}
+  Network:
+    mode: direct
+    chain: {{tool: none}}
+    pool: {{collector: "cm.example.org:9618"}}
+    monitoring: {{heartbeat_dir: "{hb}"}}
+"""

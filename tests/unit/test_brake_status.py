@@ -7,6 +7,7 @@ import time
 
 import pytest
 from aioprometheus import Registry, render
+from fakelogin import CONFIG
 from tardis.interfaces.siteadapter import ResourceStatus
 
 from tardis_netadapter import cli
@@ -120,25 +121,6 @@ def test_brake_json_keys():
 
 
 # -- the status command ----------------------------------------------------------
-
-CONFIG = """\
-Sites:
-  - name: NetLab
-    adapter: NetSlurm
-    quota: 10
-NetLab:
-  executor: !TardisShellExecutor {{}}
-  MachineTypes: [small]
-  MachineTypeConfiguration:
-    small: {{Walltime: "60", Partition: batch}}
-  MachineMetaData:
-    small: {{Cores: 1, Memory: 2, Disk: 4}}
-  Network:
-    mode: direct
-    chain: {{tool: none}}
-    pool: {{collector: "cm.example.org:9618"}}
-    monitoring: {{heartbeat_dir: "{hb}"}}
-"""
 
 
 def test_status_shows_an_engaged_brake_first(login, capsys, monkeypatch):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 from aioprometheus import Registry, render
-from fakelogin import ShellExecutor, record, write_heartbeat
+from fakelogin import CONFIG, ShellExecutor, record, write_heartbeat
 from tardis.interfaces.siteadapter import ResourceStatus
 
 from tardis_netadapter import cli
@@ -342,25 +342,6 @@ def test_make_row_carries_record_facts():
 
 
 # -- the status command end to end -----------------------------------------------
-
-CONFIG = """\
-Sites:
-  - name: NetLab
-    adapter: NetSlurm
-    quota: 10
-NetLab:
-  executor: !TardisShellExecutor {{}}
-  MachineTypes: [small]
-  MachineTypeConfiguration:
-    small: {{Walltime: "60", Partition: batch}}
-  MachineMetaData:
-    small: {{Cores: 1, Memory: 2, Disk: 4}}
-  Network:
-    mode: direct
-    chain: {{tool: none}}
-    pool: {{collector: "cm.example.org:9618"}}
-    monitoring: {{heartbeat_dir: "{hb}"}}
-"""
 
 
 def test_status_command(login, capsys, monkeypatch):
