@@ -202,18 +202,27 @@ class HeartbeatProbe:
 
     The poller prints its own marker before ``command`` and hands the lines
     after it to ``parse``; the result lands in ``snapshot.extras[name]``.
+
+    ``gone`` holds drones whose jobs ended by themselves (walltime, a failed
+    payload): their files are removed in the next call, so they do not wait
+    for the week-long prune, at no extra executor call.
     """
 
     heartbeat_dir: str
     timeout: int = 30
     name: str = "heartbeats"
+    gone: set[str] = field(default_factory=set, compare=False)
 
     @property
     def command(self) -> str:
+        """The next call's collection; takes the ``gone`` drones' cleanup with it."""
         # records of drones that ended without the adapter's cleanup (killed at
         # walltime, cut off while being cancelled) are pruned on the way
+        cleanup = cleanup_command(self.heartbeat_dir, self.gone)
+        self.gone.clear()
         return (
-            f"{prune_command(self.heartbeat_dir, PRUNE_AFTER_DAYS, self.timeout)}; "
+            (f"{cleanup}; " if cleanup else "")
+            + f"{prune_command(self.heartbeat_dir, PRUNE_AFTER_DAYS, self.timeout)}; "
             f"{collection_command(self.heartbeat_dir, self.timeout)}"
         )
 

@@ -121,8 +121,13 @@ class SiteMonitor:
         return sorted(u for u, j in self.judgements.items() if j.verdict.terminal)
 
     def forget(self, uuids: Iterable[str]) -> Optional[str]:
-        """Drop gone drones; return the command removing their heartbeat files."""
+        """Drop gone drones; return the command removing their heartbeat files.
+
+        The same removal also rides in the next collection (``probe.gone``),
+        for callers that do not run the returned command themselves.
+        """
         uuids = list(uuids)
+        self.probe.gone.update(uuids)
         self.store.forget(uuids)
         for uuid in uuids:
             self.first_running.pop(uuid, None)

@@ -102,6 +102,23 @@ async def test_terminate_cancels_and_removes_the_heartbeat_in_one_call(site):
     assert not (login["hb"] / "netlab-eee.json").exists()
 
 
+async def test_a_drone_that_ended_by_itself_has_its_heartbeat_removed_next_cycle(
+    site,
+):
+    """Walltime or a failed payload: no scancel, yet no week-long leftover file."""
+    agent, executor, login = site
+    jobs(login, "61|COMPLETED|netlab-ggg|2:00:00", "62|RUNNING|netlab-hhh|1:00:00")
+    write_heartbeat(login, record("netlab-ggg", time.time() - 60))
+    write_heartbeat(login, record("netlab-hhh", time.time()))
+    status = await agent.resource_status(drone("netlab-ggg", job_id="61"))
+    assert status.resource_status is ResourceStatus.Deleted
+    agent._site_adapter.poller.max_age = 0
+    await agent.resource_status(drone("netlab-hhh", job_id="62"))  # the next cycle
+    assert executor.calls == 2  # the removal rode in the listing's call
+    assert not (login["hb"] / "netlab-ggg.json").exists()
+    assert (login["hb"] / "netlab-hhh.json").exists()
+
+
 async def test_without_monitoring_heartbeats_are_not_collected(configure, login):
     executor = ShellExecutor(login["env"])
     network = {**NETWORK, "monitoring": {"enabled": False, "heartbeat_dir": "~/hb"}}
