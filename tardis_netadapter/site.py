@@ -17,6 +17,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from tardis.interfaces.executor import Executor
@@ -55,14 +56,15 @@ class Site:
         executor: Optional[Executor] = None,
         *,
         max_age: Optional[float] = None,
+        brake_state: Optional[Path] = None,
     ) -> None:
+        """``brake_state``: where the brake's state is written for ``status``;
+        only the daemon's sites pass one, so a CLI never overwrites it."""
         self.settings = settings
         self.name = settings.name
         self.driver: BatchDriver = settings.driver
         self.executor = executor
-        self.brake = SiteBrake(
-            self.name, settings.brake, state_file=default_state_file(self.name)
-        )
+        self.brake = SiteBrake(self.name, settings.brake, state_file=brake_state)
         #: drones whose submit outcome is unknown -> when a late job can no longer appear
         self.unresolved: dict[str, float] = {}
         self._scripts: dict[str, str] = {}
@@ -202,7 +204,10 @@ def site_for(
         site.use_executor(executor, max_age)
         return site
     site = Site(
-        load_site_settings(site_name, section, driver), executor, max_age=max_age
+        load_site_settings(site_name, section, driver),
+        executor,
+        max_age=max_age,
+        brake_state=default_state_file(site_name),
     )
     _SITES[site_name] = (section, site)
     logger.info(

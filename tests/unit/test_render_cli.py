@@ -254,3 +254,21 @@ def test_console_script_renders_real_script(tmp_path):
     script = tmp_path / "drone.sh"
     script.write_text(result.stdout)
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_render_never_touches_the_daemons_brake_state(tmp_path, monkeypatch, capsys):
+    """The adapter's process writes the brake state for status; a CLI must not reset it."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    code = cli.main(
+        [
+            "render",
+            str(LAB),
+            "--site",
+            "NetLab",
+            "--machine-type",
+            "cpu1",
+            "--command-only",
+        ]
+    )
+    assert code == 0
+    assert not (tmp_path / "tardis-netadapter").exists()
