@@ -19,20 +19,21 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 from tardis.interfaces.siteadapter import ResourceStatus
 
 
-@dataclass(frozen=True)
-class JobRecord:
+class JobRecord(NamedTuple):
     """One job of a listing, in batch-neutral terms.
 
     ``status`` is None for a state the driver does not know: the drone keeps
     its previous state rather than the adapter guessing. ``state`` is the batch
     system's own word, only for people (logs, ``status``). ``elapsed`` is how
     long the job has run (seconds), where the listing says so.
+
+    A NamedTuple, not a frozen dataclass: a listing makes one per job per
+    cycle, and a frozen dataclass's ``__init__`` costs several times more.
     """
 
     job_id: str

@@ -306,6 +306,8 @@ def test_probe_objects_fit_the_poller():
         ("1:00:00", 3600),
         ("2-00:00:01", 172801),
         ("x", None),
+        ("-1:00", None),
+        ("1:2:3:4", None),
     ],
 )
 def test_parse_elapsed(text, seconds):
