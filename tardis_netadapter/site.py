@@ -126,6 +126,16 @@ class Site:
         self._followed = snapshot
         outage, was = self.monitor.outage, self.outage
         self.outage = outage
+        if was is not None and (outage is None or outage.stage != was.stage):
+            logger.warning(
+                "%s: site outage in stage %s is over after %.0f s (declared %.0f s "
+                "ago); new submissions resume",
+                self.name,
+                was.stage,
+                max(0.0, (self.monitor.store.now or was.since) - was.since),
+                time.monotonic() - self._outage_declared,
+            )
+            self.brake.release()
         if outage is not None and (was is None or was.stage != outage.stage):
             self._outage_declared = time.monotonic()
             logger.warning(
@@ -139,16 +149,6 @@ class Site:
                 f"site outage in stage {outage.stage} ({outage.failing} of "
                 f"{outage.population} running drones failing)"
             )
-        elif outage is None and was is not None:
-            logger.warning(
-                "%s: site outage in stage %s is over after %.0f s (declared %.0f s "
-                "ago); new submissions resume",
-                self.name,
-                was.stage,
-                max(0.0, (self.monitor.store.now or was.since) - was.since),
-                time.monotonic() - self._outage_declared,
-            )
-            self.brake.release()
 
     def update_metrics(self, snapshot: Any) -> None:
         """Set the site's gauges once per listing, not once per drone."""
