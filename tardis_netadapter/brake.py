@@ -22,6 +22,14 @@ everything is reset. The probe dies young: the brake is engaged again for
 twice the back-off (at most ``max_backoff``). Any survivor lifts the brake,
 probe or not: a site where one drone works is not a black hole.
 
+A second trigger, the *hold* (:meth:`SiteBrake.hold`, :meth:`SiteBrake.release`):
+while the connectivity monitor judges a site outage (connectivity/outage.py),
+every deploy is refused with the same :class:`SiteBraked`, without probes,
+until the outage ends. One mechanism for both: whatever refuses deploys to a
+site is here, and ``status`` and the metrics read it in one place. The hold
+does not depend on ``enabled`` (that switches the young-death trigger only):
+a site outage is judged only with monitoring on, which has its own switch.
+
 Why the defaults (5 in a row, 300 s) never trip a healthy site: a drone that
 reaches the pool is judged ``connected`` on its first good heartbeat (about a
 minute), and one that runs for five minutes has survived whatever kills a
@@ -162,10 +170,13 @@ class BrakeSnapshot:
     after: int
     last_reason: str
     updated: float  # wall clock (epoch seconds) of the snapshot
+    held: Optional[str] = None  # why deploys are held (a site outage), or None
 
     @property
     def headline(self) -> str:
         """One line for humans, e.g. for the top of ``status``."""
+        if self.held is not None and not self.engaged:
+            return f"site {self.site}: deploys held: {self.held}"
         if not self.engaged:
             return f"site {self.site}: brake not engaged"
         text = (
@@ -218,6 +229,7 @@ def read_brake_state(
             after=int(data["after"]),
             last_reason=str(data["last_reason"]),
             updated=float(data["updated"]),
+            held=None if data.get("held") is None else str(data["held"]),
         )
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
@@ -276,6 +288,7 @@ class SiteBrake:
         self._backoff = settings.backoff  # the current back-off
         self._probe: Optional[str] = None
         self._last_reason = ""
+        self._held: Optional[str] = None  # the hold's reason (a site outage)
         self._written: Any = None
         self._write_failed = False
         self._persist()  # a fresh process starts unbraked: replace a stale file
@@ -287,7 +300,14 @@ class SiteBrake:
 
         When the back-off is over, the first caller passes as the probe (pass
         its ``drone_uuid`` so the probe is known even before ``submitted``).
+        A hold refuses every deploy, without probes, until it is released.
         """
+        if self._held is not None:
+            self._refused += 1
+            raise SiteBraked(
+                f"{self.site}: deploys held: {self._held}; deploy refused, "
+                "nothing submitted"
+            )
         if not self.settings.enabled or not self._engaged:
             return
         now = self._clock()
@@ -348,6 +368,27 @@ class SiteBrake:
             self.deploy_failed(drone_uuid)
             raise
         self.submitted(drone_uuid)
+
+    def hold(self, reason: str) -> None:
+        """Refuse every deploy until :meth:`release` (the site-outage trigger).
+
+        Idempotent: call it every cycle the outage lasts; ``reason`` is what
+        refusals and ``status`` say and may change as the outage does.
+        """
+        if self._held != reason:
+            self._held = reason
+            self._persist()
+
+    def release(self) -> None:
+        """Lift the hold (the outage ended); the young-death trigger is untouched."""
+        if self._held is not None:
+            self._held = None
+            self._persist()
+
+    @property
+    def held(self) -> Optional[str]:
+        """Why deploys are held, or None."""
+        return self._held
 
     # -- what happens to drones ---------------------------------------------------
 
@@ -428,6 +469,7 @@ class SiteBrake:
             after=self.settings.after,
             last_reason=self._last_reason,
             updated=self._wall(),
+            held=self._held,
         )
 
     def _died_young(self, drone_uuid: str, reason: str) -> None:
@@ -499,6 +541,7 @@ class SiteBrake:
             self._probe,
             self._until,
             self._backoff,
+            self._held,
         )
         if key == self._written:
             return

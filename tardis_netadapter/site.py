@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .batch.poller import Probe, SitePoller
 from .brake import SiteBrake, default_state_file
 from .connectivity.metrics import ConnectivityMetrics, serve
 from .connectivity.monitor import SiteMonitor
+from .connectivity.outage import Outage
 from .connectivity.verdict import Timing
 from .machine import drone_environment
 from .siteconfig import SiteSettings, load_site_settings
@@ -72,6 +74,10 @@ class Site:
         self.metrics: Optional[ConnectivityMetrics] = None
         self._exporter: Optional[asyncio.Future] = None
         self._metered: Any = None
+        self._followed: Any = None
+        #: the outage the adapter acts on, and the monotonic time it was declared
+        self.outage: Optional[Outage] = None
+        self._outage_declared = 0.0
         self.poller = self._new_poller(executor, max_age)
 
     # -- status --------------------------------------------------------------------
@@ -108,6 +114,42 @@ class Site:
             self.poller = self._new_poller(executor, max_age)
             self.executor = executor
 
+    def follow_outage(self, snapshot: Any) -> None:
+        """Hold or release deploys as the monitor's site outage begins or ends.
+
+        Once per listing (after ``monitor.observe``); says so once when an
+        outage begins and once when it ends. The drones themselves are spared
+        by the monitor (outage.spare), not here.
+        """
+        if self.monitor is None or self._followed is snapshot:
+            return
+        self._followed = snapshot
+        outage, was = self.monitor.outage, self.outage
+        self.outage = outage
+        if was is not None and (outage is None or outage.stage != was.stage):
+            logger.warning(
+                "%s: site outage in stage %s is over after %.0f s (declared %.0f s "
+                "ago); new submissions resume",
+                self.name,
+                was.stage,
+                max(0.0, (self.monitor.store.now or was.since) - was.since),
+                time.monotonic() - self._outage_declared,
+            )
+            self.brake.release()
+        if outage is not None and (was is None or was.stage != outage.stage):
+            self._outage_declared = time.monotonic()
+            logger.warning(
+                "%s: %s (first failure %.0f s ago): no drone is ended for it; "
+                "new submissions are held until the site answers again",
+                self.name,
+                outage.headline,
+                max(0.0, (self.monitor.store.now or outage.since) - outage.since),
+            )
+            self.brake.hold(
+                f"site outage in stage {outage.stage} ({outage.failing} of "
+                f"{outage.population} running drones failing)"
+            )
+
     def update_metrics(self, snapshot: Any) -> None:
         """Set the site's gauges once per listing, not once per drone."""
         if self.metrics is None or self.monitor is None or self._metered is snapshot:
@@ -121,6 +163,7 @@ class Site:
             self.name, self.monitor.judgements, self.monitor.store.records
         )
         self.metrics.update_brake(self.name, self.brake.snapshot())
+        self.metrics.update_outage(self.name, self.monitor.outage)
 
     # -- commands ------------------------------------------------------------------
     async def run(self, command: str, stdin_input: Optional[str] = None) -> Any:

@@ -322,13 +322,14 @@ class NetBatchAdapter(SiteAdapter):
         """End a running drone that lost the pool, so COBalD replaces it.
 
         TARDIS answers TardisDroneCrashed with its CleanupState, which cancels
-        the job; a drone merely ``degraded`` (failing for less than the grace)
-        is left alone.
+        the job; a drone merely ``degraded`` (failing for less than the grace,
+        or spared by a site outage in its failing stage) is left alone.
         """
         monitor = self._site.monitor
         if monitor is None or drone_uuid is None:
             return
         monitor.observe(snapshot)
+        self._site.follow_outage(snapshot)  # hold deploys while the site is down
         self._site.update_metrics(snapshot)
         if status is ResourceStatus.Deleted:
             monitor.forget([drone_uuid])

@@ -5,7 +5,8 @@ system's job listing, with run times, and the heartbeat collection), judges
 every drone with the adapter's own verdict function and prints a table, or JSON
 with stable keys (``--json``). Nothing is changed at the site. When the
 adapter's brake for the site is engaged (read from the state file the adapter
-writes, since the adapter is another process), that comes first.
+writes, since the adapter is another process), that comes first; when this
+snapshot shows a site outage (connectivity/outage.py), that comes next.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..connectivity.report import (
     brake_json,
     brake_line,
     make_row,
+    outage_json,
+    outage_line,
     render_table,
     to_json,
 )
@@ -145,7 +148,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     if args.json:
-        print(to_json(rows, site, monitor.store.now, {"brake": brake_json(brake)}))
+        extra = {"brake": brake_json(brake), "outage": outage_json(monitor.outage)}
+        print(to_json(rows, site, monitor.store.now, extra))
     else:
+        headline = outage_line(site, monitor.outage)
+        if headline:
+            print(headline)  # the failures below are the site's, not the drones'
         sys.stdout.write(render_table(rows, site))
     return 0

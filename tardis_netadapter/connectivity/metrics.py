@@ -14,11 +14,16 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from aioprometheus import Counter, Gauge, Registry, Summary
 
-from .heartbeat import Heartbeat
+from .heartbeat import STAGES, Heartbeat
 from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
     from ..brake import BrakeSnapshot
+    from .outage import Outage
+
+#: the stages tna_site_outage is exported for (0 or 1 each, always present so
+#: an alert needs no absent()): every record stage, and ``heartbeat`` (late records)
+OUTAGE_STAGES: tuple[str, ...] = (*STAGES, "heartbeat")
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
 
@@ -73,6 +78,12 @@ class ConnectivityMetrics:
             "Seconds until the brake lets a probe through (0: not engaged, or due)",
             registry=self.registry,
         )
+        self.site_outage = Gauge(
+            "tna_site_outage",
+            "1 while the site is judged in outage in this stage (no drone is "
+            "ended for it, deploys are held)",
+            registry=self.registry,
+        )
         self._seen: dict[str, tuple[float, int]] = {}
 
     def update(
@@ -125,6 +136,15 @@ class ConnectivityMetrics:
         self.brake_refused.set(labels, brake.refused)
         self.brake_trips.set(labels, brake.trips)
         self.brake_next_probe.set(labels, brake.next_probe_in or 0)
+
+    def update_outage(self, site: str, outage: Optional[Outage]) -> None:
+        """Set ``tna_site_outage{site,stage}`` for every stage; once per cycle."""
+        stages = OUTAGE_STAGES
+        if outage is not None and outage.stage not in stages:
+            stages = (*stages, outage.stage)
+        for stage in stages:
+            active = outage is not None and outage.stage == stage
+            self.site_outage.set({"site": site, "stage": stage}, int(active))
 
 
 async def serve(

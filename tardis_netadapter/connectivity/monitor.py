@@ -23,6 +23,7 @@ from .collect import (
     split_output,
 )
 from .heartbeat import UUID_PATTERN
+from .outage import Outage, judge_outage, spare
 from .verdict import JobView, Judgement, Timing, Verdict, judge
 
 logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
@@ -38,6 +39,8 @@ class SiteMonitor:
         self.store = HeartbeatStore()
         self.first_running: dict[str, float] = {}
         self.judgements: dict[str, Judgement] = {}
+        #: the site outage judged on the latest listing (None: none); see outage.py
+        self.outage: Optional[Outage] = None
         self.probe = HeartbeatProbe(heartbeat_dir, timeout)
         self._observed: Any = None  # the snapshot itself: ids get reused
 
@@ -93,7 +96,12 @@ class SiteMonitor:
         jobs: Mapping[str, JobView],
         collector: Optional[set[str]] = None,
     ) -> dict[str, Judgement]:
-        """Verdicts for ``jobs`` (drone uuid -> the batch system's view), remembered."""
+        """Verdicts for ``jobs`` (drone uuid -> the batch system's view), remembered.
+
+        ``jobs`` is the whole listing: the site outage (``self.outage``) is
+        judged over it, and a drone failing in the outage's stage is spared
+        (``degraded``, never ``lost`` or ``never-connected``).
+        """
         now = self.store.now
         judgements = {}
         for uuid, view in jobs.items():
@@ -109,6 +117,9 @@ class SiteMonitor:
             judgements[uuid] = judge(
                 view, self.store.get(uuid), now, self.timing, in_collector
             )
+        if now is not None:  # without a complete collection the outage stands
+            self.outage = judge_outage(judgements, self.timing.interval, self.outage)
+            judgements = {u: spare(j, self.outage) for u, j in judgements.items()}
         self.judgements.update(judgements)
         return judgements
 

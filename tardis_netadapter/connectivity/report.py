@@ -16,6 +16,7 @@ from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
     from ..brake import BrakeSnapshot
+    from .outage import Outage
 
 SCHEMA_VERSION = 1
 
@@ -141,15 +142,39 @@ def to_json(
 
 
 def brake_line(brake: Optional[BrakeSnapshot]) -> Optional[str]:
-    """The line ``status`` puts at the top when the site's brake is engaged, else None.
+    """The line ``status`` puts at the top when the site's brake refuses deploys.
 
     E.g. ``site NetLab: brake engaged: 5 drones in a row died within 300 s;
-    next probe in 42 s``: an operator must see first that the adapter is
-    refusing to deploy, before reading a table that may well be empty.
+    next probe in 42 s``, or ``site NetLab: deploys held: site outage ...``:
+    an operator must see first that the adapter is refusing to deploy, before
+    reading a table that may well be empty. None when it is not refusing.
     """
-    if brake is None or not brake.engaged:
+    if brake is None or not (brake.engaged or brake.held is not None):
         return None
     return "".join(c if c.isprintable() else "?" for c in brake.headline)
+
+
+def outage_line(site: str, outage: Optional[Outage]) -> Optional[str]:
+    """The line ``status`` puts at the top when it judges the site in outage.
+
+    E.g. ``site NetLab: site outage in stage tunnel: 5 of 5 running drones
+    failing``: the failures in the table are the site's, not the drones'.
+    ``status`` judges one snapshot, so it sees an outage begin as the adapter
+    does, but not the adapter's hysteresis at its end (the adapter's hold,
+    from the brake state file, shows that).
+    """
+    if outage is None:
+        return None
+    return "".join(
+        c if c.isprintable() else "?" for c in f"site {site}: {outage.headline}"
+    )
+
+
+def outage_json(outage: Optional[Outage]) -> Optional[dict[str, Any]]:
+    """The ``outage`` object of ``status --json`` (None: no outage judged)."""
+    if outage is None:
+        return None
+    return {**asdict(outage), "headline": outage.headline}
 
 
 def brake_json(brake: Optional[BrakeSnapshot]) -> Optional[dict[str, Any]]:

@@ -73,6 +73,9 @@ class Judgement:
     heartbeat_age: Optional[float] = None
     latency_ms: Optional[float] = None
     in_collector: Optional[bool] = None
+    #: site clock time the failure began (None: nothing failing, or no record);
+    #: what the site outage judgement (outage.py) clusters on
+    failing_since: Optional[float] = None
 
 
 def judge(
@@ -91,7 +94,12 @@ def judge(
     """
     age = None if heartbeat is None else max(0.0, now - heartbeat.time)
 
-    def result(verdict: Verdict, reason: str, stage: Optional[str] = None) -> Judgement:
+    def result(
+        verdict: Verdict,
+        reason: str,
+        stage: Optional[str] = None,
+        since: Optional[float] = None,
+    ) -> Judgement:
         return Judgement(
             verdict,
             reason,
@@ -99,6 +107,7 @@ def judge(
             age,
             heartbeat.latency_ms if heartbeat is not None else None,
             in_collector,
+            since,
         )
 
     if not job.running:
@@ -142,9 +151,13 @@ def judge(
                 Verdict.LOST,
                 f"failing for {failing_for:.0f}s > grace {timing.grace:.0f}s: {reason}",
                 stage,
+                failing_since,
             )
         return result(
-            Verdict.DEGRADED, f"failing for {failing_for:.0f}s: {reason}", stage
+            Verdict.DEGRADED,
+            f"failing for {failing_for:.0f}s: {reason}",
+            stage,
+            failing_since,
         )
     if past_deadline:
         return result(
@@ -152,5 +165,6 @@ def judge(
             f"no good heartbeat {running_for:.0f}s after start "
             f"(deadline {timing.connect_deadline:.0f}s): {reason}",
             stage,
+            failing_since,
         )
-    return result(Verdict.CONNECTING, reason, stage)
+    return result(Verdict.CONNECTING, reason, stage, failing_since)

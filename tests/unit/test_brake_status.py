@@ -114,6 +114,7 @@ def test_brake_json_keys():
         "after",
         "last_reason",
         "updated",
+        "held",
         "headline",
     }
     assert document["engaged"] is True and document["next_probe_in"] == 42
