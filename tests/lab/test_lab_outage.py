@@ -1,0 +1,317 @@
+"""Issue 11 in the real lab: the login node's sshd down for 60 s is a site outage.
+
+A real ``cobald`` daemon (configs/lab.yml, COBalD's demand fixed at three
+drones) runs NetSlurm drones on the lab's Slurm. Once all three are Available
+and their heartbeats are good, the login node's sshd is stopped for
+``OUTAGE`` seconds and every one of its sessions is killed (the drones'
+tunnels and the daemon's own SSH connection): only processes of this lab's
+login sshd, by pid (its pid file, its descendants, and sshd processes inside
+the lab's login namespace), never by name machine-wide.
+
+Asserted once sshd is back, within a bounded wait: no drone of the three
+reached Cleanup/Down (SqliteRegistry), their Slurm jobs are the same job ids,
+still RUNNING; the daemon logged "site outage in stage ..." once and "... is
+over after ..." once; it is alive and logged no Traceback.
+
+Measured and printed, not asserted (issue 11 wants every tunnel back within
+3 s, which needs a tunnel supervisor that does not exist yet): the seconds
+from sshd's return to each tunnel's ssh connection being established again
+(``ss`` on login, connections from the site network to :22), and to each
+drone's first good heartbeat (its record's own time, the worker's clock,
+which is this machine's). ``TNA_KEEP_LOGS=DIR`` keeps the daemon's log,
+registry and ``measured.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import pytest
+from tardis_netadapter_lab import Lab, faults
+from tardis_netadapter_lab.daemon import (
+    CobaldDaemon,
+    fixed_demand,
+    pool_request,
+    registry_states,
+    slurm_jobs,
+    write_config,
+)
+from tardis_netadapter_lab.netns import pids_in_namespaces, terminate
+from tardis_netadapter_lab.services import recorded_pid
+
+from tardis_netadapter.connectivity.heartbeat import Heartbeat, parse_records
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+DRONES = 3
+#: issue 11's CI case: sshd down for a minute, all its sessions killed
+OUTAGE = 60.0
+ENDED = {"CleanupState", "DownState", "ShutDownState", "ShuttingDownState"}
+OUTAGE_LINE = re.compile(r"NetLab: site outage in stage (\S+): .*no drone is ended")
+OVER_LINE = re.compile(r"NetLab: site outage in stage (\S+) is over after ([\d.]+) s")
+#: bounded wait after sshd's return for the tunnels, heartbeats and the end of
+#: the outage (today autossh's back-off alone takes ~16 s, see issue 11)
+RECOVERY = 150
+
+
+@pytest.fixture(scope="module")
+def site(lab: Lab) -> Iterator[Lab]:
+    """The session's lab (tests/conftest.py), Slurm faults cleared around the module."""
+    faults.clear_slurm_faults(lab.layout)
+    yield lab
+    faults.clear_slurm_faults(lab.layout)
+    if recorded_pid(lab.layout, "login-sshd") is None:  # a failure mid-outage
+        lab.restart_service("login-sshd")
+
+
+def heartbeats(site: Lab) -> dict[str, Heartbeat]:
+    """The drones' latest records, read from the shared home (file transport)."""
+    directory = site.layout.home(site.drone_user) / ".tardis-netadapter/heartbeats"
+    text = ""
+    for path in directory.glob("*.json"):
+        try:
+            text += path.read_text(errors="replace") + "\n"
+        except OSError:  # replaced while we read it
+            continue
+    return parse_records(text)
+
+
+def tunnel_connections(site: Lab) -> int:
+    """Established ssh connections from the site network (the workers) to login:22."""
+    result = site.run(
+        "login",
+        ["ss", "-Htn", "state", "established", "( sport = :22 and dst 10.66.1.0/24 )"],
+    )
+    return len([line for line in result.stdout.splitlines() if line.strip()])
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (by /proc parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def login_sshd_processes(site: Lab) -> set[int]:
+    """sshd processes in this lab's login namespace (the listener's orphaned sessions)."""
+    found = set()
+    for pid in pids_in_namespaces([site.layout.namespace_path("login")]):
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            continue
+        if os.path.basename(exe) == "sshd":
+            found.add(pid)
+    return found
+
+
+def stop_login_sshd_and_sessions(site: Lab) -> list[int]:
+    """Stop login's sshd and kill all its sessions; the session pids killed.
+
+    The sessions are the listener's descendants (per-connection sshd, the
+    commands they run), taken before the listener dies (then they are
+    orphans); afterwards, any sshd left in the login namespace (a session
+    forked in between). All by pid, all inside this lab's login namespace.
+    """
+    in_login = set(pids_in_namespaces([site.layout.namespace_path("login")]))
+    listener = recorded_pid(site.layout, "login-sshd")
+    assert listener is not None, "login sshd is not running"
+    sessions = descendants(listener) & in_login
+    assert site.kill_service("login-sshd")
+    sessions |= login_sshd_processes(site)
+    terminate(sorted(sessions))
+    left = login_sshd_processes(site)
+    assert not left, f"sshd processes left in the login namespace: {left}"
+    return sorted(sessions)
+
+
+def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
+    site: Lab, tmp_path: Path
+) -> None:
+    config = write_config(site, tmp_path, replace=fixed_demand(DRONES))
+    cobald = CobaldDaemon(site, tmp_path, config).start().wait_running()
+    started = time.monotonic()
+    events: list[str] = []
+    measured: dict[str, Any] = {"outage": OUTAGE, "drones": DRONES}
+    loaded: set[str] = set()
+
+    def say(text: str) -> None:
+        events.append(f"{time.monotonic() - started:6.1f}s {text}")
+
+    def why() -> str:
+        home = site.layout.home(site.drone_user)
+        outputs = "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-1500:]}"
+            for path in sorted(home.glob("tardis-*.out"))[-DRONES:]
+        )
+        beats = {
+            u: (round(h.time), h.failing_stage, h.stages, h.last_error)
+            for u, h in heartbeats(site).items()
+        }
+        return (
+            "events:\n  "
+            + "\n  ".join(events[-60:])
+            + f"\ndrones={registry_states(cobald.db)}\nslurm={slurm_jobs(site)}\n"
+            f"heartbeats={beats}\n{outputs}\n"
+            f"--- cobald log (tail)\n{cobald.all_logs()[-6000:]}"
+        )
+
+    def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
+        begun = time.monotonic()
+        while time.monotonic() - begun < timeout:
+            if check():
+                return time.monotonic() - begun
+            time.sleep(1)
+        pytest.fail(
+            f"{what} not reached within {timeout:.0f} s\n{why()}", pytrace=False
+        )
+
+    try:
+        # 1. three busy drones, Available, their latest heartbeats good
+        def ready() -> bool:
+            assert cobald.alive, "cobald exited\n" + why()
+            for uuid in registry_states(cobald.db):
+                if uuid not in loaded and pool_request(
+                    site, {"op": "set_load", "uuid": uuid, "load": 1.0}
+                ).get("ok"):
+                    loaded.add(uuid)
+            drones = registry_states(cobald.db)
+            beats = heartbeats(site)
+            good = [
+                u
+                for u, (_job, state) in drones.items()
+                if state == "AvailableState" and u in beats and beats[u].ok
+            ]
+            return len(good) >= DRONES
+
+        measured["ready_after"] = round(wait_for("three connected drones", ready, 300))
+        ours = {
+            u: job
+            for u, (job, state) in registry_states(cobald.db).items()
+            if state == "AvailableState"
+        }
+        assert len(ours) == DRONES, why()
+        jobs = slurm_jobs(site)
+        assert {jobs[job][0] for job in ours.values()} == {"RUNNING"}, why()
+        assert tunnel_connections(site) >= DRONES, why()
+        say(f"ready: {ours}")
+
+        # 2. sshd down for OUTAGE seconds, every session killed
+        killed = stop_login_sshd_and_sessions(site)
+        down_at = time.monotonic()
+        say(f"login sshd stopped, {len(killed)} session processes killed")
+        assert tunnel_connections(site) == 0, why()
+        trail: dict[str, str] = {}
+
+        def watch_drones() -> None:
+            """No drone of ours ended, none moved to another job; states to events."""
+            assert cobald.alive, "cobald exited\n" + why()
+            drones = registry_states(cobald.db)
+            beats = heartbeats(site)
+            for uuid, job in ours.items():
+                record = drones.get(uuid)
+                assert record is not None, f"{uuid} left the registry\n{why()}"
+                assert record[1] not in ENDED, f"{uuid} is {record[1]}\n{why()}"
+                assert record[0] == job, f"{uuid}: job {job} -> {record[0]}\n{why()}"
+                beat = beats.get(uuid)
+                seen = f"{record[1]} beat={beat.failing_stage if beat else '-'}"
+                if trail.get(uuid) != seen:
+                    trail[uuid] = seen
+                    say(f"{uuid}: {seen}")
+
+        while time.monotonic() - down_at < OUTAGE:
+            watch_drones()
+            time.sleep(1)
+
+        # 3. sshd back: tunnels, heartbeats and the end of the outage
+        site.restart_service("login-sshd")
+        back_mono, back_wall = time.monotonic(), time.time()
+        say("login sshd back")
+        tunnels: list[float] = []
+        first_good: dict[str, float] = {}
+
+        def recovered() -> bool:
+            watch_drones()
+            count = tunnel_connections(site)
+            while len(tunnels) < min(count, DRONES):
+                tunnels.append(round(time.monotonic() - back_mono, 1))
+                say(f"{len(tunnels)} tunnel(s) back")
+            for uuid, beat in heartbeats(site).items():
+                fresh = uuid in ours and uuid not in first_good
+                if fresh and beat.ok and beat.time > back_wall:
+                    first_good[uuid] = round(beat.time - back_wall, 1)
+                    say(f"{uuid}: first good heartbeat")
+            logs = cobald.all_logs()
+            return (
+                len(tunnels) >= DRONES
+                and len(first_good) == DRONES
+                and bool(OVER_LINE.search(logs))
+            )
+
+        measured["recovered_after"] = round(
+            wait_for("tunnels, heartbeats and the outage's end", recovered, RECOVERY), 1
+        )
+        measured["tunnel_back_after"] = tunnels
+        measured["first_good_heartbeat_after"] = sorted(first_good.values())
+        for name in ("tunnel_back_after", "first_good_heartbeat_after"):
+            values = measured[name]
+            measured[f"{name}_median_max"] = [median(values), max(values)]
+        time.sleep(5)  # one more status cycle: a late cancel would show now
+        watch_drones()
+
+        logs = cobald.all_logs()
+        began = OUTAGE_LINE.findall(logs)
+        over = OVER_LINE.findall(logs)
+        measured["log"] = [
+            line
+            for line in logs.splitlines()
+            if OUTAGE_LINE.search(line) or OVER_LINE.search(line)
+        ]
+        say(f"outage lines: {measured['log']}")
+        assert len(began) == 1, f"outage declared {len(began)} times\n{why()}"
+        assert len(over) == 1, f"outage ended {len(over)} times\n{why()}"
+        jobs = slurm_jobs(site)
+        still = {job: jobs.get(job, ("gone",))[0] for job in ours.values()}
+        assert set(still.values()) == {"RUNNING"}, f"{still}\n{why()}"
+        lost = re.findall(r"drone (\S+) is (?:lost|never-connected) \(", logs)
+        assert not set(lost) & set(ours), f"judged lost: {lost}\n{why()}"
+        assert cobald.alive, why()
+        assert "Traceback" not in logs, why()
+        measured["events"] = events
+        print(json.dumps({k: v for k, v in measured.items() if k != "events"}))
+    finally:
+        measured.setdefault("events", events)
+        cobald.stop()
+        if recorded_pid(site.layout, "login-sshd") is None:
+            site.restart_service("login-sshd")
+        site.run("login", ["scancel", "--me"], user=site.drone_user)
+        (tmp_path / "measured.json").write_text(json.dumps(measured, indent=2))
+        if os.environ.get("TNA_KEEP_LOGS"):
+            shutil.copytree(tmp_path, os.environ["TNA_KEEP_LOGS"], dirs_exist_ok=True)
+        try:
+            site.wait_nodes_idle(timeout=60)
+        except Exception as error:  # the next module says so if it matters
+            print(f"nodes not idle after the test: {error!r}")
