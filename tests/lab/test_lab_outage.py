@@ -18,7 +18,7 @@ Measured and printed, not asserted (issue 11 wants every tunnel back within
 from sshd's return to each tunnel's ssh connection being established again
 (``ss`` on login, connections from the site network to :22), and to each
 drone's first good heartbeat (its record's own time, the worker's clock,
-which is this machine's). ``TNA_KEEP_LOGS=DIR`` keeps the daemon's log,
+which is this machine's; whole seconds, so up to 1 s early). ``TNA_KEEP_LOGS=DIR`` keeps the daemon's log,
 registry and ``measured.json``.
 """
 
