@@ -65,7 +65,7 @@ from tardis.interfaces.siteadapter import ResourceStatus
 
 from .schema import load, plain
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.brake")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.brake")
 
 #: version of the state file's keys; changes when they do
 STATE_SCHEMA = 1

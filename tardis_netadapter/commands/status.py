@@ -36,7 +36,7 @@ from ..connectivity.report import (
 from ..connectivity.verdict import Timing
 from .sitecli import build_executor, site_name
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.status")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.status")
 
 
 def add_parser(subparsers: Any) -> None:

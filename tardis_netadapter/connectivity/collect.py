@@ -22,7 +22,7 @@ from typing import Optional
 from ..paths import shell_path
 from .heartbeat import UUID_PATTERN, Heartbeat, parse_records
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 
 BEGIN = "@@tna-heartbeats@@"
 END = "@@tna-heartbeats-end@@"

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Optional
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 
 UUID_ATTRIBUTE = "TardisDroneUuid"
 

@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from ..modes.stages import record_stages
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 
 #: the record format version written by watchdog.sh (key ``v``).
 FORMAT_VERSION = 1

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 #: an alert needs no absent()): every record stage, and ``heartbeat`` (late records)
 OUTAGE_STAGES: tuple[str, ...] = (*STAGES, "heartbeat")
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 
 
 class ConnectivityMetrics:

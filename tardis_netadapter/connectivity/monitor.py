@@ -26,7 +26,7 @@ from .heartbeat import UUID_PATTERN
 from .outage import Outage, judge_outage, spare
 from .verdict import JobView, Judgement, Timing, Verdict, judge
 
-logger = logging.getLogger("cobald.runtime.tardis.netadapter.connectivity")
+logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 
 
 class SiteMonitor:

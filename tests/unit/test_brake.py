@@ -123,7 +123,7 @@ def test_walltime_below_twice_min_lifetime_is_refused():
 def test_trips_after_n_young_deaths_in_a_row(caplog):
     clock = Clock()
     brake = make(clock)
-    caplog.set_level(logging.INFO, logger="cobald.runtime.tardis.netadapter.brake")
+    caplog.set_level(logging.INFO, logger="cobald.runtime.tardis_netadapter.brake")
     die_young(brake, clock, "netlab-a")
     die_young(brake, clock, "netlab-b", ran=299)
     brake.check("netlab-c")  # two: still open
@@ -283,7 +283,7 @@ def test_probe_dies_young_doubles_the_backoff_up_to_the_cap():
 def test_probe_survives_lifts_the_brake_and_resets(caplog):
     clock = Clock()
     brake = make(clock)
-    caplog.set_level(logging.INFO, logger="cobald.runtime.tardis.netadapter.brake")
+    caplog.set_level(logging.INFO, logger="cobald.runtime.tardis_netadapter.brake")
     trip(brake, clock)
     clock.advance(60)
     brake.check("netlab-p1")
