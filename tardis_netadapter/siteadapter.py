@@ -158,12 +158,12 @@ class NetBatchAdapter(SiteAdapter):
 
         A job named after the drone in a listing made since this process
         started is adopted instead of submitting again (a daemon killed during
-        the submit command and restarted). When its outcome is unknown (timed out,
-        connection lost, unreadable answer) the drone is looked up by name; if
-        its job is not there yet it stays Booting without a job id and
-        :meth:`resource_status` keeps looking until the job can no longer
-        appear. Only a definite refusal (the batch system's own error) sends the drone
-        down.
+        the submit command and restarted). When the submit's outcome is
+        unknown (timed out, connection lost, unreadable answer) the drone is
+        looked up by name; if its job is not there yet it stays Booting without
+        a job id and :meth:`resource_status` keeps looking until the job can
+        no longer appear. Only a definite refusal (the batch system's own
+        error) sends the drone down.
         """
         drone_uuid = resource_attributes.drone_uuid
         with self._site.brake.deploying(drone_uuid):
