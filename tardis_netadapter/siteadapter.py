@@ -135,10 +135,6 @@ class NetBatchAdapter(SiteAdapter):
         return self._site.settings
 
     @property
-    def _poller(self) -> SitePoller:
-        return self._site.poller
-
-    @property
     def _system(self) -> str:
         return self._site.driver.system
 
@@ -171,7 +167,7 @@ class NetBatchAdapter(SiteAdapter):
 
     async def _submit_once(self, resource_attributes: AttributeDict) -> AttributeDict:
         drone_uuid = resource_attributes.drone_uuid
-        snapshot = await self._poller.snapshot(newer_than=self._poller.created)
+        snapshot = await self.poller.snapshot(newer_than=self.poller.created)
         job = snapshot.by_name(drone_uuid)
         if job is not None:
             logger.warning(
@@ -205,7 +201,7 @@ class NetBatchAdapter(SiteAdapter):
                     )
                     raise
                 return await self._find_submission(drone_uuid, error)
-        self._poller.note_submitted(job_id)
+        self.poller.note_submitted(job_id)
         logger.info(
             "%s: drone %s is %s job %s",
             self.site_name,
@@ -221,7 +217,7 @@ class NetBatchAdapter(SiteAdapter):
         self, drone_uuid: str, error: BaseException
     ) -> AttributeDict:
         """The job may or may not exist: find it by its name, the drone uuid."""
-        deadline = self._poller.clock() + self._site.late_job_margin
+        deadline = self.poller.clock() + self._site.late_job_margin
         self._site.unresolved[drone_uuid] = deadline
         logger.warning(
             "%s: drone %s: the submission's outcome is unknown (%s); looking for a job "
@@ -232,7 +228,7 @@ class NetBatchAdapter(SiteAdapter):
             drone_uuid,
         )
         try:
-            job = (await self._poller.refresh()).by_name(drone_uuid)
+            job = (await self.poller.refresh()).by_name(drone_uuid)
         except Exception as lookup:  # the listing failed too: keep looking later
             logger.warning(
                 "%s: drone %s: listing failed too (%s); looking again next cycle",
@@ -272,10 +268,10 @@ class NetBatchAdapter(SiteAdapter):
         """The drone's status from the shared listing; never a death it cannot confirm."""
         drone_uuid = resource_attributes.get("drone_uuid")
         job_id = resource_attributes.get("remote_resource_uuid")
-        snapshot = await self._poller.snapshot()
+        snapshot = await self.poller.snapshot()
         if job_id is None:
             return self._status_by_name(drone_uuid, snapshot)
-        status = self._poller.status_of(str(job_id), snapshot)
+        status = self.poller.status_of(str(job_id), snapshot)
         if status is None:
             raise StatusUndecided(
                 f"{self.site_name}: drone {drone_uuid}: job {job_id}'s state is not "
@@ -297,9 +293,9 @@ class NetBatchAdapter(SiteAdapter):
             return self._adopt(drone_uuid, job)
         # after a restart the deadline is unknown: count from this process's start
         deadline = self._site.unresolved.get(
-            drone_uuid, self._poller.created + self._site.late_job_margin
+            drone_uuid, self.poller.created + self._site.late_job_margin
         )
-        if snapshot.started > deadline and self._poller.missing_by_name(
+        if snapshot.started > deadline and self.poller.missing_by_name(
             drone_uuid, snapshot
         ):
             self._site.unresolved.pop(drone_uuid, None)
@@ -402,12 +398,12 @@ class NetBatchAdapter(SiteAdapter):
         """
         if drone_uuid is None:
             return None
-        snapshot = await self._poller.snapshot()
+        snapshot = await self.poller.snapshot()
         job = snapshot.by_name(drone_uuid)
         if job is not None:
             return job.job_id
         deadline = self._site.unresolved.get(
-            drone_uuid, self._poller.created + self._site.late_job_margin
+            drone_uuid, self.poller.created + self._site.late_job_margin
         )
         if snapshot.started <= deadline:
             raise StatusUndecided(
