@@ -50,6 +50,16 @@ now_us() {
     printf '%s' "${now/[.,]/}"
 }
 
+# VAR = microseconds since the epoch, without a subshell where bash has
+# EPOCHREALTIME (polling loops call it often).
+clock_us() {
+    local __clock=${EPOCHREALTIME:-} # a name no caller passes as VAR
+    if [[ -z $__clock ]]; then
+        __clock=$(date +%s%6N)
+    fi
+    printf -v "$1" '%s' "${__clock/[.,]/}"
+}
+
 # Seconds with two decimals since a now_us timestamp.
 seconds_since() {
     local elapsed=$(($(now_us) - $1))
@@ -122,16 +132,34 @@ expand_home() {
     printf '%s' "$path"
 }
 
-# Poll a command every 50 ms until it succeeds or the deadline (ms) passes.
+# Sleep MS milliseconds without starting a process: a read that times out on
+# a pipe nobody writes to. Many drones polling on one node would otherwise
+# fork a `sleep` (and a subshell for its argument) several times a second each.
+PAUSE_FD=""
+pause_ms() {
+    local seconds
+    if [[ -z $PAUSE_FD ]]; then
+        exec {PAUSE_FD}<> <(:)
+    fi
+    printf -v seconds '%d.%03d' $(($1 / 1000)) $(($1 % 1000))
+    read -r -t "$seconds" -u "$PAUSE_FD" _ || true
+}
+
+# Poll a command until it succeeds or the deadline (ms) passes: every 50 ms
+# at first, doubling up to 400 ms, so that drones starting together on one
+# node spend little of its CPU on polling.
 wait_until() {
-    local timeout_ms=$1 deadline
+    local timeout_ms=$1 now deadline interval_ms=50
     shift
-    deadline=$(($(now_us) + timeout_ms * 1000))
+    clock_us now
+    deadline=$((now + timeout_ms * 1000))
     until "$@"; do
-        if (($(now_us) >= deadline)); then
+        clock_us now
+        if ((now >= deadline)); then
             return 1
         fi
-        sleep 0.05
+        pause_ms "$interval_ms"
+        interval_ms=$((interval_ms >= 200 ? 400 : interval_ms * 2))
     done
 }
 

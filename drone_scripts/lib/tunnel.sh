@@ -227,21 +227,24 @@ tunnel_ports_state() {
     return "$missing"
 }
 
-# Poll tunnel_ports_state every 50 ms for up to TUNNEL_READY_TIMEOUT_MS: its
-# status, 1 when the time is up.
+# Poll tunnel_ports_state for up to TUNNEL_READY_TIMEOUT_MS (every 50 ms at
+# first, then less often, as wait_until): its status, 1 when the time is up.
 tunnel_wait_ports() {
-    local deadline state
-    deadline=$(($(now_us) + TUNNEL_READY_TIMEOUT_MS * 1000))
+    local now deadline state interval_ms=50
+    clock_us now
+    deadline=$((now + TUNNEL_READY_TIMEOUT_MS * 1000))
     while :; do
         tunnel_ports_state
         state=$?
         if ((state != 1)); then
             return "$state"
         fi
-        if (($(now_us) >= deadline)); then
+        clock_us now
+        if ((now >= deadline)); then
             return 1
         fi
-        sleep 0.05
+        pause_ms "$interval_ms"
+        interval_ms=$((interval_ms >= 200 ? 400 : interval_ms * 2))
     done
 }
 
