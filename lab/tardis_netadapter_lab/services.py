@@ -59,6 +59,14 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             "OpenSSH sshd of the login node",
         ),
         Service(
+            "login2-sshd",
+            "login2",
+            ("/usr/sbin/sshd", "-D", "-e", "-f", str(ssh / "login2_sshd_config")),
+            "0.0.0.0",
+            L.SSH_PORT,
+            "OpenSSH sshd of the second login node (no Slurm there)",
+        ),
+        Service(
             "slurmctld",
             "login",
             ("slurmctld", "-D", "-i", "-f", str(lab.slurm_conf)),
