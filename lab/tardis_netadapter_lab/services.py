@@ -84,6 +84,15 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             str(d / "squid" / "login" / "squid.pid"),
         ),
         Service(
+            "login2-squid",
+            "login2",
+            ("squid", "-N", "-f", str(d / "squid" / "login2" / "squid.conf")),
+            "127.0.0.1",
+            L.SQUID_PORT,
+            "squid on login2, like login's (a drone's -L forward is per login node)",
+            str(d / "squid" / "login2" / "squid.pid"),
+        ),
+        Service(
             "http",
             "outside",
             (PYTHON, "-m", "http.server", "--bind", L.OUTSIDE_HTTP)

@@ -183,7 +183,12 @@ class Lab:
         dante = lab.state_dir / "dante"
         dante.mkdir()
         (dante / "danted.conf").write_text(configs.danted_conf(lab))
-        for role, listen in (("login", "127.0.0.1"), ("outside", L.OUTSIDE_HTTP)):
+        squids = (
+            ("login", "127.0.0.1"),
+            ("login2", "127.0.0.1"),
+            ("outside", L.OUTSIDE_HTTP),
+        )
+        for role, listen in squids:
             work = lab.state_dir / "squid" / role
             work.mkdir(parents=True)
             (work / "squid.conf").write_text(
