@@ -146,10 +146,12 @@ tunnel_seed() {
 # first-hop host) so that this drone starts on route seed mod routes: drones
 # with consecutive job ids spread evenly over the login nodes, and the same
 # job always starts on the same one. The supervisor then fails over in this
-# order. TUNNEL_TARGET follows the new first entry.
+# order. TUNNEL_TARGET follows the new first entry. Once per drone: a second
+# call (e.g. from the supervisor as well as the stage) must not rotate again.
 tunnel_order_targets() {
     local count=${#TUNNEL_TARGETS[@]} start
-    ((count > 1)) || return 0
+    ((count > 1)) && [[ -z ${TUNNEL_TARGETS_ORDERED:-} ]] || return 0
+    TUNNEL_TARGETS_ORDERED=1
     start=$(($(tunnel_seed) % count))
     TUNNEL_TARGETS=("${TUNNEL_TARGETS[@]:start}" "${TUNNEL_TARGETS[@]:0:start}")
     TUNNEL_FIRST_HOPS=("${TUNNEL_FIRST_HOPS[@]:start}" "${TUNNEL_FIRST_HOPS[@]:0:start}")

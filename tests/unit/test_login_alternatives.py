@@ -195,6 +195,14 @@ def test_drones_start_on_route_job_id_mod_routes(
     )
 
 
+def test_ordering_twice_rotates_once(tmp_path: Path) -> None:
+    """The stage orders the routes; a supervisor that orders them as well
+    (lib/supervise.sh's caller) must not rotate them a second time."""
+    twice = f"tunnel_order_targets >/dev/null 2>&1; {ORDER}"
+    out = sourced(script_of(BASE), twice, tmp_path, SLURM_JOB_ID="7")
+    assert out.startswith("tardis-r1-hop-2|tardis-r1-hop-2 tardis-r2-hop-2 ")
+
+
 def test_without_a_job_id_the_uuid_decides_the_same_way_every_time(
     tmp_path: Path,
 ) -> None:
