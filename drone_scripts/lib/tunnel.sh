@@ -93,11 +93,14 @@ tunnel_command() {
 # first and slower while it keeps failing at once (e.g. a refused key).
 # autossh exits when its ssh is killed by a signal, so it is looped too.
 tunnel_supervise() {
-    local argv=() child="" started status delay_ms=200
-    mapfile -d '' argv < <(tunnel_command)
+    local argv=() child="" started status delay_ms=200 target=0
     trap - EXIT HUP
     trap 'stop_process "$child" 2000; exit 0' TERM INT
     while :; do
+        # issue 11, minimal failover until the supervisor (lib/supervise.sh)
+        # lands: ssh's own failures (status 255) move on to the next route
+        TUNNEL_TARGET=${TUNNEL_TARGETS[target]:-$TUNNEL_TARGET}
+        mapfile -d '' argv < <(tunnel_command)
         started=$(now_us)
         "${argv[@]}" </dev/null &
         child=$!
@@ -109,6 +112,10 @@ tunnel_supervise() {
         log "tunnel: ${argv[0]} exited with status $status; restarting in ${delay_ms}ms"
         # one line per restart: the watchdog reports the count in its heartbeat
         printf '%s %s\n' "$(now_us)" "$status" >>"$DRONE_DIR/tunnel.restarts"
+        if ((status == 255 && ${#TUNNEL_TARGETS[@]} > 1)); then
+            target=$(((target + 1) % ${#TUNNEL_TARGETS[@]}))
+            log "tunnel: next route ${TUNNEL_TARGETS[target]} (first hop ${TUNNEL_FIRST_HOPS[target]})"
+        fi
         sleep "$((delay_ms / 1000)).$(printf '%03d' $((delay_ms % 1000)))"
         delay_ms=$((delay_ms * 2 > 10000 ? 10000 : delay_ms * 2))
     done
@@ -133,6 +140,23 @@ tunnel_seed() {
         hash=$(((hash * 33 + char) % 2147483647))
     done
     printf '%s' "$hash"
+}
+
+# Rotate TUNNEL_TARGETS and TUNNEL_FIRST_HOPS (one entry per route, i.e. per
+# first-hop host) so that this drone starts on route seed mod routes: drones
+# with consecutive job ids spread evenly over the login nodes, and the same
+# job always starts on the same one. The supervisor then fails over in this
+# order. TUNNEL_TARGET follows the new first entry. Once per drone: a second
+# call (e.g. from the supervisor as well as the stage) must not rotate again.
+tunnel_order_targets() {
+    local count=${#TUNNEL_TARGETS[@]} start
+    ((count > 1)) && [[ -z ${TUNNEL_TARGETS_ORDERED:-} ]] || return 0
+    TUNNEL_TARGETS_ORDERED=1
+    start=$(($(tunnel_seed) % count))
+    TUNNEL_TARGETS=("${TUNNEL_TARGETS[@]:start}" "${TUNNEL_TARGETS[@]:0:start}")
+    TUNNEL_FIRST_HOPS=("${TUNNEL_FIRST_HOPS[@]:start}" "${TUNNEL_FIRST_HOPS[@]:0:start}")
+    TUNNEL_TARGET=${TUNNEL_TARGETS[0]}
+    log "tunnel: routes in order ${TUNNEL_TARGETS[*]} (first hops ${TUNNEL_FIRST_HOPS[*]})"
 }
 
 # Every TCP listener of this node (IPv4 and IPv6, one awk over /proc/net) into
@@ -313,6 +337,7 @@ tunnel_stage() {
         fi
     done
     CLEANUP+=(tunnel_stop)
+    tunnel_order_targets
     for ((attempt = 1; ; attempt++)); do
         tunnel_pick_ports ||
             fail tunnel "$EXIT_TUNNEL" "no free local ports in" \

@@ -17,7 +17,7 @@ from pathlib import Path
 from . import layout as L
 from .netns import check_call
 
-HOST_KEYS = ("login_host_ed25519", "gateway_host_ed25519")
+HOST_KEYS = ("login_host_ed25519", "login2_host_ed25519", "gateway_host_ed25519")
 
 
 def _write(path: Path, text: str, mode: int, owner: str | None = None) -> None:
@@ -110,14 +110,19 @@ def _add_user(lab: L.LabLayout, user: str) -> None:
 
 
 def known_hosts_text(lab: L.LabLayout) -> str:
-    """Host keys of login (both addresses) and of the gateway sshd on 443."""
+    """Host keys of login and login2 (both addresses) and of the gateway on 443."""
     login_key = _public_key(lab.ssh_dir / "login_host_ed25519.pub")
+    login2_key = _public_key(lab.ssh_dir / "login2_host_ed25519.pub")
     gateway_key = _public_key(lab.ssh_dir / "gateway_host_ed25519.pub")
     login_names = ",".join(["login", L.LOGIN_SITE, L.LOGIN_PUBLIC])
+    login2_names = ",".join(["login2", L.LOGIN2_SITE, L.LOGIN2_PUBLIC])
     gateway_names = ",".join(
         f"[{name}]:{L.HTTPS_PORT}" for name in ("gateway", L.OUTSIDE_GATEWAY)
     )
-    return f"{login_names} {login_key}\n{gateway_names} {gateway_key}\n"
+    return (
+        f"{login_names} {login_key}\n{login2_names} {login2_key}\n"
+        f"{gateway_names} {gateway_key}\n"
+    )
 
 
 def _public_key(path: Path) -> str:
@@ -128,11 +133,13 @@ def _public_key(path: Path) -> str:
 def ssh_client_config() -> str:
     """~/.ssh/config of the lab users: short names as a site's users would have.
 
-    `login` is the login node's site-side address (what a job on a worker
+    `login` (`login2`) is the login node's site-side address (what a job on a worker
     uses); from control, connect to the public address explicitly.
     """
     return f"""Host login
     HostName {L.LOGIN_SITE}
+Host login2
+    HostName {L.LOGIN2_SITE}
 Host gateway
     HostName {L.OUTSIDE_GATEWAY}
     Port {L.HTTPS_PORT}

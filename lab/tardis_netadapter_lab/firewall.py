@@ -14,12 +14,20 @@ from . import layout as L
 from .netns import check_call, in_namespace
 
 TABLE = "tnlab_login"
+#: the login nodes that carry this firewall, and their site-side interface
+LOGIN_HOSTS = {"login": L.SITE_BRIDGE, "login2": L.LOGIN2_SITE_IF}
 
 
-def ruleset() -> str:
-    """The nft ruleset loaded into the login namespace (one table, atomic)."""
+def ruleset(host: str = "login") -> str:
+    """The nft ruleset loaded into a login namespace (one table, atomic).
+
+    login2 is login without Slurm: from the workers only ssh comes in.
+    """
+    site_if = LOGIN_HOSTS[host]
     worker_ports = (
         f"{L.SSH_PORT}, {L.SLURMCTLD_PORT}, {L.SRUN_PORTS[0]}-{L.SRUN_PORTS[1]}"
+        if host == "login"
+        else f"{L.SSH_PORT}"
     )
     # The order matters: resets (including the ones the reject rules below
     # generate) must pass before `ct state invalid` would eat them.
@@ -34,7 +42,7 @@ table inet {TABLE} {{
     chain input {{
         type filter hook input priority filter; policy drop;
         iif "lo" accept{common}
-        iifname "{L.SITE_BRIDGE}" tcp dport {{ {worker_ports} }} ct state new accept
+        iifname "{site_if}" tcp dport {{ {worker_ports} }} ct state new accept
         iifname "{L.LOGIN_PUBLIC_IF}" tcp dport {L.SSH_PORT} ct state new accept
         meta l4proto tcp reject with tcp reset
         reject with icmpx admin-prohibited
@@ -42,7 +50,7 @@ table inet {TABLE} {{
     chain output {{
         type filter hook output priority filter; policy drop;
         oif "lo" accept{common}
-        oifname "{L.SITE_BRIDGE}" accept
+        oifname "{site_if}" accept
         oifname "{L.LOGIN_PUBLIC_IF}" tcp dport {{ {L.HTTP_PORT}, {L.HTTPS_PORT} }} \
 ct state new accept
         meta l4proto tcp reject with tcp reset
@@ -70,13 +78,14 @@ def idle_sysctls(idle_timeout: int) -> list[str]:
 
 def install(lab: L.LabLayout, idle_timeout: int) -> None:
     """Load the ruleset, then the conntrack sysctls (they exist once ct is used)."""
-    login = lab.namespace_path("login")
-    check_call(in_namespace(login, ["nft", "-f", "-"]), input=ruleset())
+    for host in LOGIN_HOSTS:
+        namespace = lab.namespace_path(host)
+        check_call(in_namespace(namespace, ["nft", "-f", "-"]), input=ruleset(host))
     set_idle_timeout(lab, idle_timeout)
 
 
 def set_idle_timeout(lab: L.LabLayout, idle_timeout: int) -> None:
-    """Change how long an idle established flow through login survives.
+    """Change how long an idle established flow through login (and login2) survives.
 
     Takes effect for a flow at its next packet (conntrack re-arms the timer
     with the current value).
@@ -84,7 +93,8 @@ def set_idle_timeout(lab: L.LabLayout, idle_timeout: int) -> None:
     if idle_timeout < 1:
         raise ValueError("idle timeout must be at least 1 second")
     argv = ["sysctl", "-q", "-w", *idle_sysctls(idle_timeout)]
-    check_call(in_namespace(lab.namespace_path("login"), argv))
+    for host in LOGIN_HOSTS:
+        check_call(in_namespace(lab.namespace_path(host), argv))
 
 
 def current_idle_timeout(lab: L.LabLayout) -> int:

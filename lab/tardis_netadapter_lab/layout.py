@@ -20,6 +20,9 @@ PREFIX_LEN = 24
 
 LOGIN_SITE = "10.66.1.1"
 LOGIN_PUBLIC = "10.66.2.10"
+# a second login node (issue 11: failover between login nodes); no Slurm
+LOGIN2_SITE = "10.66.1.2"
+LOGIN2_PUBLIC = "10.66.2.11"
 CONTROL_PUBLIC = "10.66.2.20"
 OUTSIDE_HTTP = "10.66.2.1"  # http 80, squid 3128, pool 9618
 OUTSIDE_SOCKS = "10.66.2.2"  # dante 443
@@ -38,7 +41,8 @@ SRUN_PORTS = (60001, 60100)
 # the root namespace or another lab; all stay well below 15 characters.
 SITE_BRIDGE = "br-site"  # in login
 PUBLIC_BRIDGE = "br-pub"  # in outside
-LOGIN_PUBLIC_IF = "pub0"  # in login, peer "login" on br-pub
+LOGIN_PUBLIC_IF = "pub0"  # in login, peer "login" on br-pub (login2: "login2")
+LOGIN2_SITE_IF = "site0"  # in login2, peer "login2" on br-site (in login)
 HOST_IF = "eth0"  # the single link of a worker or of control
 
 MAX_WORKERS = 200
@@ -74,7 +78,7 @@ class LabLayout:
 
     @property
     def hosts(self) -> list[str]:
-        return ["login", *self.worker_hosts, "outside", "control"]
+        return ["login", "login2", *self.worker_hosts, "outside", "control"]
 
     def namespace(self, host: str) -> str:
         if host not in self.hosts:
@@ -93,6 +97,8 @@ class LabLayout:
         """Addresses of a host by network name ("site" or "public")."""
         if host == "login":
             return {"site": LOGIN_SITE, "public": LOGIN_PUBLIC}
+        if host == "login2":
+            return {"site": LOGIN2_SITE, "public": LOGIN2_PUBLIC}
         if host == "control":
             return {"public": CONTROL_PUBLIC}
         if host == "outside":
@@ -101,7 +107,7 @@ class LabLayout:
         return {"site": self.worker_address(host)}
 
     def address(self, host: str, net: str | None = None) -> str:
-        """One address of a host; `net` is needed only for the dual-homed login."""
+        """One address of a host; `net` is needed only for the dual-homed logins."""
         addresses = self.addresses(host)
         if net is None:
             if len(addresses) > 1:
@@ -201,4 +207,6 @@ class LabLayout:
 
 def namespace_pattern(name: str) -> re.Pattern[str]:
     """Matches exactly the namespaces a lab of this name may have created."""
-    return re.compile(rf"^{re.escape(name)}-(login|outside|control|worker[0-9]+)$")
+    return re.compile(
+        rf"^{re.escape(name)}-(login|login2|outside|control|worker[0-9]+)$"
+    )

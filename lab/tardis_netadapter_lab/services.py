@@ -59,6 +59,14 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             "OpenSSH sshd of the login node",
         ),
         Service(
+            "login2-sshd",
+            "login2",
+            ("/usr/sbin/sshd", "-D", "-e", "-f", str(ssh / "login2_sshd_config")),
+            "0.0.0.0",
+            L.SSH_PORT,
+            "OpenSSH sshd of the second login node (no Slurm there)",
+        ),
+        Service(
             "slurmctld",
             "login",
             ("slurmctld", "-D", "-i", "-f", str(lab.slurm_conf)),
@@ -74,6 +82,15 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             L.SQUID_PORT,
             "squid on the login node (reach it with ssh -L)",
             str(d / "squid" / "login" / "squid.pid"),
+        ),
+        Service(
+            "login2-squid",
+            "login2",
+            ("squid", "-N", "-f", str(d / "squid" / "login2" / "squid.conf")),
+            "127.0.0.1",
+            L.SQUID_PORT,
+            "squid on login2, like login's (a drone's -L forward is per login node)",
+            str(d / "squid" / "login2" / "squid.pid"),
         ),
         Service(
             "http",

@@ -165,6 +165,15 @@ class Lab:
                 login_node=False,
             )
         )
+        (ssh / "login2_sshd_config").write_text(
+            configs.sshd_config(
+                lab,
+                host_key=ssh / "login2_host_ed25519",
+                listen="0.0.0.0",
+                port=L.SSH_PORT,
+                login_node=True,
+            )
+        )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep dir
         lab.slurm_conf.write_text(configs.slurm_conf(lab))
         for sub in ("state", "spool"):
@@ -174,7 +183,12 @@ class Lab:
         dante = lab.state_dir / "dante"
         dante.mkdir()
         (dante / "danted.conf").write_text(configs.danted_conf(lab))
-        for role, listen in (("login", "127.0.0.1"), ("outside", L.OUTSIDE_HTTP)):
+        squids = (
+            ("login", "127.0.0.1"),
+            ("login2", "127.0.0.1"),
+            ("outside", L.OUTSIDE_HTTP),
+        )
+        for role, listen in squids:
             work = lab.state_dir / "squid" / role
             work.mkdir(parents=True)
             (work / "squid.conf").write_text(
@@ -369,6 +383,8 @@ class Lab:
             "ssh": {
                 "login_public": f"{L.LOGIN_PUBLIC}:{L.SSH_PORT}",
                 "login_site": f"{L.LOGIN_SITE}:{L.SSH_PORT}",
+                "login2_public": f"{L.LOGIN2_PUBLIC}:{L.SSH_PORT}",
+                "login2_site": f"{L.LOGIN2_SITE}:{L.SSH_PORT}",
                 "gateway": f"{L.OUTSIDE_GATEWAY}:{L.HTTPS_PORT}",
                 "control_key": str(lab.control_key),
                 "drone_key": str(lab.drone_key),

@@ -51,8 +51,8 @@ def create(lab: L.LabLayout) -> None:
                 lab.hosts,
             )
         )
-    login, outside, control = (
-        lab.namespace(h) for h in ("login", "outside", "control")
+    login, login2, outside, control = (
+        lab.namespace(h) for h in ("login", "login2", "outside", "control")
     )
     for host in lab.hosts:
         _ip(lab.namespace(host), "link", "set", "lo", "up")
@@ -70,6 +70,11 @@ def create(lab: L.LabLayout) -> None:
 
     _attach(login, L.LOGIN_PUBLIC_IF, L.LOGIN_PUBLIC, outside, "login", L.PUBLIC_BRIDGE)
     _attach(control, L.HOST_IF, L.CONTROL_PUBLIC, outside, "control", L.PUBLIC_BRIDGE)
+    # the second login node: on the site bridge (in login) and the public one
+    _attach(login2, L.LOGIN2_SITE_IF, L.LOGIN2_SITE, login, "login2", L.SITE_BRIDGE)
+    _attach(
+        login2, L.LOGIN_PUBLIC_IF, L.LOGIN2_PUBLIC, outside, "login2", L.PUBLIC_BRIDGE
+    )
     for worker in lab.worker_hosts:
         _attach(
             lab.namespace(worker),
@@ -121,8 +126,8 @@ def destroy(name: str) -> list[str]:
 def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
     """(namespace, interface) of both ends of a host's uplink.
 
-    A worker's uplink goes to login; login's and control's go to the public
-    bridge in outside.
+    A worker's uplink goes to login; login's, login2's and control's go to
+    the public bridge in outside.
     """
     if host.startswith("worker"):
         lab.namespace(host)
@@ -130,10 +135,10 @@ def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
             (lab.namespace(host), L.HOST_IF),
             (lab.namespace("login"), _worker_port(host)),
         ]
-    if host == "login":
+    if host in ("login", "login2"):
         return [
-            (lab.namespace("login"), L.LOGIN_PUBLIC_IF),
-            (lab.namespace("outside"), "login"),
+            (lab.namespace(host), L.LOGIN_PUBLIC_IF),
+            (lab.namespace("outside"), host),
         ]
     if host == "control":
         return [

@@ -50,11 +50,19 @@ _USER = re.compile(r"[a-z_][a-z0-9_.\-]*\$?")
 
 @dataclass(frozen=True)
 class Hop:
-    """One ssh hop of the tunnel; the first is usually the site's login node."""
+    """One ssh hop of the tunnel; the first is usually the site's login node.
+
+    ``alternatives`` are further hosts for the same hop (same port and user):
+    a site's other login nodes. Each becomes a route of its own, so drones
+    spread over them and fail over to the next when theirs is down. Only the
+    first hop may have them (SocksProfile.check): a later hop is reached
+    through the first, and one route per combination would multiply.
+    """
 
     host: str
     port: int = 22
     user: Optional[str] = None
+    alternatives: tuple[str, ...] = ()
 
     def check(self, path: str) -> list[str]:
         problems = check_host(f"{path}.host", self.host)
@@ -63,7 +71,22 @@ class Hop:
             problems.append(
                 f"{path}.user: got {self.user!r}; expected a POSIX user name"
             )
+        seen = {self.host.lower()}
+        for index, host in enumerate(self.alternatives):
+            key = f"{path}.alternatives[{index}]"
+            problems += check_host(key, host)
+            if host.lower() in seen:
+                problems.append(
+                    f"{key}: got {host!r} twice (host and alternatives must all "
+                    "differ); remove the repeated entry"
+                )
+            seen.add(host.lower())
         return problems
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        """The host, then its alternatives: one route each, in this order."""
+        return (self.host, *self.alternatives)
 
     @property
     def destination(self) -> str:
@@ -262,6 +285,14 @@ class SocksProfile(NetworkProfile):
                 f"{path}.tunnel.hops: empty with mode 'socks'; list at least the "
                 "login node (host, port, user), or use mode: direct"
             )
+        for index, hop in enumerate(self.tunnel.hops[1:], start=1):
+            if hop.alternatives:
+                problems.append(
+                    f"{path}.tunnel.hops[{index}].alternatives: got "
+                    f"{list(hop.alternatives)!r}; only the first hop (the login "
+                    "node) may list alternatives: move them to "
+                    f"{path}.tunnel.hops[0].alternatives, or remove them"
+                )
         return problems + _check_forward_references(f"{path}.cvmfs", self)
 
 
@@ -320,8 +351,14 @@ def tunnel_route(profile: SocksProfile) -> str:
     """Human wording of the tunnel for log lines and headers."""
     if not profile.tunnel.hops:
         return "no tunnel"
-    hops = " -> ".join(f"{hop.destination}:{hop.port}" for hop in profile.tunnel.hops)
-    return f"ssh {hops}, SOCKS on 127.0.0.1:{_port(0, profile.tunnel.socks_port)}"
+    texts = [f"{hop.destination}:{hop.port}" for hop in profile.tunnel.hops]
+    alternatives = profile.tunnel.hops[0].alternatives
+    if alternatives:
+        texts[0] += f" (or {', '.join(alternatives)})"
+    return (
+        f"ssh {' -> '.join(texts)}, SOCKS on "
+        f"127.0.0.1:{_port(0, profile.tunnel.socks_port)}"
+    )
 
 
 def chain_route(profile: SocksProfile) -> str:
@@ -370,18 +407,47 @@ def cvmfs_http_proxy(profile: SocksProfile) -> str:
     )
 
 
+def hop_alias(route: int, index: int) -> str:
+    """ssh_config Host alias of hop ``index`` (from 1) on route ``route`` (from 0).
+
+    Route 0 (the first hop's host) keeps the names it always had
+    (tardis-hop-N); route r > 0 goes through the first hop's r-th alternative.
+    """
+    return f"tardis-hop-{index}" if route == 0 else f"tardis-r{route}-hop-{index}"
+
+
+def tunnel_targets(profile: SocksProfile) -> list[str]:
+    """The last hop's alias of every route, in configured order (TUNNEL_TARGETS)."""
+    hops = profile.tunnel.hops
+    if not hops:
+        return []
+    return [hop_alias(route, len(hops)) for route in range(len(hops[0].hosts))]
+
+
+def first_hops(profile: SocksProfile) -> list[str]:
+    """HOST:PORT of every route's first hop, in the order of tunnel_targets."""
+    hops = profile.tunnel.hops
+    if not hops:
+        return []
+    return [endpoint(host, hops[0].port) for host in hops[0].hosts]
+
+
 def _hops(profile: SocksProfile) -> list[dict[str, Any]]:
+    """One complete route per first-hop host: each route's later hops jump
+    through that route's own first hop, so a route stands or falls alone."""
+    tunnel_hops = profile.tunnel.hops
     hops = []
-    for index, hop in enumerate(profile.tunnel.hops, start=1):
-        hops.append(
-            {
-                "alias": f"tardis-hop-{index}",
-                "host": hop.host,
-                "port": hop.port,
-                "user": hop.user,
-                "jump": f"tardis-hop-{index - 1}" if index > 1 else None,
-            }
-        )
+    for route, first in enumerate(tunnel_hops[0].hosts if tunnel_hops else ()):
+        for index, hop in enumerate(tunnel_hops, start=1):
+            hops.append(
+                {
+                    "alias": hop_alias(route, index),
+                    "host": first if index == 1 else hop.host,
+                    "port": hop.port,
+                    "user": hop.user,
+                    "jump": hop_alias(route, index - 1) if index > 1 else None,
+                }
+            )
     return hops
 
 
@@ -533,7 +599,11 @@ class SocksMode(Mode):
                 "TUNNEL_PORT_RANGE); @TARDIS_PORT_<i>@ in other settings stands "
                 "for the i-th port chosen",
                 (
-                    ("TUNNEL_TARGET", f"tardis-hop-{len(tunnel.hops)}"),
+                    ("TUNNEL_TARGET", hop_alias(0, len(tunnel.hops))),
+                    # one route per first-hop host; tunnel_order_targets
+                    # rotates both by job id, the supervisor fails over
+                    ("TUNNEL_TARGETS", tunnel_targets(profile)),
+                    ("TUNNEL_FIRST_HOPS", first_hops(profile)),
                     ("TUNNEL_ROUTE", tunnel_route(profile)),
                     ("TUNNEL_SUPERVISOR", tunnel.supervisor),
                     ("TUNNEL_CIPHERS", tunnel.ciphers),
@@ -607,8 +677,9 @@ class SocksMode(Mode):
             'if [ -r "$f" ]; then mark key ok "$f"; else mark key fail "$f"; fi',
             f"k={shell_path(profile.tunnel.known_hosts)}",
         ]
-        for hop in profile.tunnel.hops:
-            name = hop.host if hop.port == 22 else f"[{hop.host}]:{hop.port}"
+        hosts = [(host, hop.port) for hop in profile.tunnel.hops for host in hop.hosts]
+        for host, port in hosts:
+            name = host if port == 22 else f"[{host}]:{port}"
             lines.append(
                 f'if ssh-keygen -F {q(name)} -f "$k" >/dev/null 2>&1; then '
                 f'mark {q("known_hosts:" + name)} ok "$k"; else '

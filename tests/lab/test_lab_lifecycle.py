@@ -36,11 +36,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_status_describes_a_running_lab(lab: Lab) -> None:
     status = lab.status()
     assert status["up"] is True
-    assert set(status["hosts"]) == {"login", "worker1", "worker2", "outside", "control"}
+    assert set(status["hosts"]) == {
+        "login",
+        "login2",
+        "worker1",
+        "worker2",
+        "outside",
+        "control",
+    }
     assert status["hosts"]["login"]["addresses"] == {
         "site": L.LOGIN_SITE,
         "public": L.LOGIN_PUBLIC,
     }
+    assert status["hosts"]["login2"]["addresses"] == {
+        "site": L.LOGIN2_SITE,
+        "public": L.LOGIN2_PUBLIC,
+    }
+    assert lab.endpoint("login2-sshd") == (L.LOGIN2_SITE, L.SSH_PORT)
     dead = [name for name, info in status["services"].items() if not info["alive"]]
     assert dead == []
     assert lab.address("worker2") == "10.66.1.12"
@@ -57,6 +69,7 @@ def test_keys_and_known_hosts_are_in_place(lab: Lab) -> None:
     assert stat.S_IMODE(drone_key.stat().st_mode) == 0o600
     known = Path(ssh["known_hosts"]).read_text()
     assert L.LOGIN_PUBLIC in known and f"[{L.OUTSIDE_GATEWAY}]:443" in known
+    assert f"login2,{L.LOGIN2_SITE},{L.LOGIN2_PUBLIC} " in known
     # the other user cannot read the drone's home
     result = lab.run("login", ["ls", str(drone_key.parent)], user=lab.other_user)
     assert result.returncode != 0

@@ -70,6 +70,25 @@ def test_workers_reach_login_only_for_ssh_and_slurm(lab: Lab, probe) -> None:
     assert probe("worker2", L.LOGIN_SITE, 8080) == "refused"
 
 
+def test_second_login_node_is_a_login_node_without_slurm(lab: Lab, probe) -> None:
+    """login2: ssh from the workers (with the drone's key and known_hosts) and
+    from the public side, out only on 80/443, no Slurm, no forwarding."""
+    assert probe("worker1", L.LOGIN2_SITE, L.SSH_PORT) == "open"
+    assert probe("worker1", L.LOGIN2_SITE, L.SLURMCTLD_PORT) == "refused"
+    assert probe("control", L.LOGIN2_PUBLIC, L.SSH_PORT) == "open"
+    assert probe("login2", L.OUTSIDE_SOCKS, L.HTTPS_PORT) == "open"
+    assert probe("control", L.OUTSIDE_HTTP, L.COLLECTOR_PORT) == "open"
+    assert probe("login2", L.OUTSIDE_HTTP, L.COLLECTOR_PORT) == "refused"
+    assert probe("worker1", L.LOGIN2_PUBLIC, L.SSH_PORT).startswith("error")
+    ssh = lab.run(
+        "worker2",
+        ["ssh", "-o", "BatchMode=yes", "login2", "cat /proc/sys/net/ipv4/ip_forward"],
+        user=lab.drone_user,
+        timeout=20,
+    )
+    assert ssh.returncode == 0 and ssh.stdout.strip() == "0", ssh.stderr
+
+
 def test_login_reaches_outside_only_on_80_and_443(lab: Lab, probe) -> None:
     for address, port in [
         (L.OUTSIDE_HTTP, L.HTTP_PORT),
