@@ -65,6 +65,7 @@ def test_probe_reports_what_is_missing_with_a_fix(tmp_path, listener):
             "hops": [{"host": "127.0.0.1"}],
             "identity_file": "~/.ssh/key; rm -rf x",
             "known_hosts": "~/.ssh/known_hosts",
+            "supervisor": "autossh",
         },
         "chain": {
             "proxies": [{"type": "socks5", "host": "127.0.0.1", "port": listener}]
@@ -76,7 +77,7 @@ def test_probe_reports_what_is_missing_with_a_fix(tmp_path, listener):
     by_name = {i.what.split(": ")[0]: i for i in items}
     assert by_name["cmd:sbatch"].ok and by_name["cmd:proxychains4"].ok
     assert not by_name["cmd:autossh"].ok
-    assert "tunnel.supervisor: loop" in by_name["cmd:autossh"].fix
+    assert "tunnel.supervisor: builtin" in by_name["cmd:autossh"].fix
     assert by_name["key"].ok
     assert not by_name["known_hosts:127.0.0.1"].ok
     assert "known_hosts" in by_name["known_hosts:127.0.0.1"].fix
