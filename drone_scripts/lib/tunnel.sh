@@ -105,7 +105,7 @@ tunnel_classify() {
     case $text in
     *"REMOTE HOST IDENTIFICATION HAS CHANGED"* | *"Host key for "*" has changed"*)
         class="host key mismatch"
-        last=$(grep -m1 -E 'Offending|Host key for .* has changed' <<<"$text" || printf '%s' "$last")
+        last=$(grep -m1 'Host key for .* has changed' <<<"$text" || printf '%s' "$last")
         ;;
     *"No "*"host key is known for"* | *"Host key verification failed"*)
         class="host key unknown"
@@ -174,15 +174,19 @@ tunnel_supervise() {
     if declare -F tunnel_order_targets >/dev/null; then
         tunnel_order_targets
     fi
+    # shellcheck disable=SC2034  # the SUPERVISE_* inputs are read by lib/supervise.sh
     SUPERVISE_LABEL=tunnel
     SUPERVISE_TARGETS=("${TUNNEL_TARGETS[@]}")
     SUPERVISE_PROBES=("${TUNNEL_FIRST_HOPS[@]}")
+    # shellcheck disable=SC2034
     SUPERVISE_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
+    # shellcheck disable=SC2034
     SUPERVISE_ERROR_FILE=$DRONE_DIR/tunnel.error
     if [[ $TUNNEL_SUPERVISOR == autossh ]]; then
         # autossh retries by itself (fixed back-off): no target rotation,
         # no probing; its own restarts are not seen here
         SUPERVISE_TARGETS=("${SUPERVISE_TARGETS[0]}")
+        # shellcheck disable=SC2034
         SUPERVISE_PROBES=("")
     fi
     supervise_run tunnel_command tunnel_up tunnel_classify
