@@ -12,7 +12,11 @@ watchdog_setup() {
     TNA_HEARTBEAT_INTERVAL=$MONITORING_INTERVAL
     TNA_POOL_ENDPOINTS=${MONITORING_ENDPOINTS[*]}
     TNA_RUN_DIR=$DRONE_DIR/watchdog
+    # the supervisor's files (lib/supervise.sh): restarts, its last failure
     TNA_TUNNEL_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
+    TNA_TUNNEL_ERROR_FILE=$DRONE_DIR/tunnel.error
+    # probes failing through a living supervisor: it reconnects on SIGUSR1
+    TNA_TUNNEL_FORCE_SIGNAL=USR1
     TNA_STAGES=("${MONITORING_STAGES[@]}")
     local stage
     for stage in "${TNA_STAGES[@]}"; do

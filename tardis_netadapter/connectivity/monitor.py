@@ -32,8 +32,11 @@ logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 class SiteMonitor:
     """Heartbeat collection and verdicts for the drones of one site."""
 
-    def __init__(self, heartbeat_dir: str, timing: Timing, timeout: int = 30) -> None:
+    def __init__(
+        self, heartbeat_dir: str, timing: Timing, timeout: int = 30, site: str = ""
+    ) -> None:
         self.heartbeat_dir = heartbeat_dir
+        self.site = site
         self.timing = timing
         self.timeout = timeout
         self.store = HeartbeatStore()
@@ -43,6 +46,8 @@ class SiteMonitor:
         self.outage: Optional[Outage] = None
         self.probe = HeartbeatProbe(heartbeat_dir, timeout)
         self._observed: Any = None  # the snapshot itself: ids get reused
+        #: the tunnel failure class last logged per drone (see _log_path_errors)
+        self.path_errors: dict[str, Optional[str]] = {}
 
     def command(self, batch_command: str) -> str:
         """The poller's batch status command with the heartbeat collection appended."""
@@ -121,7 +126,36 @@ class SiteMonitor:
             self.outage = judge_outage(judgements, self.timing.interval, self.outage)
             judgements = {u: spare(j, self.outage) for u, j in judgements.items()}
         self.judgements.update(judgements)
+        self._log_path_errors(judgements)
         return judgements
+
+    def _log_path_errors(self, judgements: Mapping[str, Judgement]) -> None:
+        """Say once per change of a drone's tunnel failure class what it is.
+
+        The class (``host key mismatch``, ``key refused``, ...) comes from the
+        drone's supervisor through its heartbeat; a drone that keeps failing
+        the same way is not logged every cycle.
+        """
+        for uuid, judgement in judgements.items():
+            known = self.path_errors.get(uuid)
+            cls = judgement.path_error
+            if cls == known:
+                continue
+            self.path_errors[uuid] = cls
+            record = self.store.get(uuid)
+            where = f"{self.site}: " if self.site else ""
+            if cls is None:
+                if known is not None:
+                    logger.info("%sdrone %s: tunnel works again", where, uuid)
+                continue
+            detail = record.path_error.detail if record and record.path_error else ""
+            logger.warning(
+                "%sdrone %s: tunnel failing: %s%s",
+                where,
+                uuid,
+                cls,
+                f" ({detail})" if detail else "",
+            )
 
     def judgement(self, uuid: str) -> Optional[Judgement]:
         """The latest verdict for one drone, for ``resource_status``."""
@@ -142,6 +176,7 @@ class SiteMonitor:
         self.store.forget(uuids)
         for uuid in uuids:
             self.first_running.pop(uuid, None)
+            self.path_errors.pop(uuid, None)
             self.judgements.pop(uuid, None)
         return cleanup_command(self.heartbeat_dir, uuids)
 

@@ -315,6 +315,101 @@ def test_restarts_by_the_tunnel_supervisor_are_counted(site, listener):
     assert "TnaRestarts = 2" in (site["run"] / "tna.ad").read_text()
 
 
+def test_supervisor_failure_class_reaches_the_record_and_the_parser(site, closed_port):
+    """tunnel.error (lib/supervise.sh) becomes "path_error"; gone, it is null."""
+    error = site["tmp"] / "tunnel.error"
+    error.write_text(
+        "1795000000\thost key mismatch\tHost key for 10.66.1.1 has changed"
+        ' and "you" have requested strict checking.\n'
+    )
+    body = (
+        "tna_stage tunnel failed 'SOCKS port not up'\ntna_watchdog_once\n"
+        f'cp "$HOME/hb/{UUID}.json" "$HOME/first.json"\n'
+        f"rm {shlex.quote(str(error))}\ntna_watchdog_once\n"
+    )
+    result = bash(
+        site,
+        body,
+        endpoints=f"127.0.0.1:{closed_port}",
+        TNA_TUNNEL_ERROR_FILE=str(error),
+    )
+    assert result.returncode == 0, result.stderr
+    first = json.loads((site["tmp"] / "home" / "first.json").read_text())
+    assert first["path_error"] == {
+        "class": "host key mismatch",
+        "detail": 'Host key for 10.66.1.1 has changed and "you" have requested '
+        "strict checking.",
+        "since": 1795000000,
+    }
+    record = parse_record(json.dumps(first))
+    assert record is not None and record.path_error is not None
+    assert record.path_error.cls == "host key mismatch"
+    assert record.path_error.since == 1795000000
+    assert read_record(site)["path_error"] is None
+    assert parse_record(json.dumps(read_record(site))).path_error is None
+
+
+FAKE_SUPERVISOR = """
+supervisor() {
+    trap 'echo usr1 >> "$HOME/signals"' USR1
+    while :; do sleep 0.05; done
+}
+supervisor &
+TNA_TUNNEL_PID=$!
+sleep 0.2
+"""
+
+
+def test_probes_failing_through_a_living_supervisor_force_a_reconnect(
+    site, closed_port
+):
+    """Two rounds of every probe failing while the supervisor lives and reports
+    nothing: SIGUSR1 once; the supervisor's own restart line counts it."""
+    body = FAKE_SUPERVISOR + (
+        "tna_stage tunnel ok\n"
+        "tna_watchdog_once\nsleep 0.3\n"
+        "[[ ! -e $HOME/signals ]] || exit 7  # not after one round\n"
+        "tna_watchdog_once\nsleep 0.3\n"
+        "tna_watchdog_once\nsleep 0.3\n"
+        'kill "$TNA_TUNNEL_PID"\n'
+    )
+    result = bash(
+        site,
+        body,
+        endpoints=f"127.0.0.1:{closed_port}",
+        TNA_TUNNEL_FORCE_SIGNAL="USR1",
+        TNA_TUNNEL_ERROR_FILE=str(site["tmp"] / "tunnel.error"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert (site["tmp"] / "home" / "signals").read_text() == "usr1\n"
+    assert b"forcing a reconnect" in result.stderr
+    assert read_record(site)["restarts"] == 0  # the supervisor counts its restarts
+
+
+@pytest.mark.parametrize("case", ["probes-ok", "supervisor-knows", "no-signal"])
+def test_no_forced_reconnect_when_it_cannot_help(site, listener, closed_port, case):
+    """Probes that answer, a supervisor already reconnecting (tunnel.error), or
+    no signal configured: nothing is sent."""
+    error = site["tmp"] / "tunnel.error"
+    if case == "supervisor-knows":
+        error.write_text("1795000000\tconnection refused\tssh: Connection refused\n")
+    port = listener if case == "probes-ok" else closed_port
+    body = FAKE_SUPERVISOR + (
+        "tna_stage tunnel ok\n"
+        + "tna_watchdog_once\n" * 4
+        + 'sleep 0.3\nkill "$TNA_TUNNEL_PID"\n'
+    )
+    result = bash(
+        site,
+        body,
+        endpoints=f"127.0.0.1:{port}",
+        TNA_TUNNEL_FORCE_SIGNAL="" if case == "no-signal" else "USR1",
+        TNA_TUNNEL_ERROR_FILE=str(error),
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (site["tmp"] / "home" / "signals").exists()
+
+
 def test_dead_tunnel_without_restart_function_fails(site, listener):
     result = bash(
         site,
