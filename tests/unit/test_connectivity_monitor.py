@@ -91,11 +91,39 @@ def test_first_seen_running_starts_the_deadline():
         collection = parse_collection(f"{BEGIN} {site_time}\n{END}")
         return SimpleNamespace(jobs={"1": job}, extras={"heartbeats": collection})
 
-    assert monitor.observe(snapshot(1000))["netlab-aaa"].verdict is Verdict.CONNECTING
-    assert monitor.observe(snapshot(1600))["netlab-aaa"].verdict is Verdict.CONNECTING
+    # listed every 100 s (< grace: the adapter is not blind, see the next test)
+    for site_time in range(1000, 1601, 100):
+        verdict = monitor.observe(snapshot(site_time))["netlab-aaa"].verdict
+        assert verdict is Verdict.CONNECTING
     assert (
         monitor.observe(snapshot(1601))["netlab-aaa"].verdict is Verdict.NEVER_CONNECTED
     )
+
+
+def test_after_a_blind_spell_no_drone_is_ended_before_fresh_heartbeats(caplog):
+    """The adapter could not list for longer than the grace (its ssh to login
+    down): the first records it reads may predate the drones' recovery, so for
+    two heartbeat intervals nothing is lost; then the verdicts count again."""
+    monitor = SiteMonitor("~/hb", TIMING, site="NetLab")
+    job = SimpleNamespace(name="netlab-aaa", status=ResourceStatus.Running, job_id="1")
+
+    def observe(site_time: float, beat: dict) -> Judgement:
+        collection = parse_collection(f"{BEGIN} {site_time}\n{json.dumps(beat)}\n{END}")
+        return monitor.observe(
+            SimpleNamespace(jobs={"1": job}, extras={"heartbeats": collection})
+        )["netlab-aaa"]
+
+    assert observe(1000, record("netlab-aaa", 999)).verdict is Verdict.CONNECTED
+    # a record written at 1005, failing since 1002; next listing 600 s later
+    stale = record("netlab-aaa", 1005, ok=False, last_ok=1000, failing_since=1002)
+    caplog.set_level("WARNING", logger="cobald.runtime.tardis_netadapter.connectivity")
+    held = observe(1605, stale)
+    assert held.verdict is Verdict.DEGRADED and "fresh heartbeats" in held.reason
+    assert "NetLab: no listing for 605 s" in caplog.text
+    assert observe(1634, stale).verdict is Verdict.DEGRADED  # < 2 intervals (60 s)
+    assert observe(1666, stale).verdict is Verdict.LOST  # still no fresh record
+    # a drone that healed meanwhile is simply connected
+    assert observe(1670, record("netlab-aaa", 1668)).verdict is Verdict.CONNECTED
 
 
 def test_no_complete_collection_concludes_nothing():
