@@ -17,6 +17,9 @@ watchdog_setup() {
     TNA_TUNNEL_ERROR_FILE=$DRONE_DIR/tunnel.error
     # probes failing through a living supervisor: it reconnects on SIGUSR1
     TNA_TUNNEL_FORCE_SIGNAL=USR1
+    # while the path fails, rounds every fifth of the interval (at least
+    # 2 s): a tunnel back within seconds shows in a record within seconds
+    TNA_FAILING_INTERVAL=$((MONITORING_INTERVAL / 5 > 2 ? MONITORING_INTERVAL / 5 : 2))
     TNA_STAGES=("${MONITORING_STAGES[@]}")
     local stage
     for stage in "${TNA_STAGES[@]}"; do

@@ -28,10 +28,15 @@
 #                            EPOCH<TAB>CLASS<TAB>DETAIL (lib/supervise.sh),
 #                            present while it fails: "path_error" in the record
 #   TNA_TUNNEL_FORCE_SIGNAL  signal (e.g. USR1) sent to a living supervisor
-#                            whose tunnel fails every probe for
-#                            TNA_FORCE_AFTER_ROUNDS rounds in a row (default
-#                            2) while it reports no failure of its own: it
-#                            reconnects at once; empty: never sent
+#                            whose tunnel failed every probe in every round
+#                            for TNA_FORCE_AFTER seconds (default two
+#                            heartbeat intervals; at least two rounds) while
+#                            it reports no failure of its own: it reconnects
+#                            at once; at most once per TNA_FORCE_AFTER;
+#                            empty: never sent
+#   TNA_FAILING_INTERVAL     seconds between rounds while the path fails
+#                            (default TNA_HEARTBEAT_INTERVAL): a healed path
+#                            shows in the next record sooner
 #   TNA_RUN_DIR              node-local directory for stage files and the ad
 #                            file (default ${TMPDIR:-/tmp}/tna-$TNA_DRONE_UUID)
 #   TNA_JOB_ID               the batch system's job id (the drone script
@@ -73,8 +78,11 @@ TNA_LAST_OK=""
 TNA_FAILING_SINCE=""
 TNA_LAST_ERROR=""
 TNA_FAILING_STAGE=""
-# rounds in a row in which every probe through a living tunnel failed
+# rounds in a row in which every probe through a living tunnel failed,
+# since when (epoch s), and when the supervisor was last forced
 TNA_DEAD_ROUNDS=0
+TNA_DEAD_SINCE=""
+TNA_FORCED_AT=0
 
 tna_log() {
   printf 'tna-watchdog: %s\n' "$*" >&2
@@ -332,27 +340,37 @@ tna_path_error() {
 
 # tna_force_reconnect N_OK N_FAILED: when every probe failed while the
 # supervisor lives and reports no failure (it believes ssh works: a hung
-# session ServerAlive has not caught yet), count the round; after
-# TNA_FORCE_AFTER_ROUNDS of them send it TNA_TUNNEL_FORCE_SIGNAL. Its own
-# restart line counts the reconnect, so TNA_RESTARTS is not raised here.
+# session ServerAlive has not caught yet), and has for TNA_FORCE_AFTER
+# seconds (at least two rounds), send it TNA_TUNNEL_FORCE_SIGNAL, at most
+# once per TNA_FORCE_AFTER (a pool that is down, not the tunnel, must not
+# make every drone log in again and again). Its own restart line counts the
+# reconnect, so TNA_RESTARTS is not raised here.
 tna_force_reconnect() {
-  local pid
+  local pid now after=${TNA_FORCE_AFTER:-$((2 * ${TNA_HEARTBEAT_INTERVAL:-30}))}
   if (($1 > 0 || $2 == 0)) || [[ -z ${TNA_TUNNEL_FORCE_SIGNAL:-} ]]; then
     TNA_DEAD_ROUNDS=0
+    TNA_DEAD_SINCE=""
     return 0
   fi
   pid=$(tna_tunnel_pid)
   if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null ||
     [[ -n ${TNA_TUNNEL_ERROR_FILE:-} && -e $TNA_TUNNEL_ERROR_FILE ]]; then
     TNA_DEAD_ROUNDS=0 # no supervisor, or it knows and is at work
+    TNA_DEAD_SINCE=""
     return 0
   fi
+  tna_now now
   TNA_DEAD_ROUNDS=$((TNA_DEAD_ROUNDS + 1))
-  if ((TNA_DEAD_ROUNDS >= ${TNA_FORCE_AFTER_ROUNDS:-2})); then
-    tna_log "every probe failed for $TNA_DEAD_ROUNDS rounds while the tunnel" \
-      "supervisor (pid $pid) lives: forcing a reconnect (SIG$TNA_TUNNEL_FORCE_SIGNAL)"
+  TNA_DEAD_SINCE=${TNA_DEAD_SINCE:-$now}
+  if ((TNA_DEAD_ROUNDS >= 2 && now - TNA_DEAD_SINCE >= after &&
+    now - TNA_FORCED_AT >= after)); then
+    tna_log "every probe failed for $((now - TNA_DEAD_SINCE))s ($TNA_DEAD_ROUNDS" \
+      "rounds) while the tunnel supervisor (pid $pid) lives: forcing a" \
+      "reconnect (SIG$TNA_TUNNEL_FORCE_SIGNAL)"
     kill -s "$TNA_TUNNEL_FORCE_SIGNAL" "$pid" 2>/dev/null || true
+    TNA_FORCED_AT=$now
     TNA_DEAD_ROUNDS=0
+    TNA_DEAD_SINCE=""
   fi
 }
 
@@ -494,7 +512,11 @@ tna_watchdog_loop() {
       break
     fi
     tna_now t1
-    rest=$((interval - (t1 - t0)))
+    if [[ -n $TNA_FAILING_STAGE ]]; then
+      rest=$((${TNA_FAILING_INTERVAL:-$interval} - (t1 - t0)))
+    else
+      rest=$((interval - (t1 - t0)))
+    fi
     ((rest > 0)) || rest=1
     sleep "$rest" || true
   done

@@ -363,14 +363,15 @@ sleep 0.2
 def test_probes_failing_through_a_living_supervisor_force_a_reconnect(
     site, closed_port
 ):
-    """Two rounds of every probe failing while the supervisor lives and reports
-    nothing: SIGUSR1 once; the supervisor's own restart line counts it."""
+    """Every probe failing for TNA_FORCE_AFTER seconds (two rounds at least)
+    while the supervisor lives and reports nothing: SIGUSR1, then a new count;
+    the supervisor's own restart line counts the reconnect."""
     body = FAKE_SUPERVISOR + (
         "tna_stage tunnel ok\n"
-        "tna_watchdog_once\nsleep 0.3\n"
+        "tna_watchdog_once\nsleep 1.1\n"
         "[[ ! -e $HOME/signals ]] || exit 7  # not after one round\n"
         "tna_watchdog_once\nsleep 0.3\n"
-        "tna_watchdog_once\nsleep 0.3\n"
+        "tna_watchdog_once\nsleep 0.3\n"  # failing again, but not for 1 s yet
         'kill "$TNA_TUNNEL_PID"\n'
     )
     result = bash(
@@ -378,6 +379,7 @@ def test_probes_failing_through_a_living_supervisor_force_a_reconnect(
         body,
         endpoints=f"127.0.0.1:{closed_port}",
         TNA_TUNNEL_FORCE_SIGNAL="USR1",
+        TNA_FORCE_AFTER="1",
         TNA_TUNNEL_ERROR_FILE=str(site["tmp"] / "tunnel.error"),
     )
     assert result.returncode == 0, result.stderr
@@ -386,10 +388,12 @@ def test_probes_failing_through_a_living_supervisor_force_a_reconnect(
     assert read_record(site)["restarts"] == 0  # the supervisor counts its restarts
 
 
-@pytest.mark.parametrize("case", ["probes-ok", "supervisor-knows", "no-signal"])
+@pytest.mark.parametrize(
+    "case", ["probes-ok", "supervisor-knows", "no-signal", "too-soon"]
+)
 def test_no_forced_reconnect_when_it_cannot_help(site, listener, closed_port, case):
-    """Probes that answer, a supervisor already reconnecting (tunnel.error), or
-    no signal configured: nothing is sent."""
+    """Probes that answer, a supervisor already reconnecting (tunnel.error), no
+    signal configured, or failing for less than TNA_FORCE_AFTER: nothing is sent."""
     error = site["tmp"] / "tunnel.error"
     if case == "supervisor-knows":
         error.write_text("1795000000\tconnection refused\tssh: Connection refused\n")
@@ -404,10 +408,27 @@ def test_no_forced_reconnect_when_it_cannot_help(site, listener, closed_port, ca
         body,
         endpoints=f"127.0.0.1:{port}",
         TNA_TUNNEL_FORCE_SIGNAL="" if case == "no-signal" else "USR1",
+        TNA_FORCE_AFTER="100" if case == "too-soon" else "0",
         TNA_TUNNEL_ERROR_FILE=str(error),
     )
     assert result.returncode == 0, result.stderr
     assert not (site["tmp"] / "home" / "signals").exists()
+
+
+def test_rounds_come_faster_while_the_path_fails(site, closed_port):
+    """TNA_FAILING_INTERVAL: a healed path shows in the next record sooner."""
+    started = time.monotonic()
+    result = bash(
+        site,
+        "tna_stage tunnel ok\ntna_watchdog_loop\n",
+        endpoints=f"127.0.0.1:{closed_port}",
+        TNA_HEARTBEAT_INTERVAL="30",
+        TNA_FAILING_INTERVAL="1",
+        TNA_WATCHDOG_ROUNDS="3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10  # not 2 x 30 s
+    assert read_record(site)["seq"] == 3 and read_record(site)["interval"] == 30
 
 
 def test_dead_tunnel_without_restart_function_fails(site, listener):
