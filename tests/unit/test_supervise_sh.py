@@ -296,7 +296,7 @@ def closed_port() -> int:
 
 # a fake connection command: per target, what the file $DIR/TARGET says:
 # "refused" -> ssh's refused message, exit 255; "key" -> refused key;
-# "up" -> mark $DIR/up.TARGET and stay until killed
+# "dropped" -> sshd's MaxStartups drop; "up" -> mark $DIR/up.TARGET and stay until killed
 LOOP = r"""
 fake_command() { printf '%s\0' fake_ssh "$1"; }
 fake_ssh() {
@@ -306,6 +306,11 @@ fake_ssh() {
     case $mode in
     refused) echo "ssh: connect to host $1 port 22: Connection refused" >&2; exit 255 ;;
     key) echo "drone@$1: Permission denied (publickey)." >&2; exit 255 ;;
+    dropped)
+        echo "kex_exchange_identification: Connection closed by remote host" >&2
+        echo "Connection closed by 127.0.0.1 port 22" >&2
+        exit 255
+        ;;
     up) : >"$DIR/up.$1"; rm -f "$DIR/down"; exec sleep 60 ;;
     esac
 }
@@ -466,5 +471,31 @@ def test_sigusr1_forces_a_reconnect_at_once(script, tmp_path):
             ["pgrep", "-f", "-P", str(pid), "sleep 60"], capture_output=True, text=True
         )
         assert len(out.stdout.split()) <= 1
+    finally:
+        stop_loop(proc, tmp_path)
+
+
+def test_dropped_at_maxstartups_moves_on_with_backoff(script, tmp_path, listener):
+    """sshd answers but sheds us (MaxStartups): the next target, after a
+    jittered back-off (not at once: the hop is busy, not down)."""
+    listener.listen(16)
+    hop = f"127.0.0.1:{listener.getsockname()[1]}"
+    (tmp_path / "a").write_text("dropped")
+    (tmp_path / "b").write_text("up")
+    settings = (
+        f"SUPERVISE_TARGETS=(a b)\nSUPERVISE_PROBES=({hop} {hop})\n"
+        "SUPERVISE_BACKOFF_BASE_MS=400 SUPERVISE_BACKOFF_CAP_MS=400\n"
+    )
+    proc = start_loop(script, tmp_path, settings)
+    try:
+        assert wait_for(lambda: (tmp_path / "up.b").exists(), 10), (
+            tmp_path / "log"
+        ).read_text()
+        rows = starts(tmp_path)
+        assert [(t, m) for _, t, m in rows] == [("a", "dropped"), ("b", "up")]
+        assert rows[1][0] - rows[0][0] < 0.4 + 0.5
+        restarts = (tmp_path / "tunnel.restarts").read_text()
+        assert restarts.endswith(" 255 dropped at MaxStartups\n")
+        assert "starting again through b in " in (tmp_path / "log").read_text()
     finally:
         stop_loop(proc, tmp_path)
