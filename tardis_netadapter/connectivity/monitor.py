@@ -182,8 +182,11 @@ class SiteMonitor:
 
         The class (``host key mismatch``, ``key refused``, ...) comes from the
         drone's supervisor through its heartbeat; a drone that keeps failing
-        the same way is not logged every cycle.
+        the same way is not logged every cycle. Only the adapter's monitor
+        (given its ``site``) logs: ``status`` shows the class in its table.
         """
+        if not self.site:
+            return
         for uuid, judgement in judgements.items():
             known = self.path_errors.get(uuid)
             cls = judgement.path_error
@@ -191,7 +194,7 @@ class SiteMonitor:
                 continue
             self.path_errors[uuid] = cls
             record = self.store.get(uuid)
-            where = f"{self.site}: " if self.site else ""
+            where = f"{self.site}: "
             if cls is None:
                 if known is not None:
                     logger.info("%sdrone %s: tunnel works again", where, uuid)
