@@ -167,7 +167,10 @@ supervise_run() {
     local count=${#SUPERVISE_TARGETS[@]} index=0 starts=0 argv=() status
     local errfile up deadline class detail line delay forced tried=0
     local ready_ms=${SUPERVISE_READY_TIMEOUT_MS:-30000}
-    errfile=$(mktemp "${TMPDIR:-/tmp}/supervise.XXXXXX") || return 1
+    # next to the error file (the drone's work directory, removed at its exit)
+    local dir=${SUPERVISE_ERROR_FILE%/*}
+    [[ -n ${SUPERVISE_ERROR_FILE:-} && -d $dir ]] || dir=${TMPDIR:-/tmp}
+    errfile=$(mktemp "$dir/.supervise-stderr.XXXXXX") || return 1
     trap - EXIT HUP
     trap 'supervise_force' USR1
     trap 'SUPERVISE_FORCED=0; [[ -n $SUPERVISE_CHILD ]] && stop_process "$SUPERVISE_CHILD" 2000; rm -f -- "$errfile" "$errfile.done"; exit 0' TERM INT
