@@ -671,6 +671,8 @@ class SocksMode(Mode):
         lines = ["have ssh"]
         if profile.tunnel.supervisor == "autossh":
             lines.append("have autossh")
+        else:  # the builtin supervisor probes the first hop under timeout
+            lines.append("have timeout")
         tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
             profile.chain.tool
         )
@@ -727,6 +729,8 @@ def _first_hop_out(profile: SocksProfile) -> Optional[tuple[str, int, str]]:
 _PROBE_FIXES = {
     "cmd:ssh": "install openssh-client on the workers (checked here on the login node)",
     "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: builtin",
+    "cmd:timeout": "install coreutils (timeout) on the workers: the tunnel "
+    "supervisor probes the login node's port with it",
     "cmd:proxychains4": "install proxychains4 (proxychains-ng) or set Network.chain.library",
     "cmd:tsocks": "install tsocks or set Network.chain.library",
     "key": "create the tunnel key (ssh-keygen -t ed25519) at Network.tunnel.identity_file "

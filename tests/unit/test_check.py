@@ -111,3 +111,13 @@ def test_a_bad_config_names_the_key(tmp_path, capsys):
     bad.write_text(text)
     assert main(["check", str(bad)]) == 2
     assert "NetLab.Network.firewall.idle_timeout: got -5" in capsys.readouterr().err
+
+
+def test_probe_asks_for_what_the_chosen_supervisor_needs():
+    hops = [{"host": "127.0.0.1"}]
+    builtin = probe_script(settings_for({"tunnel": {"hops": hops}}))
+    assert "have timeout" in builtin and "have autossh" not in builtin
+    autossh = probe_script(
+        settings_for({"tunnel": {"hops": hops, "supervisor": "autossh"}})
+    )
+    assert "have autossh" in autossh
