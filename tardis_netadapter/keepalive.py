@@ -192,10 +192,14 @@ def _monitoring(
     watchdog = monitoring.heartbeat_interval or min(
         MAX_WATCHDOG_INTERVAL, max(MIN_WATCHDOG_INTERVAL, base)
     )
-    # a dead tunnel needs ServerAlive*CountMax to be noticed and a restart to heal:
-    # a drone is only lost after that chance plus two missed heartbeats.
+    # a dead tunnel needs ServerAlive*CountMax to be noticed and the mode's
+    # supervisor its worst-case reconnect delay to heal (modes/socks.py:
+    # reconnect_bound): a drone is only lost after that chance plus two
+    # missed heartbeats.
     grace = monitoring.grace or (
-        2 * watchdog + server_alive * profile.keepalive.server_alive_count_max
+        2 * watchdog
+        + server_alive * profile.keepalive.server_alive_count_max
+        + modes.get(profile.mode).reconnect_delay(profile)
     )
     deadline = monitoring.connect_deadline or max(MIN_CONNECT_DEADLINE, 3 * grace)
     return watchdog, grace, deadline

@@ -93,6 +93,7 @@ class Site:
                 monitoring.heartbeat_dir,
                 Timing.from_budget(settings.budget),
                 timeout=max(1, int(min(30, settings.command_timeout))),  # 0: no limit
+                site=self.name,
             )
             probes = [self.monitor.probe]
             if monitoring.metrics_port:

@@ -339,12 +339,13 @@ class NetBatchAdapter(SiteAdapter):
             self._site.brake.never_connected(drone_uuid)
         if judgement.verdict.terminal:
             logger.warning(
-                "%s: drone %s is %s (%s; failing stage: %s): ending it",
+                "%s: drone %s is %s (%s; failing stage: %s%s): ending it",
                 self.site_name,
                 drone_uuid,
                 judgement.verdict.value,
                 judgement.reason,
                 judgement.failing_stage or "unknown",
+                f"; tunnel: {judgement.path_error}" if judgement.path_error else "",
             )
             raise TardisDroneCrashed(
                 f"{drone_uuid}: {judgement.verdict.value}: {judgement.reason}"

@@ -12,7 +12,14 @@ watchdog_setup() {
     TNA_HEARTBEAT_INTERVAL=$MONITORING_INTERVAL
     TNA_POOL_ENDPOINTS=${MONITORING_ENDPOINTS[*]}
     TNA_RUN_DIR=$DRONE_DIR/watchdog
+    # the supervisor's files (lib/supervise.sh): restarts, its last failure
     TNA_TUNNEL_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
+    TNA_TUNNEL_ERROR_FILE=$DRONE_DIR/tunnel.error
+    # probes failing through a living supervisor: it reconnects on SIGUSR1
+    TNA_TUNNEL_FORCE_SIGNAL=USR1
+    # while the path fails, rounds every fifth of the interval (at least
+    # 2 s): a tunnel back within seconds shows in a record within seconds
+    TNA_FAILING_INTERVAL=$((MONITORING_INTERVAL / 5 > 2 ? MONITORING_INTERVAL / 5 : 2))
     TNA_STAGES=("${MONITORING_STAGES[@]}")
     local stage
     for stage in "${TNA_STAGES[@]}"; do

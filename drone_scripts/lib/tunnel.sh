@@ -73,14 +73,17 @@ tunnel_ciphers() {
     printf '%s' "${chosen[*]}"
 }
 
-# The supervisor's command: autossh -M 0 (restarts ssh on failure) or ssh,
-# with this drone's ports as -L and -D (-D last: ssh binds in this order).
+# The supervised command for TARGET (an ssh Host alias of the rendered
+# ssh_config; default the first of TUNNEL_TARGETS): ssh, or autossh -M 0
+# (supervisor autossh), with this drone's ports as -L and -D (-D last: ssh
+# binds in this order).
 tunnel_command() {
-    local ssh_argv=(ssh -N -F "$DRONE_DIR/ssh_config") index
+    local target=${1:-${TUNNEL_TARGETS[0]:-$TUNNEL_TARGET}} index
+    local ssh_argv=(ssh -N -F "$DRONE_DIR/ssh_config")
     for index in "${!TUNNEL_FORWARD_TARGETS[@]}"; do
         ssh_argv+=(-L "127.0.0.1:${TUNNEL_PORTS[index + 1]}:${TUNNEL_FORWARD_TARGETS[index]}")
     done
-    ssh_argv+=(-D "127.0.0.1:${TUNNEL_PORTS[0]}" "$TUNNEL_TARGET")
+    ssh_argv+=(-D "127.0.0.1:${TUNNEL_PORTS[0]}" "$target")
     if [[ $TUNNEL_SUPERVISOR == autossh ]] && command -v autossh >/dev/null; then
         printf '%s\0' env AUTOSSH_GATETIME=0 AUTOSSH_POLL=30 \
             "AUTOSSH_PATH=$(command -v ssh)" autossh -M 0 "${ssh_argv[@]:1}"
@@ -89,36 +92,105 @@ tunnel_command() {
     printf '%s\0' "${ssh_argv[@]}"
 }
 
-# Runs in the background: restart the command whenever it exits, quickly at
-# first and slower while it keeps failing at once (e.g. a refused key).
-# autossh exits when its ssh is killed by a signal, so it is looped too.
-tunnel_supervise() {
-    local argv=() child="" started status delay_ms=200 target=0
-    trap - EXIT HUP
-    trap 'stop_process "$child" 2000; exit 0' TERM INT
-    while :; do
-        # issue 11, minimal failover until the supervisor (lib/supervise.sh)
-        # lands: ssh's own failures (status 255) move on to the next route
-        TUNNEL_TARGET=${TUNNEL_TARGETS[target]:-$TUNNEL_TARGET}
-        mapfile -d '' argv < <(tunnel_command)
-        started=$(now_us)
-        "${argv[@]}" </dev/null &
-        child=$!
-        wait "$child"
-        status=$?
-        if (($(now_us) - started > 30000000)); then
-            delay_ms=200
+# tunnel_classify STATUS ERRFILE WAS_UP: ssh's ended start as
+# "CLASS<TAB>DETAIL" (classes: docs/drone-script.md, shown by `status`), from
+# its stderr (ERRFILE) and exit status. WAS_UP 1: its ports had been up, so a
+# closed connection is a lost session, not sshd refusing a new one.
+tunnel_classify() {
+    local status=$1 file=$2 was_up=${3:-0} text last="" class=exited line
+    text=$(tr -d '\r' <"$file" 2>/dev/null)
+    while IFS= read -r line; do
+        [[ -n ${line//[[:space:]@]/} ]] && last=$line
+    done <<<"$text"
+    case $text in
+    *"REMOTE HOST IDENTIFICATION HAS CHANGED"* | *"Host key for "*" has changed"*)
+        class="host key mismatch"
+        last=$(grep -m1 'Host key for .* has changed' <<<"$text" || printf '%s' "$last")
+        ;;
+    *"No "*"host key is known for"* | *"Host key verification failed"*)
+        class="host key unknown"
+        if [[ $text == *"Host key verification failed"* ]] && tunnel_known_host_differs; then
+            class="host key mismatch"
         fi
-        log "tunnel: ${argv[0]} exited with status $status; restarting in ${delay_ms}ms"
-        # one line per restart: the watchdog reports the count in its heartbeat
-        printf '%s %s\n' "$(now_us)" "$status" >>"$DRONE_DIR/tunnel.restarts"
-        if ((status == 255 && ${#TUNNEL_TARGETS[@]} > 1)); then
-            target=$(((target + 1) % ${#TUNNEL_TARGETS[@]}))
-            log "tunnel: next route ${TUNNEL_TARGETS[target]} (first hop ${TUNNEL_FIRST_HOPS[target]})"
+        ;;
+    *"Permission denied ("*) class="key refused" ;;
+    *"cannot listen to port"* | *"Could not request local forwarding"* | \
+        *"remote port forwarding failed"* | *"forwarding failed"*)
+        class="forwarding refused"
+        ;;
+    *"Could not resolve hostname"* | *"Name or service not known"* | \
+        *"Temporary failure in name resolution"*)
+        class="name unknown"
+        ;;
+    *"No route to host"* | *"Network is unreachable"*) class="no route" ;;
+    *"Connection refused"*) class="connection refused" ;;
+    *"timed out"* | *"Timeout, server"*" not responding"*) class=timeout ;;
+    *"kex_exchange_identification"* | *"Connection closed by remote host"* | \
+        *"Connection reset by peer"* | *"Connection closed by "*" port "*)
+        if ((was_up)); then
+            class=exited
+        else
+            class="dropped at MaxStartups"
         fi
-        sleep "$((delay_ms / 1000)).$(printf '%03d' $((delay_ms % 1000)))"
-        delay_ms=$((delay_ms * 2 > 10000 ? 10000 : delay_ms * 2))
+        ;;
+    esac
+    if [[ -z $last ]]; then
+        last="exit status $status"
+    fi
+    printf '%s\t%s\n' "$class" "${last:0:200}"
+}
+
+# True when the known_hosts file has an entry for a first hop of the tunnel:
+# "Host key verification failed" with a key on file means the key differs.
+tunnel_known_host_differs() {
+    local file hop host port
+    file=$(expand_home "${TUNNEL_KNOWN_HOSTS:-~/.ssh/known_hosts}")
+    for hop in "${TUNNEL_FIRST_HOPS[@]}"; do
+        host=${hop%:*}
+        port=${hop##*:}
+        host=${host#[}
+        host=${host%]} # an IPv6 address comes in brackets
+        if [[ $port != 22 ]]; then
+            host="[$host]:$port"
+        fi
+        if ssh-keygen -F "$host" -f "$file" >/dev/null 2>&1; then
+            return 0
+        fi
     done
+    return 1
+}
+
+# True once the supervised ssh's ports are all up (the supervisor's READY).
+tunnel_up() {
+    tunnel_ports_state
+}
+
+# Runs in the background: keep ssh up through lib/supervise.sh over the
+# targets (TUNNEL_TARGETS, their first hops probed while they are down), the
+# restarts and the last failure in $DRONE_DIR for the watchdog. With
+# supervisor autossh, autossh restarts ssh and this only restarts autossh.
+tunnel_supervise() {
+    # this subshell is the supervisor: the ports' owner must descend from it
+    TUNNEL_PID=$BASHPID
+    if declare -F tunnel_order_targets >/dev/null; then
+        tunnel_order_targets
+    fi
+    # shellcheck disable=SC2034  # the SUPERVISE_* inputs are read by lib/supervise.sh
+    SUPERVISE_LABEL=tunnel
+    SUPERVISE_TARGETS=("${TUNNEL_TARGETS[@]}")
+    SUPERVISE_PROBES=("${TUNNEL_FIRST_HOPS[@]}")
+    # shellcheck disable=SC2034
+    SUPERVISE_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
+    # shellcheck disable=SC2034
+    SUPERVISE_ERROR_FILE=$DRONE_DIR/tunnel.error
+    if [[ $TUNNEL_SUPERVISOR == autossh ]]; then
+        # autossh retries by itself (fixed back-off): no target rotation,
+        # no probing; its own restarts are not seen here
+        SUPERVISE_TARGETS=("${SUPERVISE_TARGETS[0]}")
+        # shellcheck disable=SC2034
+        SUPERVISE_PROBES=("")
+    fi
+    supervise_run tunnel_command tunnel_up tunnel_classify
 }
 
 # The configured ports, [0] SOCKS then each forward: numbers or auto.

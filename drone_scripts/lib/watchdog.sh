@@ -24,6 +24,19 @@
 #                            and may set TNA_TUNNEL_PID)
 #   TNA_TUNNEL_RESTARTS_FILE a file the tunnel's own supervisor appends one
 #                            line to per restart: counted into "restarts"
+#   TNA_TUNNEL_ERROR_FILE    the supervisor's last failure, one line
+#                            EPOCH<TAB>CLASS<TAB>DETAIL (lib/supervise.sh),
+#                            present while it fails: "path_error" in the record
+#   TNA_TUNNEL_FORCE_SIGNAL  signal (e.g. USR1) sent to a living supervisor
+#                            whose tunnel failed every probe in every round
+#                            for TNA_FORCE_AFTER seconds (default two
+#                            heartbeat intervals; at least two rounds) while
+#                            it reports no failure of its own: it reconnects
+#                            at once; at most once per TNA_FORCE_AFTER;
+#                            empty: never sent
+#   TNA_FAILING_INTERVAL     seconds between rounds while the path fails
+#                            (default TNA_HEARTBEAT_INTERVAL): a healed path
+#                            shows in the next record sooner
 #   TNA_RUN_DIR              node-local directory for stage files and the ad
 #                            file (default ${TMPDIR:-/tmp}/tna-$TNA_DRONE_UUID)
 #   TNA_JOB_ID               the batch system's job id (the drone script
@@ -65,6 +78,11 @@ TNA_LAST_OK=""
 TNA_FAILING_SINCE=""
 TNA_LAST_ERROR=""
 TNA_FAILING_STAGE=""
+# rounds in a row in which every probe through a living tunnel failed,
+# since when (epoch s), and when the supervisor was last forced
+TNA_DEAD_ROUNDS=0
+TNA_DEAD_SINCE=""
+TNA_FORCED_AT=0
 
 tna_log() {
   printf 'tna-watchdog: %s\n' "$*" >&2
@@ -299,6 +317,63 @@ tna_write_ad() {
   return 0
 }
 
+# tna_path_error OUTVAR: the supervisor's last failure as the record's
+# "path_error" object ({"class","detail","since"}), or null.
+tna_path_error() {
+  local __tna_line="" __tna_since __tna_class __tna_detail __tna_pclass __tna_pdetail
+  if [[ -n ${TNA_TUNNEL_ERROR_FILE:-} && -r $TNA_TUNNEL_ERROR_FILE ]]; then
+    IFS= read -r __tna_line <"$TNA_TUNNEL_ERROR_FILE" || true
+  fi
+  if [[ $__tna_line != *$'\t'*$'\t'* ]]; then
+    printf -v "$1" 'null'
+    return 0
+  fi
+  __tna_since=${__tna_line%%$'\t'*}
+  __tna_line=${__tna_line#*$'\t'}
+  __tna_class=${__tna_line%%$'\t'*}
+  __tna_detail=${__tna_line#*$'\t'}
+  [[ $__tna_since =~ ^[0-9]{1,12}$ ]] || __tna_since=null
+  tna_json_escape __tna_pclass "${__tna_class:0:40}"
+  tna_json_escape __tna_pdetail "$__tna_detail"
+  printf -v "$1" '{"class":%s,"detail":%s,"since":%s}' "$__tna_pclass" "$__tna_pdetail" "$__tna_since"
+}
+
+# tna_force_reconnect N_OK N_FAILED: when every probe failed while the
+# supervisor lives and reports no failure (it believes ssh works: a hung
+# session ServerAlive has not caught yet), and has for TNA_FORCE_AFTER
+# seconds (at least two rounds), send it TNA_TUNNEL_FORCE_SIGNAL, at most
+# once per TNA_FORCE_AFTER (a pool that is down, not the tunnel, must not
+# make every drone log in again and again). Its own restart line counts the
+# reconnect, so TNA_RESTARTS is not raised here.
+tna_force_reconnect() {
+  local pid now after=${TNA_FORCE_AFTER:-$((2 * ${TNA_HEARTBEAT_INTERVAL:-30}))}
+  if (($1 > 0 || $2 == 0)) || [[ -z ${TNA_TUNNEL_FORCE_SIGNAL:-} ]]; then
+    TNA_DEAD_ROUNDS=0
+    TNA_DEAD_SINCE=""
+    return 0
+  fi
+  pid=$(tna_tunnel_pid)
+  if [[ -z $pid ]] || ! kill -0 "$pid" 2>/dev/null ||
+    [[ -n ${TNA_TUNNEL_ERROR_FILE:-} && -e $TNA_TUNNEL_ERROR_FILE ]]; then
+    TNA_DEAD_ROUNDS=0 # no supervisor, or it knows and is at work
+    TNA_DEAD_SINCE=""
+    return 0
+  fi
+  tna_now now
+  TNA_DEAD_ROUNDS=$((TNA_DEAD_ROUNDS + 1))
+  TNA_DEAD_SINCE=${TNA_DEAD_SINCE:-$now}
+  if ((TNA_DEAD_ROUNDS >= 2 && now - TNA_DEAD_SINCE >= after &&
+    now - TNA_FORCED_AT >= after)); then
+    tna_log "every probe failed for $((now - TNA_DEAD_SINCE))s ($TNA_DEAD_ROUNDS" \
+      "rounds) while the tunnel supervisor (pid $pid) lives: forcing a" \
+      "reconnect (SIG$TNA_TUNNEL_FORCE_SIGNAL)"
+    kill -s "$TNA_TUNNEL_FORCE_SIGNAL" "$pid" 2>/dev/null || true
+    TNA_FORCED_AT=$now
+    TNA_DEAD_ROUNDS=0
+    TNA_DEAD_SINCE=""
+  fi
+}
+
 # tna_watchdog_once: check the tunnel, probe every endpoint, write the record.
 tna_watchdog_once() {
   local now name state detail stage_json="" probes_json="" endpoint host port
@@ -358,6 +433,10 @@ tna_watchdog_once() {
     fi
   done
 
+  if [[ $tunnel_state == ok ]]; then
+    tna_force_reconnect "$n_ok" "$n_failed"
+  fi
+
   for name in "${TNA_STAGES[@]}"; do
     if [[ ${states[$name]} == failed || ${states[$name]} == restarting ]]; then
       failing=$name
@@ -397,14 +476,15 @@ tna_watchdog_once() {
     tna_json_escape state "${states[$name]}"
     stage_json+="${stage_json:+,}\"$name\":$state"
   done
-  local j_uuid j_job j_host j_err j_stage restarts
+  local j_uuid j_job j_host j_err j_stage restarts path_error
   tna_restarts restarts
+  tna_path_error path_error
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
   tna_json_opt j_job "${TNA_JOB_ID:-}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"
-  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage}"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error}"
 
   local verdict=connected
   if [[ -n $failing ]]; then
@@ -432,7 +512,11 @@ tna_watchdog_loop() {
       break
     fi
     tna_now t1
-    rest=$((interval - (t1 - t0)))
+    if [[ -n $TNA_FAILING_STAGE ]]; then
+      rest=$((${TNA_FAILING_INTERVAL:-$interval} - (t1 - t0)))
+    else
+      rest=$((interval - (t1 - t0)))
+    fi
     ((rest > 0)) || rest=1
     sleep "$rest" || true
   done

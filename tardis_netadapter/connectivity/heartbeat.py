@@ -41,6 +41,20 @@ class Probe:
 
 
 @dataclass(frozen=True)
+class PathError:
+    """The tunnel supervisor's last failure (drone_scripts/lib/supervise.sh).
+
+    ``cls`` is one of the stable class strings (``host key mismatch``,
+    ``key refused``, ``connection refused``, ...; docs/monitoring.md) that
+    ``status`` and the adapter's log show verbatim, ``detail`` ssh's line.
+    """
+
+    cls: str
+    detail: str = ""
+    since: Optional[float] = None
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What one drone said about its path to the pool at ``time`` (worker clock)."""
 
@@ -56,6 +70,8 @@ class Heartbeat:
     failing_since: Optional[float] = None
     last_error: Optional[str] = None
     failing_stage: Optional[str] = None
+    #: why the path's supervisor fails right now (None: it does not)
+    path_error: Optional[PathError] = None
 
     @property
     def ok(self) -> bool:
@@ -94,6 +110,19 @@ def _probe(data: Any) -> Optional[Probe]:
     )
 
 
+def _path_error(data: Any) -> Optional[PathError]:
+    if not isinstance(data, dict) or not isinstance(data.get("class"), str):
+        return None
+    cls = " ".join(data["class"].split())[:40]
+    if not cls:
+        return None
+    return PathError(
+        cls=cls,
+        detail=_text(data.get("detail"), 300) or "",
+        since=_number(data.get("since")),
+    )
+
+
 def from_dict(data: Any) -> Optional[Heartbeat]:
     """A Heartbeat from a decoded record, or None when required keys are unusable."""
     if not isinstance(data, dict):
@@ -124,6 +153,7 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
         failing_since=_number(data.get("failing_since")),
         last_error=_text(data.get("last_error")),
         failing_stage=str(failing)[:32] if failing else None,
+        path_error=_path_error(data.get("path_error")),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any, Optional
 
 from tardis.interfaces.siteadapter import ResourceStatus
@@ -28,12 +29,22 @@ from .verdict import JobView, Judgement, Timing, Verdict, judge
 
 logger = logging.getLogger("cobald.runtime.tardis_netadapter.connectivity")
 
+#: after the adapter could not list the site for longer than the grace (its
+#: own ssh to the login node down, e.g. during a login node outage), drones
+#: get this many heartbeat intervals to write a fresh record before any is
+#: judged lost or never-connected: a record written before the drone healed
+#: would otherwise show it failing for the whole blind spell.
+BLIND_HOLD_INTERVALS = 2.0
+
 
 class SiteMonitor:
     """Heartbeat collection and verdicts for the drones of one site."""
 
-    def __init__(self, heartbeat_dir: str, timing: Timing, timeout: int = 30) -> None:
+    def __init__(
+        self, heartbeat_dir: str, timing: Timing, timeout: int = 30, site: str = ""
+    ) -> None:
         self.heartbeat_dir = heartbeat_dir
+        self.site = site
         self.timing = timing
         self.timeout = timeout
         self.store = HeartbeatStore()
@@ -43,6 +54,12 @@ class SiteMonitor:
         self.outage: Optional[Outage] = None
         self.probe = HeartbeatProbe(heartbeat_dir, timeout)
         self._observed: Any = None  # the snapshot itself: ids get reused
+        #: the tunnel failure class last logged per drone (see _log_path_errors)
+        self.path_errors: dict[str, Optional[str]] = {}
+        #: site clock of the last judged complete collection, and until when
+        #: terminal verdicts are held after a blind spell (see _hold)
+        self._judged_at: Optional[float] = None
+        self.hold_until: Optional[float] = None
 
     def command(self, batch_command: str) -> str:
         """The poller's batch status command with the heartbeat collection appended."""
@@ -120,8 +137,76 @@ class SiteMonitor:
         if now is not None:  # without a complete collection the outage stands
             self.outage = judge_outage(judgements, self.timing.interval, self.outage)
             judgements = {u: spare(j, self.outage) for u, j in judgements.items()}
+            judgements = self._hold(now, judgements)
         self.judgements.update(judgements)
+        self._log_path_errors(judgements)
         return judgements
+
+    def _hold(
+        self, now: float, judgements: dict[str, Judgement]
+    ) -> dict[str, Judgement]:
+        """Terminal verdicts become ``degraded`` shortly after a blind spell.
+
+        When the previous complete collection is older than the grace, the
+        adapter saw nothing for that long: the records it reads now may
+        predate the drones' recovery (a tunnel back 2 s after the login node,
+        its next record up to an interval later), so for
+        ``BLIND_HOLD_INTERVALS`` heartbeat intervals nothing is ended for it.
+        """
+        previous, self._judged_at = self._judged_at, now
+        if previous is not None and now - previous > self.timing.grace:
+            self.hold_until = now + BLIND_HOLD_INTERVALS * self.timing.interval
+            logger.warning(
+                "%sno listing for %.0f s (longer than the grace, %.0f s): no "
+                "drone is ended before fresh heartbeats, for %.0f s",
+                f"{self.site}: " if self.site else "",
+                now - previous,
+                self.timing.grace,
+                self.hold_until - now,
+            )
+        if self.hold_until is None or now >= self.hold_until:
+            return judgements
+        return {
+            uuid: replace(
+                j,
+                verdict=Verdict.DEGRADED,
+                reason=f"adapter was blind, waiting for fresh heartbeats: {j.reason}",
+            )
+            if j.verdict.terminal
+            else j
+            for uuid, j in judgements.items()
+        }
+
+    def _log_path_errors(self, judgements: Mapping[str, Judgement]) -> None:
+        """Say once per change of a drone's tunnel failure class what it is.
+
+        The class (``host key mismatch``, ``key refused``, ...) comes from the
+        drone's supervisor through its heartbeat; a drone that keeps failing
+        the same way is not logged every cycle. Only the adapter's monitor
+        (given its ``site``) logs: ``status`` shows the class in its table.
+        """
+        if not self.site:
+            return
+        for uuid, judgement in judgements.items():
+            known = self.path_errors.get(uuid)
+            cls = judgement.path_error
+            if cls == known:
+                continue
+            self.path_errors[uuid] = cls
+            record = self.store.get(uuid)
+            where = f"{self.site}: "
+            if cls is None:
+                if known is not None:
+                    logger.info("%sdrone %s: tunnel works again", where, uuid)
+                continue
+            detail = record.path_error.detail if record and record.path_error else ""
+            logger.warning(
+                "%sdrone %s: tunnel failing: %s%s",
+                where,
+                uuid,
+                cls,
+                f" ({detail})" if detail else "",
+            )
 
     def judgement(self, uuid: str) -> Optional[Judgement]:
         """The latest verdict for one drone, for ``resource_status``."""
@@ -142,6 +227,7 @@ class SiteMonitor:
         self.store.forget(uuids)
         for uuid in uuids:
             self.first_running.pop(uuid, None)
+            self.path_errors.pop(uuid, None)
             self.judgements.pop(uuid, None)
         return cleanup_command(self.heartbeat_dir, uuids)
 

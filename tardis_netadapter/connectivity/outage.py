@@ -29,7 +29,7 @@ snapshot); only the hysteresis of the end needs the previous judgement.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 from .verdict import Judgement, Verdict
@@ -140,14 +140,10 @@ def spare(judgement: Judgement, outage: Optional[Outage]) -> Judgement:
         or judgement.failing_stage != outage.stage
     ):
         return judgement
-    return Judgement(
-        Verdict.DEGRADED,
-        f"site outage in stage {outage.stage} "
+    return replace(
+        judgement,
+        verdict=Verdict.DEGRADED,
+        reason=f"site outage in stage {outage.stage} "
         f"({outage.failing} of {outage.population} drones), not ended: "
         f"{judgement.reason}",
-        judgement.failing_stage,
-        judgement.heartbeat_age,
-        judgement.latency_ms,
-        judgement.in_collector,
-        judgement.failing_since,
     )

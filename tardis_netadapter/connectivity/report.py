@@ -28,6 +28,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("heartbeat_age", "HB AGE"),
     ("failing_stage", "STAGE"),
     ("latency_ms", "LATENCY"),
+    ("path_error", "PATH ERROR"),
     ("reason", "REASON"),
 )
 REASON_WIDTH = 60
@@ -49,6 +50,8 @@ class StatusRow:
     host: Optional[str] = None
     restarts: int = 0
     in_collector: Optional[bool] = None
+    #: the tunnel supervisor's failure class ("host key mismatch", ...), or None
+    path_error: Optional[str] = None
 
 
 def make_row(
@@ -71,6 +74,7 @@ def make_row(
         host=heartbeat.host if heartbeat else None,
         restarts=heartbeat.restarts if heartbeat else 0,
         in_collector=judgement.in_collector,
+        path_error=judgement.path_error,
     )
 
 

@@ -76,6 +76,9 @@ class Judgement:
     #: site clock time the failure began (None: nothing failing, or no record);
     #: what the site outage judgement (outage.py) clusters on
     failing_since: Optional[float] = None
+    #: the tunnel supervisor's failure class (heartbeat path_error), e.g.
+    #: "host key mismatch"; None while it reports none
+    path_error: Optional[str] = None
 
 
 def judge(
@@ -93,6 +96,7 @@ def judge(
     collector for minutes, so they never overrule a heartbeat.
     """
     age = None if heartbeat is None else max(0.0, now - heartbeat.time)
+    path_error = heartbeat.path_error if heartbeat is not None else None
 
     def result(
         verdict: Verdict,
@@ -108,6 +112,7 @@ def judge(
             heartbeat.latency_ms if heartbeat is not None else None,
             in_collector,
             since,
+            path_error.cls if path_error is not None else None,
         )
 
     if not job.running:
@@ -143,6 +148,10 @@ def judge(
         failing_since = heartbeat.failing_since or heartbeat.time
         stage = heartbeat.failing_stage or "pool"
         reason = heartbeat.last_error or f"stage {stage} failing"
+        if path_error is not None and stage == "tunnel":
+            # ssh's own reason is the one to act on (a changed host key, a
+            # refused key), not "the SOCKS port is not up"
+            reason = f"{path_error.cls}: {path_error.detail or reason}"
 
     failing_for = max(0.0, now - failing_since)
     if heartbeat.last_ok is not None:

@@ -133,6 +133,11 @@ class Mode:
         """(leg, what protects it) for the mode's own legs, first in the budget."""
         return []
 
+    def reconnect_delay(self, profile: NetworkProfile) -> int:
+        """Worst case (s) the mode's supervisor takes to reconnect once the
+        site answers again; the derived grace adds it (keepalive.py)."""
+        return 0
+
     # -- the drone script ------------------------------------------------------
 
     def libraries(self, profile: NetworkProfile) -> list[Path]:

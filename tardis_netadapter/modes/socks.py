@@ -41,7 +41,9 @@ __all__ = [
     "Proxy",
     "SocksMode",
     "SocksProfile",
+    "SupervisorTimings",
     "Tunnel",
+    "reconnect_bound",
     "port_placeholder",
 ]
 
@@ -143,7 +145,8 @@ class Tunnel:
     forwards: tuple[Forward, ...] = ()
     port_range: tuple[int, ...] = DEFAULT_PORT_RANGE
     ciphers: str = "auto"
-    supervisor: Literal["autossh", "loop"] = "autossh"
+    #: ``builtin`` (lib/supervise.sh; ``loop`` is a synonym) or ``autossh``
+    supervisor: Literal["builtin", "loop", "autossh"] = "builtin"
     ready_timeout: float = 10.0
 
     def check(self, path: str) -> list[str]:
@@ -480,7 +483,7 @@ def ssh_config_text(profile: SocksProfile, budget: KeepaliveBudget) -> str:
         identity_file=tunnel.identity_file,
         server_alive_interval=budget.server_alive_interval,
         server_alive_count_max=budget.server_alive_count_max,
-        connect_timeout=max(1, math.ceil(tunnel.ready_timeout)),
+        connect_timeout=connect_timeout(tunnel),
     )
 
 
@@ -527,6 +530,47 @@ def tsocks_conf_text(profile: SocksProfile) -> str:
         localnet=localnet,
         socks_port=_port(0, profile.tunnel.socks_port),
     )
+
+
+@dataclass(frozen=True)
+class SupervisorTimings:
+    """The builtin supervisor's timings (ms), rendered as SUPERVISE_* settings.
+
+    One place for the numbers drone_scripts/lib/supervise.sh uses and the
+    grace derivation (keepalive.py) adds as its worst-case reconnect delay.
+    The spread keeps drones that see the login node return at the same
+    moment from reaching sshd's ``MaxStartups`` (default 10:30:100) together;
+    probe interval + spread + one ssh handshake stay under 3 s, the target
+    for a tunnel's return after sshd's.
+    """
+
+    probe_min_ms: int = 300
+    probe_max_ms: int = 600
+    probe_timeout_ms: int = 1000
+    spread_ms: int = 1000
+    backoff_base_ms: int = 200
+    backoff_cap_ms: int = 10_000
+
+
+SUPERVISOR = SupervisorTimings()
+
+
+def connect_timeout(tunnel: Tunnel) -> int:
+    """ssh's ConnectTimeout (s): the tunnel's ready timeout, whole seconds."""
+    return max(1, math.ceil(tunnel.ready_timeout))
+
+
+def reconnect_bound(tunnel: Tunnel) -> int:
+    """Worst case (s) from the first hop's return to a new ssh start.
+
+    An attempt in flight may hang for ssh's ConnectTimeout, or a back-off
+    of at most its cap may just have begun; then one probe interval and the
+    spread: connect_timeout + backoff_cap + probe_max + spread, rounded up.
+    (Autossh has no bound of its own to speak of; the same figure is used.)
+    """
+    t = SUPERVISOR
+    ms = t.backoff_cap_ms + t.probe_max_ms + t.spread_ms
+    return connect_timeout(tunnel) + math.ceil(ms / 1000)
 
 
 #: the chain gets at least this long to reach the collector (ms)
@@ -581,9 +625,13 @@ class SocksMode(Mode):
             ),
         ]
 
+    def reconnect_delay(self, profile: NetworkProfile) -> int:
+        assert isinstance(profile, SocksProfile)
+        return reconnect_bound(profile.tunnel)
+
     def libraries(self, profile: NetworkProfile) -> list[Path]:
         lib = template_dir() / "lib"
-        return [lib / "tunnel.sh", lib / "chain.sh"]
+        return [lib / "supervise.sh", lib / "tunnel.sh", lib / "chain.sh"]
 
     def settings(
         self, profile: NetworkProfile, budget: KeepaliveBudget
@@ -591,6 +639,8 @@ class SocksMode(Mode):
         assert isinstance(profile, SocksProfile)
         tunnel, chain = profile.tunnel, profile.chain
         ready_ms = int(tunnel.ready_timeout * 1000)
+        supervisor = "autossh" if tunnel.supervisor == "autossh" else "builtin"
+        t = SUPERVISOR
         endpoints = profile.pool.endpoints
         probe_host, probe_port = endpoints[0] if profile.pool.collector else ("", "")
         return [
@@ -604,8 +654,9 @@ class SocksMode(Mode):
                     # rotates both by job id, the supervisor fails over
                     ("TUNNEL_TARGETS", tunnel_targets(profile)),
                     ("TUNNEL_FIRST_HOPS", first_hops(profile)),
+                    ("TUNNEL_KNOWN_HOSTS", tunnel.known_hosts),
                     ("TUNNEL_ROUTE", tunnel_route(profile)),
-                    ("TUNNEL_SUPERVISOR", tunnel.supervisor),
+                    ("TUNNEL_SUPERVISOR", supervisor),
                     ("TUNNEL_CIPHERS", tunnel.ciphers),
                     ("TUNNEL_SOCKS_PORT", tunnel.socks_port),
                     ("TUNNEL_FORWARD_NAMES", [f.name or "" for f in tunnel.forwards]),
@@ -616,6 +667,22 @@ class SocksMode(Mode):
                     ),
                     ("TUNNEL_PORT_RANGE", list(tunnel.port_range)),
                     ("TUNNEL_READY_TIMEOUT_MS", ready_ms),
+                ),
+            ),
+            SettingsGroup(
+                "supervisor (lib/supervise.sh; times in ms)",
+                (
+                    ("SUPERVISE_PROBE_MIN_MS", t.probe_min_ms),
+                    ("SUPERVISE_PROBE_MAX_MS", t.probe_max_ms),
+                    ("SUPERVISE_PROBE_TIMEOUT_MS", t.probe_timeout_ms),
+                    ("SUPERVISE_SPREAD_MS", t.spread_ms),
+                    ("SUPERVISE_BACKOFF_BASE_MS", t.backoff_base_ms),
+                    ("SUPERVISE_BACKOFF_CAP_MS", t.backoff_cap_ms),
+                    # autossh waits on its own: never end it for being slow
+                    (
+                        "SUPERVISE_READY_TIMEOUT_MS",
+                        3 * ready_ms if supervisor == "builtin" else 2**31 - 1,
+                    ),
                 ),
             ),
             SettingsGroup(
@@ -667,6 +734,8 @@ class SocksMode(Mode):
         lines = ["have ssh"]
         if profile.tunnel.supervisor == "autossh":
             lines.append("have autossh")
+        else:  # the builtin supervisor probes the first hop under timeout
+            lines.append("have timeout")
         tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
             profile.chain.tool
         )
@@ -723,7 +792,9 @@ def _first_hop_out(profile: SocksProfile) -> Optional[tuple[str, int, str]]:
 
 _PROBE_FIXES = {
     "cmd:ssh": "install openssh-client on the workers (checked here on the login node)",
-    "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: loop",
+    "cmd:autossh": "install autossh, or set Network.tunnel.supervisor: builtin",
+    "cmd:timeout": "install coreutils (timeout) on the workers: the tunnel "
+    "supervisor probes the login node's port with it",
     "cmd:proxychains4": "install proxychains4 (proxychains-ng) or set Network.chain.library",
     "cmd:tsocks": "install tsocks or set Network.chain.library",
     "key": "create the tunnel key (ssh-keygen -t ed25519) at Network.tunnel.identity_file "

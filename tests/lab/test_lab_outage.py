@@ -3,22 +3,31 @@
 A real ``cobald`` daemon (configs/lab.yml, COBalD's demand fixed at three
 drones) runs NetSlurm drones on the lab's Slurm. Once all three are Available
 and their heartbeats are good, the login node's sshd is stopped for
-``OUTAGE`` seconds and every one of its sessions is killed (the drones'
+``OUTAGE`` seconds (env ``TNA_OUTAGE_SECONDS``, default 60; the 10-minute
+soak is ``TNA_OUTAGE_SECONDS=600``, docs/benchmarks.md) and every one of its
+sessions is killed (the drones'
 tunnels and the daemon's own SSH connection): only processes of this lab's
 login sshd, by pid (its pid file, its descendants, and sshd processes inside
 the lab's login namespace), never by name machine-wide.
 
 Asserted once sshd is back, within a bounded wait: no drone of the three
 reached Cleanup/Down (SqliteRegistry), their Slurm jobs are the same job ids,
-still RUNNING; the daemon logged "site outage in stage ..." once and "... is
-over after ..." once; it is alive and logged no Traceback.
+still RUNNING; the daemon logged "site outage in stage ..." at most once and,
+if it did, "... is over after ..." once (the daemon's own ssh to login is
+down for the whole outage, so it judges the drones only at its first listing
+after sshd's return; with the builtin supervisor the tunnels are usually back
+by then and nothing is declared: measured.json says which, as
+``outage_declared``); it is alive and logged no Traceback; and every tunnel
+is back within ``TUNNEL_BACK`` (3 s) of sshd's return (issue 11; the drones'
+supervisor, drone_scripts/lib/supervise.sh, probes the login node's port
+while it is down and reconnects after a spread of at most 1 s).
 
-Measured and printed, not asserted (issue 11 wants every tunnel back within
-3 s, which needs a tunnel supervisor that does not exist yet): the seconds
-from sshd's return to each tunnel's ssh connection being established again
-(``ss`` on login, connections from the site network to :22), and to each
-drone's first good heartbeat (its record's own time, the worker's clock,
-which is this machine's; whole seconds, so up to 1 s early). ``TNA_KEEP_LOGS=DIR`` keeps the daemon's log,
+Measured and printed (median and max): the seconds from sshd's return to
+each tunnel's ssh connection being accepted again (the start time of the
+sshd process serving each established connection from the site network to
+:22 on login), and to each drone's first good heartbeat (its record's own
+time, the worker's clock, which is this machine's; whole seconds, so up to
+1 s early). ``TNA_KEEP_LOGS=DIR`` keeps the daemon's log,
 registry and ``measured.json``.
 """
 
@@ -52,14 +61,20 @@ from tardis_netadapter.connectivity.heartbeat import Heartbeat, parse_records
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 DRONES = 3
-#: issue 11's CI case: sshd down for a minute, all its sessions killed
-OUTAGE = 60.0
+#: issue 11's CI case: sshd down for a minute, all its sessions killed;
+#: TNA_OUTAGE_SECONDS=600 is the 10-minute soak (docs/benchmarks.md)
+OUTAGE = float(os.environ.get("TNA_OUTAGE_SECONDS", "60"))
+#: issue 11: every tunnel back within this many seconds of sshd's return
+TUNNEL_BACK = 3.0
 ENDED = {"CleanupState", "DownState", "ShutDownState", "ShuttingDownState"}
 OUTAGE_LINE = re.compile(r"NetLab: site outage in stage (\S+): .*no drone is ended")
 OVER_LINE = re.compile(r"NetLab: site outage in stage (\S+) is over after ([\d.]+) s")
 #: bounded wait after sshd's return for the tunnels, heartbeats and the end of
-#: the outage (today autossh's back-off alone takes ~16 s, see issue 11)
+#: the outage (the tunnels take ~2 s; heartbeats and the adapter's listing more)
 RECOVERY = 150
+#: seconds after sshd's return before the outage lines are judged: the
+#: adapter reconnects and lists a few times (drone_heartbeat_interval 5 s)
+SETTLE = 20
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +309,10 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
             return (
                 len(tunnels) >= DRONES
                 and len(first_good) == DRONES
-                and bool(OVER_LINE.search(logs))
+                # a few of the adapter's cycles (5 s) after sshd's return, so
+                # that its first listings have judged the drones
+                and time.monotonic() - back_mono >= SETTLE
+                and (not OUTAGE_LINE.search(logs) or bool(OVER_LINE.search(logs)))
             )
 
         measured["recovered_after"] = round(
@@ -309,6 +327,11 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
         for name in ("tunnel_back_after", "first_good_heartbeat_after"):
             values = measured[name]
             measured[f"{name}_median_max"] = [median(values), max(values)]
+        say(
+            "tunnels back after {} s (median {:.2f} s, max {:.2f} s)".format(
+                measured["tunnel_back_after"], *measured["tunnel_back_after_median_max"]
+            )
+        )
         time.sleep(5)  # one more status cycle: a late cancel would show now
         watch_drones()
 
@@ -321,8 +344,9 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
             if OUTAGE_LINE.search(line) or OVER_LINE.search(line)
         ]
         say(f"outage lines: {measured['log']}")
-        assert len(began) == 1, f"outage declared {len(began)} times\n{why()}"
-        assert len(over) == 1, f"outage ended {len(over)} times\n{why()}"
+        measured["outage_declared"] = bool(began)
+        assert len(began) <= 1, f"outage declared {len(began)} times\n{why()}"
+        assert len(over) == len(began), f"outage ended {len(over)} times\n{why()}"
         jobs = slurm_jobs(site)
         still = {job: jobs.get(job, ("gone",))[0] for job in ours.values()}
         assert set(still.values()) == {"RUNNING"}, f"{still}\n{why()}"
@@ -332,6 +356,17 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
         assert "Traceback" not in logs, why()
         measured["events"] = events
         print(json.dumps({k: v for k, v in measured.items() if k != "events"}))
+        back_median, back_max = measured["tunnel_back_after_median_max"]
+        print(
+            f"outage {OUTAGE:.0f} s: tunnels back after median {back_median:.2f} s, "
+            f"max {back_max:.2f} s; first good heartbeat median "
+            f"{measured['first_good_heartbeat_after_median_max'][0]:.1f} s, max "
+            f"{measured['first_good_heartbeat_after_median_max'][1]:.1f} s"
+        )
+        assert back_max <= TUNNEL_BACK, (
+            f"a tunnel came back {back_max:.2f} s after sshd (target "
+            f"{TUNNEL_BACK:.0f} s): {measured['tunnel_back_after']}\n{why()}"
+        )
     finally:
         measured.setdefault("events", events)
         cobald.stop()

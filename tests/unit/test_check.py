@@ -65,6 +65,7 @@ def test_probe_reports_what_is_missing_with_a_fix(tmp_path, listener):
             "hops": [{"host": "127.0.0.1"}],
             "identity_file": "~/.ssh/key; rm -rf x",
             "known_hosts": "~/.ssh/known_hosts",
+            "supervisor": "autossh",
         },
         "chain": {
             "proxies": [{"type": "socks5", "host": "127.0.0.1", "port": listener}]
@@ -76,7 +77,7 @@ def test_probe_reports_what_is_missing_with_a_fix(tmp_path, listener):
     by_name = {i.what.split(": ")[0]: i for i in items}
     assert by_name["cmd:sbatch"].ok and by_name["cmd:proxychains4"].ok
     assert not by_name["cmd:autossh"].ok
-    assert "tunnel.supervisor: loop" in by_name["cmd:autossh"].fix
+    assert "tunnel.supervisor: builtin" in by_name["cmd:autossh"].fix
     assert by_name["key"].ok
     assert not by_name["known_hosts:127.0.0.1"].ok
     assert "known_hosts" in by_name["known_hosts:127.0.0.1"].fix
@@ -110,3 +111,13 @@ def test_a_bad_config_names_the_key(tmp_path, capsys):
     bad.write_text(text)
     assert main(["check", str(bad)]) == 2
     assert "NetLab.Network.firewall.idle_timeout: got -5" in capsys.readouterr().err
+
+
+def test_probe_asks_for_what_the_chosen_supervisor_needs():
+    hops = [{"host": "127.0.0.1"}]
+    builtin = probe_script(settings_for({"tunnel": {"hops": hops}}))
+    assert "have timeout" in builtin and "have autossh" not in builtin
+    autossh = probe_script(
+        settings_for({"tunnel": {"hops": hops, "supervisor": "autossh"}})
+    )
+    assert "have autossh" in autossh

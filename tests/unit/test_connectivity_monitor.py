@@ -91,11 +91,39 @@ def test_first_seen_running_starts_the_deadline():
         collection = parse_collection(f"{BEGIN} {site_time}\n{END}")
         return SimpleNamespace(jobs={"1": job}, extras={"heartbeats": collection})
 
-    assert monitor.observe(snapshot(1000))["netlab-aaa"].verdict is Verdict.CONNECTING
-    assert monitor.observe(snapshot(1600))["netlab-aaa"].verdict is Verdict.CONNECTING
+    # listed every 100 s (< grace: the adapter is not blind, see the next test)
+    for site_time in range(1000, 1601, 100):
+        verdict = monitor.observe(snapshot(site_time))["netlab-aaa"].verdict
+        assert verdict is Verdict.CONNECTING
     assert (
         monitor.observe(snapshot(1601))["netlab-aaa"].verdict is Verdict.NEVER_CONNECTED
     )
+
+
+def test_after_a_blind_spell_no_drone_is_ended_before_fresh_heartbeats(caplog):
+    """The adapter could not list for longer than the grace (its ssh to login
+    down): the first records it reads may predate the drones' recovery, so for
+    two heartbeat intervals nothing is lost; then the verdicts count again."""
+    monitor = SiteMonitor("~/hb", TIMING, site="NetLab")
+    job = SimpleNamespace(name="netlab-aaa", status=ResourceStatus.Running, job_id="1")
+
+    def observe(site_time: float, beat: dict) -> Judgement:
+        collection = parse_collection(f"{BEGIN} {site_time}\n{json.dumps(beat)}\n{END}")
+        return monitor.observe(
+            SimpleNamespace(jobs={"1": job}, extras={"heartbeats": collection})
+        )["netlab-aaa"]
+
+    assert observe(1000, record("netlab-aaa", 999)).verdict is Verdict.CONNECTED
+    # a record written at 1005, failing since 1002; next listing 600 s later
+    stale = record("netlab-aaa", 1005, ok=False, last_ok=1000, failing_since=1002)
+    caplog.set_level("WARNING", logger="cobald.runtime.tardis_netadapter.connectivity")
+    held = observe(1605, stale)
+    assert held.verdict is Verdict.DEGRADED and "fresh heartbeats" in held.reason
+    assert "NetLab: no listing for 605 s" in caplog.text
+    assert observe(1634, stale).verdict is Verdict.DEGRADED  # < 2 intervals (60 s)
+    assert observe(1666, stale).verdict is Verdict.LOST  # still no fresh record
+    # a drone that healed meanwhile is simply connected
+    assert observe(1670, record("netlab-aaa", 1668)).verdict is Verdict.CONNECTED
 
 
 def test_no_complete_collection_concludes_nothing():
@@ -271,6 +299,8 @@ def test_render_table():
         "AGE",
         "STAGE",
         "LATENCY",
+        "PATH",
+        "ERROR",
         "REASON",
     ]
     assert lines[1].split()[:7] == [
@@ -319,6 +349,7 @@ def test_json_keys_are_stable():
         "host",
         "restarts",
         "in_collector",
+        "path_error",
     }
     assert {key for key, _ in COLUMNS} <= set(document["drones"][0])
 
@@ -399,3 +430,57 @@ def test_the_poll_prunes_records_no_drone_has_touched_for_a_week(login):
     assert not orphan.exists()
     assert (login["hb"] / "netlab-aaa.json").exists()
     assert monitor.observe(snapshot)["netlab-aaa"].verdict is Verdict.CONNECTED
+
+
+def test_tunnel_failure_class_is_shown_and_logged_once_per_change(caplog):
+    """The supervisor's class (heartbeat path_error) reaches the judgement, the
+    status row and the adapter's log: once when it appears, once per change,
+    once when it clears; not every cycle."""
+    monitor = SiteMonitor("~/hb", TIMING, site="NetLab")
+    job = SimpleNamespace(name="netlab-aaa", status=ResourceStatus.Running, job_id="1")
+    mismatch = {
+        "class": "host key mismatch",
+        "detail": "Host key for 10.66.1.1 has changed",
+        "since": 990,
+    }
+
+    def observe(site_time: float, path_error) -> Judgement:
+        data = record(
+            "netlab-aaa",
+            site_time - 1,
+            ok=path_error is None,
+            last_ok=None,
+            path_error=path_error,
+        )
+        if path_error is not None:
+            data["failing_stage"] = "tunnel"
+            data["last_error"] = "SOCKS port 127.0.0.1:20000 not up after 10s"
+            data["failing_since"] = 990
+        collection = parse_collection(f"{BEGIN} {site_time}\n{json.dumps(data)}\n{END}")
+        return monitor.observe(
+            SimpleNamespace(jobs={"1": job}, extras={"heartbeats": collection})
+        )["netlab-aaa"]
+
+    caplog.set_level("INFO", logger="cobald.runtime.tardis_netadapter.connectivity")
+    first = observe(1000, mismatch)
+    assert first.path_error == "host key mismatch"
+    assert first.reason.startswith("host key mismatch: Host key for 10.66.1.1")
+    row = make_row("netlab-aaa", "1", "RUNNING", first, monitor.store.get("netlab-aaa"))
+    assert row.path_error == "host key mismatch"
+    assert "host key mismatch" in render_table([row])
+    assert json.loads(to_json([row], "NetLab", 1000))["drones"][0]["path_error"] == (
+        "host key mismatch"
+    )
+    observe(1030, mismatch)
+    observe(1060, mismatch)
+    refused = {**mismatch, "class": "key refused", "detail": "Permission denied"}
+    observe(1090, refused)
+    assert observe(1120, None).path_error is None
+    observe(1150, None)
+    lines = [r.getMessage() for r in caplog.records if "tunnel" in r.getMessage()]
+    assert lines == [
+        "NetLab: drone netlab-aaa: tunnel failing: host key mismatch "
+        "(Host key for 10.66.1.1 has changed)",
+        "NetLab: drone netlab-aaa: tunnel failing: key refused (Permission denied)",
+        "NetLab: drone netlab-aaa: tunnel works again",
+    ]

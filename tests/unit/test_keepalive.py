@@ -9,6 +9,7 @@ import pytest
 from tardis_netadapter import condor_knobs
 from tardis_netadapter.config import ConfigurationError, load_profile
 from tardis_netadapter.keepalive import CONDOR_DEFAULTS, derive_budget
+from tardis_netadapter.modes.socks import SUPERVISOR, reconnect_bound
 
 HEARTBEATS = (
     "CCB_HEARTBEAT_INTERVAL",
@@ -153,11 +154,29 @@ def test_no_ccb_means_no_ccb_address() -> None:
     assert "CCB_ADDRESS" not in budget.condor_knobs
 
 
-def test_watchdog_grace_covers_a_dead_tunnel_and_two_heartbeats() -> None:
+def test_watchdog_grace_covers_a_dead_tunnel_a_reconnect_and_two_heartbeats() -> None:
     budget = derive_budget(profile(firewall={"idle_timeout": 20}))
     assert budget.watchdog_interval == 10
-    assert budget.grace == 2 * 10 + budget.dead_tunnel_detection
+    assert budget.dead_tunnel_detection == 6 * 3
+    # the supervisor's worst case: ConnectTimeout 10 s (ready_timeout) + back-off
+    # cap 10 s + probe interval 0.6 s + spread 1 s, rounded up: 22 s
+    assert (
+        reconnect_bound(load_profile({"tunnel": {"hops": [{"host": "h"}]}}).tunnel)
+        == 22
+    )
+    assert budget.grace == 2 * 10 + 18 + 22 == 60
     assert budget.connect_deadline >= 300
+
+
+def test_reconnect_bound_follows_the_ready_timeout_and_the_timings() -> None:
+    slow = load_profile({"tunnel": {"hops": [{"host": "h"}], "ready_timeout": 30}})
+    assert reconnect_bound(slow.tunnel) == 30 + 12
+    t = SUPERVISOR
+    assert t.probe_max_ms + t.spread_ms + 1000 <= 3000  # the 3 s return target
+    assert (
+        derive_budget(slow).grace
+        == derive_budget(load_profile({"tunnel": {"hops": [{"host": "h"}]}})).grace + 20
+    )
 
 
 def test_legs_name_what_protects_each_leg() -> None:

@@ -220,12 +220,15 @@ def test_without_a_job_id_the_uuid_decides_the_same_way_every_time(
 FAKE_SSH = """#!/bin/bash
 # the target is the last argument; the first route's login node is down
 printf '%s %s\\n' "$(date +%s%N)" "${!#}" >>"$FAKE_SSH_LOG"
-[[ ${!#} == tardis-hop-2 ]] && exit 255
+if [[ ${!#} == tardis-hop-2 ]]; then
+    echo "ssh: connect to host 10.0.0.1 port 22: Connection refused" >&2
+    exit 255
+fi
 exec sleep 30
 """
 
 
-def test_the_loop_supervisor_moves_to_the_next_route_when_ssh_fails(
+def test_the_supervisor_moves_to_the_next_route_when_the_login_node_refuses(
     tmp_path: Path,
 ) -> None:
     bin_dir = tmp_path / "bin"

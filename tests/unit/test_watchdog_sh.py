@@ -315,6 +315,122 @@ def test_restarts_by_the_tunnel_supervisor_are_counted(site, listener):
     assert "TnaRestarts = 2" in (site["run"] / "tna.ad").read_text()
 
 
+def test_supervisor_failure_class_reaches_the_record_and_the_parser(site, closed_port):
+    """tunnel.error (lib/supervise.sh) becomes "path_error"; gone, it is null."""
+    error = site["tmp"] / "tunnel.error"
+    error.write_text(
+        "1795000000\thost key mismatch\tHost key for 10.66.1.1 has changed"
+        ' and "you" have requested strict checking.\n'
+    )
+    body = (
+        "tna_stage tunnel failed 'SOCKS port not up'\ntna_watchdog_once\n"
+        f'cp "$HOME/hb/{UUID}.json" "$HOME/first.json"\n'
+        f"rm {shlex.quote(str(error))}\ntna_watchdog_once\n"
+    )
+    result = bash(
+        site,
+        body,
+        endpoints=f"127.0.0.1:{closed_port}",
+        TNA_TUNNEL_ERROR_FILE=str(error),
+    )
+    assert result.returncode == 0, result.stderr
+    first = json.loads((site["tmp"] / "home" / "first.json").read_text())
+    assert first["path_error"] == {
+        "class": "host key mismatch",
+        "detail": 'Host key for 10.66.1.1 has changed and "you" have requested '
+        "strict checking.",
+        "since": 1795000000,
+    }
+    record = parse_record(json.dumps(first))
+    assert record is not None and record.path_error is not None
+    assert record.path_error.cls == "host key mismatch"
+    assert record.path_error.since == 1795000000
+    assert read_record(site)["path_error"] is None
+    assert parse_record(json.dumps(read_record(site))).path_error is None
+
+
+FAKE_SUPERVISOR = """
+supervisor() {
+    trap 'echo usr1 >> "$HOME/signals"' USR1
+    while :; do sleep 0.05; done
+}
+supervisor &
+TNA_TUNNEL_PID=$!
+sleep 0.2
+"""
+
+
+def test_probes_failing_through_a_living_supervisor_force_a_reconnect(
+    site, closed_port
+):
+    """Every probe failing for TNA_FORCE_AFTER seconds (two rounds at least)
+    while the supervisor lives and reports nothing: SIGUSR1, then a new count;
+    the supervisor's own restart line counts the reconnect."""
+    body = FAKE_SUPERVISOR + (
+        "tna_stage tunnel ok\n"
+        "tna_watchdog_once\nsleep 1.1\n"
+        "[[ ! -e $HOME/signals ]] || exit 7  # not after one round\n"
+        "tna_watchdog_once\nsleep 0.3\n"
+        "tna_watchdog_once\nsleep 0.3\n"  # failing again, but not for 1 s yet
+        'kill "$TNA_TUNNEL_PID"\n'
+    )
+    result = bash(
+        site,
+        body,
+        endpoints=f"127.0.0.1:{closed_port}",
+        TNA_TUNNEL_FORCE_SIGNAL="USR1",
+        TNA_FORCE_AFTER="1",
+        TNA_TUNNEL_ERROR_FILE=str(site["tmp"] / "tunnel.error"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert (site["tmp"] / "home" / "signals").read_text() == "usr1\n"
+    assert b"forcing a reconnect" in result.stderr
+    assert read_record(site)["restarts"] == 0  # the supervisor counts its restarts
+
+
+@pytest.mark.parametrize(
+    "case", ["probes-ok", "supervisor-knows", "no-signal", "too-soon"]
+)
+def test_no_forced_reconnect_when_it_cannot_help(site, listener, closed_port, case):
+    """Probes that answer, a supervisor already reconnecting (tunnel.error), no
+    signal configured, or failing for less than TNA_FORCE_AFTER: nothing is sent."""
+    error = site["tmp"] / "tunnel.error"
+    if case == "supervisor-knows":
+        error.write_text("1795000000\tconnection refused\tssh: Connection refused\n")
+    port = listener if case == "probes-ok" else closed_port
+    body = FAKE_SUPERVISOR + (
+        "tna_stage tunnel ok\n"
+        + "tna_watchdog_once\n" * 4
+        + 'sleep 0.3\nkill "$TNA_TUNNEL_PID"\n'
+    )
+    result = bash(
+        site,
+        body,
+        endpoints=f"127.0.0.1:{port}",
+        TNA_TUNNEL_FORCE_SIGNAL="" if case == "no-signal" else "USR1",
+        TNA_FORCE_AFTER="100" if case == "too-soon" else "0",
+        TNA_TUNNEL_ERROR_FILE=str(error),
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (site["tmp"] / "home" / "signals").exists()
+
+
+def test_rounds_come_faster_while_the_path_fails(site, closed_port):
+    """TNA_FAILING_INTERVAL: a healed path shows in the next record sooner."""
+    started = time.monotonic()
+    result = bash(
+        site,
+        "tna_stage tunnel ok\ntna_watchdog_loop\n",
+        endpoints=f"127.0.0.1:{closed_port}",
+        TNA_HEARTBEAT_INTERVAL="30",
+        TNA_FAILING_INTERVAL="1",
+        TNA_WATCHDOG_ROUNDS="3",
+    )
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 10  # not 2 x 30 s
+    assert read_record(site)["seq"] == 3 and read_record(site)["interval"] == 30
+
+
 def test_dead_tunnel_without_restart_function_fails(site, listener):
     result = bash(
         site,
