@@ -31,6 +31,7 @@
 #   SUPERVISE_PROBES       array: HOST:PORT of each target's first hop ([v6]:P
 #                          allowed); an empty element: that target is not probed
 #   SUPERVISE_RESTARTS_FILE, SUPERVISE_ERROR_FILE   files as above
+#   SUPERVISE_CHILD_FILE   file that gets the current command's pid (optional)
 #   SUPERVISE_LABEL        word for log lines (default "supervisor")
 #   SUPERVISE_PROBE_MIN_MS, SUPERVISE_PROBE_MAX_MS, SUPERVISE_PROBE_TIMEOUT_MS,
 #   SUPERVISE_SPREAD_MS, SUPERVISE_BACKOFF_BASE_MS, SUPERVISE_BACKOFF_CAP_MS,
@@ -68,11 +69,49 @@ supervise_random() {
     printf -v "$1" '%d' $((__value % (__max + 1)))
 }
 
-# supervise_sleep_ms MS: sleep that long (0: not at all).
+# supervise_sleep_ms MS: sleep that long (0: not at all), without a process
+# (pause_ms, lib/common.sh).
 supervise_sleep_ms() {
-    local ms=$1
-    ((ms > 0)) || return 0
-    sleep "$((ms / 1000)).$(printf '%03d' $((ms % 1000)))"
+    (($1 > 0)) || return 0
+    pause_ms "$1"
+}
+
+# This node's start slots: at most SUPERVISE_NODE_STARTS commands of this
+# user's drones on a node are between their start and "up" at one time. sshd
+# counts unauthenticated connections against MaxStartups (default 10:30:100,
+# dropping at random above 10): drones that start together on a node (a batch
+# of jobs, or all of them after an outage) take turns instead of racing. A
+# slot is an flock(1) on a file in a directory only this user owns; waiting
+# blocks in the kernel (no polling) and never longer than
+# SUPERVISE_SLOT_WAIT_MS, so a stuck holder cannot stop a drone; a slot is
+# given back once the command is up, has ended, or after SUPERVISE_SLOT_HOLD_MS.
+SUPERVISE_SLOT_FD=""
+
+# supervise_slot_take: wait for one of this node's start slots (see above).
+supervise_slot_take() {
+    local slots=${SUPERVISE_NODE_STARTS:-3} wait_ms=${SUPERVISE_SLOT_WAIT_MS:-8000}
+    local dir=${TMPDIR:-/tmp}/tardis-netadapter-starts-$EUID slot seconds
+    ((slots > 0)) && command -v flock >/dev/null || return 0
+    if [[ ! -d $dir ]]; then
+        mkdir -m 700 -- "$dir" 2>/dev/null
+    fi
+    # someone else's (or a link): no slots rather than a lock others control
+    [[ -d $dir && ! -L $dir && -O $dir ]] || return 0
+    supervise_random slot "$((slots - 1))"
+    exec {SUPERVISE_SLOT_FD}>>"$dir/slot.$slot" || {
+        SUPERVISE_SLOT_FD=""
+        return 0
+    }
+    printf -v seconds '%d.%03d' $((wait_ms / 1000)) $((wait_ms % 1000))
+    flock -w "$seconds" "$SUPERVISE_SLOT_FD" || true # waited enough: go anyway
+}
+
+# supervise_slot_give: give this node's start slot back (closing the lock's fd).
+supervise_slot_give() {
+    if [[ -n $SUPERVISE_SLOT_FD ]]; then
+        exec {SUPERVISE_SLOT_FD}>&-
+        SUPERVISE_SLOT_FD=""
+    fi
 }
 
 # supervise_backoff OUTVAR FAILURES: full jitter, random(0, min(CAP, BASE*2^n)).
@@ -137,6 +176,7 @@ supervise_wait_hop() {
 # then mark ERRFILE complete (ERRFILE.done): the classifier reads it whole.
 supervise_relay() {
     local line
+    supervise_slot_give # inherited from the supervisor: the lock is not ours to hold
     while IFS= read -r line || [[ -n $line ]]; do
         printf '%s\n' "$line" >&2
         printf '%s\n' "$line" >>"$1"
@@ -160,12 +200,24 @@ supervise_force() {
     fi
 }
 
+# supervise_exec WORD...: the command, without the start slot's descriptor.
+# A shell function (the tests' stand-in commands) runs in this subshell.
+supervise_exec() {
+    supervise_slot_give
+    if declare -F "$1" >/dev/null; then
+        "$@"
+        exit
+    fi
+    exec "$@"
+}
+
 # supervise_run COMMAND READY CLASSIFY: the loop (see the top of this file).
 # Runs until TERM/INT (then ends the command and exits 0).
 supervise_run() {
     local command=$1 ready=$2 classify=$3 label=${SUPERVISE_LABEL:-supervisor}
     local count=${#SUPERVISE_TARGETS[@]} index=0 starts=0 argv=() status
     local errfile up deadline class detail line delay forced tried=0
+    local now started interval
     local ready_ms=${SUPERVISE_READY_TIMEOUT_MS:-30000}
     # next to the error file (the drone's work directory, removed at its exit)
     local dir=${SUPERVISE_ERROR_FILE%/*}
@@ -180,22 +232,36 @@ supervise_run() {
         rm -f -- "$errfile.done"
         starts=$((starts + 1))
         SUPERVISE_FORCED=0 # a SIGUSR1 before this start is served by it
-        "${argv[@]}" </dev/null 2> >(supervise_relay "$errfile") &
+        supervise_slot_take
+        # the command must not hold the slot's lock for its whole life
+        supervise_exec "${argv[@]}" </dev/null 2> >(supervise_relay "$errfile") &
         SUPERVISE_CHILD=$!
+        if [[ -n ${SUPERVISE_CHILD_FILE:-} ]]; then # for the caller's READY
+            printf '%s\n' "$SUPERVISE_CHILD" >"$SUPERVISE_CHILD_FILE"
+        fi
         up=0
-        deadline=$(($(now_us) + ready_ms * 1000))
+        clock_us now
+        started=$now
+        deadline=$((now + ready_ms * 1000))
+        interval=50
         while kill -0 "$SUPERVISE_CHILD" 2>/dev/null && ((!SUPERVISE_FORCED)); do
             if "$ready"; then
                 up=1
                 break
             fi
-            if (($(now_us) >= deadline)); then
+            clock_us now
+            if ((now - started >= ${SUPERVISE_SLOT_HOLD_MS:-3000} * 1000)); then
+                supervise_slot_give # a slow start does not hold up the node's others
+            fi
+            if ((now >= deadline)); then
                 log "$label: ${SUPERVISE_TARGETS[index]} not up after $((ready_ms / 1000))s; ending it"
                 kill -TERM "$SUPERVISE_CHILD" 2>/dev/null
                 break
             fi
-            sleep 0.1
+            pause_ms "$interval"
+            interval=$((interval >= 100 ? 200 : interval * 2))
         done
+        supervise_slot_give
         if ((up)); then
             SUPERVISE_FAILURES=0
             tried=0

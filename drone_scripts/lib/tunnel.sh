@@ -162,7 +162,17 @@ tunnel_known_host_differs() {
 
 # True once the supervised ssh's ports are all up (the supervisor's READY).
 tunnel_up() {
-    tunnel_ports_state
+    tunnel_socks_accepts && tunnel_ports_state
+}
+
+# True when the SOCKS port, which ssh binds after every -L forward, accepts a
+# connection: a test that starts no process, polled before the full check of
+# every port's owner (which reads /proc/net/tcp with awk). A hundred drones
+# starting on a node spent most of its CPU on that awk.
+tunnel_socks_accepts() {
+    local fd
+    { exec {fd}<>"/dev/tcp/127.0.0.1/${TUNNEL_PORTS[0]}"; } 2>/dev/null || return 1
+    exec {fd}>&-
 }
 
 # Runs in the background: keep ssh up through lib/supervise.sh over the
@@ -183,6 +193,8 @@ tunnel_supervise() {
     SUPERVISE_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
     # shellcheck disable=SC2034
     SUPERVISE_ERROR_FILE=$DRONE_DIR/tunnel.error
+    # shellcheck disable=SC2034
+    SUPERVISE_CHILD_FILE=$DRONE_DIR/tunnel.child
     if [[ $TUNNEL_SUPERVISOR == autossh ]]; then
         # autossh retries by itself (fixed back-off): no target rotation,
         # no probing; its own restarts are not seen here
@@ -286,8 +298,19 @@ tunnel_pick_ports() {
 
 # True when the socket with INODE belongs to this drone's tunnel: a process
 # holding it (a /proc/PID/fd link) descends from the supervisor TUNNEL_PID.
+# The supervisor's current command (tunnel.child, usually ssh itself) is
+# looked at first: scanning every process's descriptors costs a node's CPU
+# when a hundred drones start on it together.
 tunnel_holds() {
-    local inode=$1 link pid
+    local inode=$1 link pid=""
+    if [[ -r $DRONE_DIR/tunnel.child ]]; then
+        IFS= read -r pid <"$DRONE_DIR/tunnel.child"
+    fi
+    if [[ $pid =~ ^[0-9]+$ ]] && pid_descends "$pid" "$TUNNEL_PID" &&
+        [[ -n $(find "/proc/$pid/fd" -maxdepth 1 -lname "socket:\[$inode\]" \
+            -print -quit 2>/dev/null) ]]; then
+        return 0
+    fi
     while IFS= read -r link; do
         pid=${link#/proc/}
         if pid_descends "${pid%%/*}" "$TUNNEL_PID"; then
@@ -326,14 +349,20 @@ tunnel_ports_state() {
 # Poll tunnel_ports_state for up to TUNNEL_READY_TIMEOUT_MS (every 50 ms at
 # first, then less often, as wait_until): its status, 1 when the time is up.
 tunnel_wait_ports() {
-    local now deadline state interval_ms=50
+    local now deadline state interval_ms=50 full_at=0
     clock_us now
     deadline=$((now + TUNNEL_READY_TIMEOUT_MS * 1000))
     while :; do
-        tunnel_ports_state
-        state=$?
-        if ((state != 1)); then
-            return "$state"
+        # the full check once the SOCKS port accepts, and once a second
+        # anyway: a forward port another process holds stops ssh before it
+        # binds the SOCKS port (state 2: other ports are tried)
+        if tunnel_socks_accepts || ((now >= full_at)); then
+            tunnel_ports_state
+            state=$?
+            if ((state != 1)); then
+                return "$state"
+            fi
+            full_at=$((now + 1000000))
         fi
         clock_us now
         if ((now >= deadline)); then

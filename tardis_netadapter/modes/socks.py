@@ -550,6 +550,13 @@ class SupervisorTimings:
     spread_ms: int = 1000
     backoff_base_ms: int = 200
     backoff_cap_ms: int = 10_000
+    #: starts of this user's drones on one node between start and "up" at
+    #: once (flock slots): drones starting together on a node take turns
+    node_starts: int = 5
+    #: the longest wait for a slot (then the start goes ahead anyway)
+    slot_wait_ms: int = 8000
+    #: a start still not up after this gives its slot back
+    slot_hold_ms: int = 3000
 
 
 SUPERVISOR = SupervisorTimings()
@@ -564,12 +571,13 @@ def reconnect_bound(tunnel: Tunnel) -> int:
     """Worst case (s) from the first hop's return to a new ssh start.
 
     An attempt in flight may hang for ssh's ConnectTimeout, or a back-off
-    of at most its cap may just have begun; then one probe interval and the
-    spread: connect_timeout + backoff_cap + probe_max + spread, rounded up.
+    of at most its cap may just have begun; then one probe interval, the
+    spread and the wait for a node start slot: connect_timeout + backoff_cap
+    + probe_max + spread + slot_wait, rounded up.
     (Autossh has no bound of its own to speak of; the same figure is used.)
     """
     t = SUPERVISOR
-    ms = t.backoff_cap_ms + t.probe_max_ms + t.spread_ms
+    ms = t.backoff_cap_ms + t.probe_max_ms + t.spread_ms + t.slot_wait_ms
     return connect_timeout(tunnel) + math.ceil(ms / 1000)
 
 
@@ -678,6 +686,9 @@ class SocksMode(Mode):
                     ("SUPERVISE_SPREAD_MS", t.spread_ms),
                     ("SUPERVISE_BACKOFF_BASE_MS", t.backoff_base_ms),
                     ("SUPERVISE_BACKOFF_CAP_MS", t.backoff_cap_ms),
+                    ("SUPERVISE_NODE_STARTS", t.node_starts),
+                    ("SUPERVISE_SLOT_WAIT_MS", t.slot_wait_ms),
+                    ("SUPERVISE_SLOT_HOLD_MS", t.slot_hold_ms),
                     # autossh waits on its own: never end it for being slow
                     (
                         "SUPERVISE_READY_TIMEOUT_MS",
