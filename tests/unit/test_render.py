@@ -243,8 +243,9 @@ def test_proxychains_conf_text() -> None:
         "localnet 10.66.1.0/255.255.255.0",
         "localnet fd00::/8",
         "[ProxyList]",
-        "socks5 127.0.0.1 1080",
-        "socks5 10.66.2.2 443",
+        # dante straight through the tunnel's -L forward to it (an auto port,
+        # index 2 after SOCKS and the squid forward): no SOCKS hop through ssh -D
+        "socks5 127.0.0.1 @TARDIS_PORT_2@",
     ]
 
 
@@ -259,11 +260,19 @@ def test_proxychains_reads_the_rendered_conf(tmp_path: Path) -> None:
     if shutil.which("proxychains4") is None:
         pytest.skip("proxychains4 is not installed")
     conf = tmp_path / "proxychains.conf"
-    conf.write_text(render.proxychains_conf_text(profile_of(FZJ)))
-    result = subprocess.run(
-        ["proxychains4", "-f", str(conf), "true"], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
+    spread = {**FZJ, "tunnel": {**FZJ["tunnel"], "parallel": 4}}
+    for data in (FZJ, spread):
+        # the ports the script puts in for the placeholders (with_ports)
+        text = re.sub(
+            r"@TARDIS_PORT_(\d+)@",
+            lambda m: str(20000 + int(m.group(1))),
+            render.proxychains_conf_text(profile_of(data)),
+        )
+        conf.write_text(text)
+        result = subprocess.run(
+            ["proxychains4", "-f", str(conf), "true"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
 
 
 def test_tsocks_conf_text() -> None:
