@@ -547,3 +547,86 @@ def test_a_port_taken_while_ssh_starts_is_noticed_and_others_are_tried(
         in err
     )
     assert socks == 20008
+
+
+def _chain_connect(env: dict[str, str], conf: Path, port: int) -> bool:
+    """One connection to the collector through the drone's own proxychains.conf."""
+    result = subprocess.run(
+        [PROXYCHAINS or "proxychains4", "-q", "-f", str(conf), "bash", "-c"]
+        + ['exec 3<>"/dev/tcp/pool.example.org/$1"', "probe", str(port)],
+        env=env,
+        capture_output=True,
+        timeout=20,
+    )
+    return result.returncode == 0
+
+
+@needs_tools
+def test_parallel_connections_spread_and_a_dead_one_is_skipped(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """tunnel.parallel 3: three ssh processes (each its own SOCKS port and
+    supervisor, all under the one TUNNEL_PID); with one of them dead and its
+    supervisor held, every connection through the chain still gets through
+    (random_chain skips it), and SIGTERM ends all three."""
+    env = node(tmp_path, delay=0.1)
+    data = drone_profile(collector, tmp_path)
+    data["tunnel"]["parallel"] = 3
+    data["payload"]["command"] = ["sleep", "600"]
+    script = tmp_path / "drone.sh"
+    script.write_text(script_of(data))
+    proc = start(script, env, "drone-p", SLURM_JOB_ID="9")
+    log = tmp_path / "ssh.log"
+    try:
+        deadline = time.monotonic() + 30
+        conf = None
+        while conf is None:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the payload did not start"
+            found = list(tmp_path.glob("tardis-drone.drone-p.*/proxychains.conf"))
+            if found and log.exists() and log.read_text().count("bound") >= 3:
+                conf = found[0]
+            time.sleep(0.1)
+        starts = [line.split() for line in log.read_text().splitlines()]
+        socks = sorted(int(f[3]) for f in starts if f[1] == "start")
+        assert len(socks) == 3, starts  # three ssh, each with its own -D port
+        listed = re.findall(r"^socks5 127\.0\.0\.1 (\d+)$", conf.read_text(), re.M)
+        assert sorted(map(int, listed)) == socks
+        assert "random_chain" in conf.read_text()
+        for _ in range(6):
+            assert _chain_connect(env, conf, collector.port)
+        used = {
+            int(f[2])
+            for f in map(str.split, log.read_text().splitlines())
+            if f[1] == "socks"
+        }
+        assert len(used) >= 2, used  # spread over the connections (random)
+
+        # connection 2 dies and its supervisor cannot restart it
+        victim = next(
+            int(f[0]) for f in starts if f[1] == "start" and int(f[3]) == socks[1]
+        )
+        supervisor = int(
+            Path(f"/proc/{victim}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        )
+        os.kill(supervisor, signal.SIGSTOP)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(0.2)
+            for _ in range(8):
+                assert _chain_connect(env, conf, collector.port)
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its session: no leftovers
+            _, err = proc.communicate()
+            pytest.fail(f"the drone did not end on SIGTERM:\n{err}")
+    assert "connection 3 socks 127.0.0.1:" in err, err
+    deadline = time.monotonic() + 10
+    while leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(tmp_path) == []
