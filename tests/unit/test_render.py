@@ -197,6 +197,33 @@ def test_hops_become_a_proxyjump_chain_with_forwards_on_the_last(
     assert script_of(data).count("TUNNEL_TARGET=tardis-hop-3\n") == 1
 
 
+def test_the_proxyjump_hop_gets_the_same_fast_cipher_as_the_last(
+    tmp_path: Path,
+) -> None:
+    """Chain (c) encrypts twice on the worker: the inner connection (to the
+    gateway) inside the ProxyJump connection (ssh -W to login). The jump's
+    ssh reads the same -F file, so the Ciphers line the script appends (under
+    ``Host *``) must reach both hops; a hop left on ssh's default
+    (chacha20-poly1305, about half AES-GCM's speed with AES instructions)
+    would cost the nested path more CPU per byte."""
+    if shutil.which("ssh") is None:
+        pytest.skip("ssh is not installed")
+    data = {**FZJ, "tunnel": {**FZJ["tunnel"], "hops": [LOGIN, GATEWAY]}}
+    out = bash_with(
+        script_of(data),
+        # what tunnel_start writes to $DRONE_DIR/ssh_config
+        'TUNNEL_PORTS=(1080 3128); { with_ports "$(write_ssh_config)";'
+        ' printf "    Ciphers %s\\n" "$(tunnel_ciphers)"; } > cfg;'
+        " for hop in tardis-hop-1 tardis-hop-2; do"
+        ' ssh -G -F cfg "$hop" | grep "^ciphers "; done',
+        tmp_path,
+    )
+    first, second = out.splitlines()
+    assert first == second, out
+    if "aes" in Path("/proc/cpuinfo").read_text():
+        assert first.startswith("ciphers aes128-gcm@openssh.com,"), out
+
+
 def test_host_key_checking_off_is_explicit(tmp_path: Path) -> None:
     data = {**FZJ, "tunnel": {**FZJ["tunnel"], "strict_host_key_checking": False}}
     profile = profile_of(data)
