@@ -14,6 +14,7 @@ parallel streams along each path:
            -> iperf3 on outside:5201
   c        worker -> proxychains -> ssh -D on the gateway sshd on outside:443,
            reached through login (ProxyJump) -> iperf3 on outside:5201
+  b4       (only when asked for) b with dante spoken to as SOCKS4
 
 For every run the CPU time of each process on the path is read from
 /proc/PID/stat (ssh on the worker, sshd on login and on the gateway, dante)
@@ -72,7 +73,11 @@ CHAINS = {
     "a": "a: ssh -D on login",
     "b": "b: ssh -L to dante",
     "c": "c: ProxyJump gateway",
+    # not in the default matrix: chain b with dante spoken to as SOCKS4 (one
+    # round trip through the tunnel less per connection than SOCKS5)
+    "b4": "b4: b with socks4",
 }
+DEFAULT_CHAINS = ("a", "b", "c")
 DIRECT = "direct"
 #: the drone's log line naming the local ports it chose (drone_scripts/lib/tunnel.sh)
 LOCAL_PORTS = re.compile(r"tunnel: local ports socks 127\.0\.0\.1:(\d+)")
@@ -171,7 +176,7 @@ class Results:
 def profile_data(idle_timeout: int, chain: str = "a", parallel: int = 1) -> dict:
     """The drone's profile for a chain; socks_port stays ``auto`` as on a real site."""
     hops = [LOGIN, GATEWAY] if chain == "c" else [LOGIN]
-    proxies = [DANTE] if chain == "b" else []
+    proxies = {"b": [DANTE], "b4": [{**DANTE, "type": "socks4"}]}.get(chain, [])
     return {
         "firewall": {"idle_timeout": idle_timeout},
         "tunnel": {"hops": hops, "parallel": parallel},
@@ -332,13 +337,17 @@ def path_processes(lab: Lab, drone: Drone) -> dict[int, str]:
 
 
 @contextmanager
-def cpu_meter(roles: dict[int, str]) -> Iterator[dict[str, float]]:
-    """CPU-seconds each role used inside the block (filled in at its end)."""
-    before = {pid: _cpu_seconds(pid) for pid in roles}
+def cpu_meter(lab: Lab, drone: Drone) -> Iterator[dict[str, float]]:
+    """CPU-seconds each role used inside the block (filled in at its end).
+
+    The processes are listed again at the end: dante forks children for new
+    connections, and a process that started inside the block counts whole.
+    """
+    before = {pid: _cpu_seconds(pid) for pid in path_processes(lab, drone)}
     used: dict[str, float] = {}
     yield used
-    for pid, role in roles.items():
-        start, end = before[pid], _cpu_seconds(pid)
+    for pid, role in path_processes(lab, drone).items():
+        start, end = before.get(pid, 0.0), _cpu_seconds(pid)
         if start is not None and end is not None:
             used[role] = used.get(role, 0.0) + end - start
 
@@ -346,7 +355,7 @@ def cpu_meter(roles: dict[int, str]) -> Iterator[dict[str, float]]:
 def aes_gcm_seconds_per_gb() -> float:
     """CPU-seconds to encrypt 1 GB with AES-128-GCM alone (openssl, 16 KiB blocks)."""
     result = subprocess.run(
-        ["openssl", "speed", "-evp", "aes-128-gcm", "-seconds", "2", "-bytes", "16384"],
+        ["openssl", "speed", "-evp", "aes-128-gcm", "-seconds", "1", "-bytes", "16384"],
         capture_output=True,
         text=True,
         check=False,
@@ -401,7 +410,7 @@ def _target(chain: str) -> tuple[str, int]:
     """Where a chain's iperf3 client connects: login itself may open only 443."""
     if chain == "a":
         return L.OUTSIDE_HTTP, L.HTTPS_PORT
-    return L.OUTSIDE_HTTP, IPERF_PORT
+    return L.OUTSIDE_HTTP, IPERF_PORT  # b, b4, c: dante or the gateway opens it
 
 
 def _log(text: str) -> None:
@@ -419,7 +428,7 @@ def measure(
     rates: Sequence[Optional[str]] = RATES,
     seconds: int = 5,
     streams: Sequence[int] = STREAMS,
-    chains: Sequence[str] = tuple(CHAINS),
+    chains: Sequence[str] = DEFAULT_CHAINS,
     parallel: Sequence[int] = PARALLEL,
     short: int = SHORT,
 ) -> Results:
@@ -441,10 +450,15 @@ def measure(
                 results.rows.append(Row(rate, count, DIRECT, 1, bps, bps))
                 _log(f"{rate or 'none':>6} {count:>2} {DIRECT:<24} {bps / 1e6:8.1f}")
         lab.limit_bandwidth(NODE, None)
-        direct_ms = short_connections(
-            lab, [], L.LOGIN_SITE, ECHO_DIRECT_PORT, max(short, 1)
-        )
-        results.shorts.append(Short(DIRECT, 1, direct_ms, direct_ms))
+
+        def direct_short() -> float:
+            """Direct, measured again just before each chain's: short
+            connections feel the other work on these CPUs at that moment."""
+            return short_connections(lab, [], L.LOGIN_SITE, ECHO_DIRECT_PORT, short)
+
+        if short:
+            direct_ms = direct_short()
+            results.shorts.append(Short(DIRECT, 1, direct_ms, direct_ms))
         for key in chains:
             for connections in parallel:
                 with ExitStack() as drone_stack:
@@ -452,10 +466,40 @@ def measure(
                     _measure_drone(lab, drone, results, direct, rates, streams, seconds)
                     if short:
                         results.shorts.append(
-                            _short_through(lab, drone, short, direct_ms)
+                            _short_through(lab, drone, short, direct_short())
                         )
+        if short and any(key.startswith("b") for key in chains):
+            results.shorts.append(_short_dante_alone(lab, short, direct_short()))
     results.load.append(_load())
     return results
+
+
+DANTE_ALONE = "dante alone, from login (no tunnel)"
+
+
+def _short_dante_alone(lab: Lab, count: int, direct_ms: float) -> Short:
+    """Short connections from login through dante only: what the partner
+    site's proxy costs by itself, without the worker's tunnel."""
+    conf = lab.layout.home(lab.drone_user) / "bench-dante-alone.conf"
+    conf.write_text(
+        "strict_chain\nquiet_mode\nlocalnet 127.0.0.0/255.0.0.0\n[ProxyList]\n"
+        f"socks5 {L.OUTSIDE_SOCKS} {L.HTTPS_PORT}\n"
+    )
+    conf.chmod(0o644)
+    address, port = L.OUTSIDE_HTTP, IPERF_PORT + 1
+    try:
+        with ExitStack() as stack:
+            echo_server(lab, stack, "outside", address, port)
+            argv = ["proxychains4", "-q", "-f", str(conf), "/usr/bin/python3"]
+            argv += ["-c", SHORT_CLIENT, address, str(port), str(count)]
+            result = lab.run("login", argv, user=lab.drone_user, timeout=120)
+            if result.returncode != 0:
+                raise RuntimeError(f"dante alone failed: {result.stderr[-500:]}")
+            median = float(result.stdout.split()[-1])
+    finally:
+        conf.unlink(missing_ok=True)
+    _log(f"short {DANTE_ALONE}: {median:.2f} ms")
+    return Short(DANTE_ALONE, 1, median, direct_ms)
 
 
 def _measure_drone(
@@ -479,8 +523,7 @@ def _measure_drone(
         for rate in rates:
             lab.limit_bandwidth(NODE, rate)
             for count in streams:
-                roles = path_processes(lab, drone)
-                with cpu_meter(roles) as used:
+                with cpu_meter(lab, drone) as used:
                     bps, carried, iperf_cpu = iperf3(
                         lab, prefix, address, port, count, seconds
                     )
@@ -554,13 +597,13 @@ def table(results: Results, seconds: int, short: int) -> str:
         lines += [
             "",
             f"| path | parallel | median of {short} short connections (ms) "
-            "| vs direct |",
-            "| --- | ---: | ---: | ---: |",
+            "| direct just before (ms) | vs direct |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
         for item in results.shorts:
             lines.append(
                 f"| {item.path} | {item.parallel} | {item.median_ms:.2f} "
-                f"| {item.median_ms / item.direct_ms:.1f}x |"
+                f"| {item.direct_ms:.2f} | {item.median_ms / item.direct_ms:.1f}x |"
             )
     return "\n".join(lines)
 
@@ -618,8 +661,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--chains",
         type=_chain_list,
-        default=tuple(CHAINS),
-        help="chains to measure beside direct, comma-separated (default a,b,c)",
+        default=DEFAULT_CHAINS,
+        help="chains to measure beside direct, comma-separated (default a,b,c; "
+        "b4 is b with dante spoken to as SOCKS4)",
     )
     parser.add_argument(
         "--parallel",

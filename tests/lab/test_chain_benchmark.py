@@ -72,7 +72,7 @@ def test_short_form_measures_direct_and_every_chain(
         assert row.parallel == 2, row
     assert results.rows[2].cpu.get("dante", 0) > 0  # b goes through dante
     assert results.rows[3].cpu.get("sshd (gateway)", 0) > 0  # c through the gateway
-    assert [item.path for item in results.shorts] == paths
+    assert [item.path for item in results.shorts] == [*paths, module.DANTE_ALONE]
     assert all(item.median_ms > 0 for item in results.shorts)
     for path in paths[1:]:
         assert f"| 1gbit | 1 | {path} | 2 |" in text, text
