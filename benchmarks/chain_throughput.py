@@ -345,13 +345,20 @@ def cpu_meter(lab: Lab, drone: Drone) -> Iterator[dict[str, float]]:
     The processes are listed again at the end: dante forks children for new
     connections, and a process that started inside the block counts whole.
     """
-    before = {pid: _cpu_seconds(pid) for pid in path_processes(lab, drone)}
+    roles = path_processes(lab, drone)
+    before = {pid: _cpu_seconds(pid) for pid in roles}
     used: dict[str, float] = {}
     yield used
-    for pid, role in path_processes(lab, drone).items():
+    after = path_processes(lab, drone)
+    for pid, role in after.items():
         start, end = before.get(pid, 0.0), _cpu_seconds(pid)
         if start is not None and end is not None:
             used[role] = used.get(role, 0.0) + end - start
+    for pid, start in before.items():
+        # a dante child that ended inside the block: the mother's reaped time
+        # (cutime) grew by its whole life, of which `start` was before it
+        if pid not in after and roles[pid] == "dante" and start is not None:
+            used["dante"] = used.get("dante", 0.0) - start
 
 
 def aes_gcm_seconds_per_gb() -> float:
