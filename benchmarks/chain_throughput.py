@@ -381,7 +381,8 @@ def aes_gcm_seconds_per_gb() -> float:
 def iperf3(
     lab: Lab, prefix: list[str], address: str, port: int, streams: int, seconds: int
 ) -> tuple[float, float, dict[str, float]]:
-    """(received bits/s, bytes, CPU-seconds of iperf3's client and server)."""
+    """(received bits/s, bytes sent over the whole run, CPU-seconds of
+    iperf3's client and server)."""
     argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
     argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
     result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 60)
@@ -389,15 +390,20 @@ def iperf3(
         raise RuntimeError(
             f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
         )
-    end = json.loads(result.stdout)["end"]
+    report = json.loads(result.stdout)
+    end = report["end"]
     received = end["sum_received"]
-    duration = received["seconds"]
+    # CPU is metered over the whole run, the omitted first second (-O 1)
+    # included, so the bytes it is divided by must include that second too
+    intervals = [interval["sum"] for interval in report.get("intervals", [])]
+    carried = sum(float(item["bytes"]) for item in intervals) or received["bytes"]
+    duration = sum(float(item["seconds"]) for item in intervals) or received["seconds"]
     usage = end.get("cpu_utilization_percent", {})
     cpu = {
         "iperf3 client": usage.get("host_total", 0.0) / 100 * duration,
         "iperf3 server": usage.get("remote_total", 0.0) / 100 * duration,
     }
-    return float(received["bits_per_second"]), float(received["bytes"]), cpu
+    return float(received["bits_per_second"]), carried, cpu
 
 
 #: rounds of short connections per path; the lowest median is reported (the
