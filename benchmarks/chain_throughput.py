@@ -1,25 +1,38 @@
 #!/usr/bin/env python3
-"""Throughput of the drone's chain against a direct path, in the lab (seed 003's table).
+"""Throughput, short-connection cost and CPU per GB of the drone's chains, in the lab.
 
-The worker-login link is limited with tbf (default 1 Gbit/s, as the seed's
-1 Gbps links). A real drone (rendered script, sbatch) brings up its tunnel,
-on the local SOCKS port it chose itself (``auto``); iperf3 then runs on the
-worker with 1, 2, 10 and 20 parallel streams along each path, side by side:
+The worker-login link is limited with tbf (1 Gbit/s, 10 Gbit/s, or none:
+veth speed). A real drone (rendered script, sbatch) brings up its tunnel on
+the local ports it chose itself (``auto``), once per chain and per
+``tunnel.parallel`` setting; iperf3 then runs on the worker with 1 and 8
+parallel streams along each path:
 
   direct   worker -> iperf3 on login (a port the site firewall lets workers use)
   a        worker -> proxychains (the drone's own conf) -> ssh -D on login
            -> iperf3 on outside:443
-  b        the same, then dante on outside:443 -> iperf3 on outside:5201
+  b        worker -> proxychains -> ssh -L on login to dante on outside:443
+           -> iperf3 on outside:5201
+  c        worker -> proxychains -> ssh -D on the gateway sshd on outside:443,
+           reached through login (ProxyJump) -> iperf3 on outside:5201
+  b4       (only when asked for) b with dante spoken to as SOCKS4
 
-All of them cross the same limited link; the chains add ssh's encryption and
-the SOCKS hop(s). Everything runs inside a lab of its own, torn down at the end.
+For every run the CPU time of each process on the path is read from
+/proc/PID/stat (ssh on the worker, sshd on login and on the gateway, dante)
+and from iperf3's own report (client and server), and given as CPU-seconds
+per GB carried, beside the cost of AES-128-GCM alone on this CPU
+(``openssl speed -evp aes-128-gcm``). Then each path's median cost of short
+connections (connect, 32 bytes there and back, close) against an echo server.
+Everything runs inside a lab of its own, torn down at the end.
 
-    python benchmarks/chain_throughput.py [--rate 1gbit] [--seconds 5]
-        [--streams 1,2,10,20] [--chains a,b]
+    python benchmarks/chain_throughput.py [--rates 1gbit,10gbit,none]
+        [--streams 1,8] [--chains a,b,c] [--parallel 1,2] [--seconds 5]
+        [--short 200]
 
-Short form (what tests/lab/test_chain_benchmark.py runs, so this cannot rot):
+Short form (what tests/lab/test_chain_benchmark.py runs, so this cannot rot;
+every chain once, through two parallel connections):
 
-    python benchmarks/chain_throughput.py --seconds 1 --streams 1
+    python benchmarks/chain_throughput.py --rates 1gbit --streams 1
+        --parallel 2 --seconds 1 --short 20
 """
 
 from __future__ import annotations
@@ -33,9 +46,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
-from contextlib import ExitStack
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -45,28 +58,99 @@ from tardis_netadapter_lab.netns import is_listening
 
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
-from tardis_netadapter.render import proxychains_conf_text, render_drone_script
+from tardis_netadapter.render import render_drone_script
 
 DIRECT_PORT = 60050  # in the srun port range: workers may reach login there
+ECHO_DIRECT_PORT = 60051
 IPERF_PORT = 5201
-STREAMS = (1, 2, 10, 20)
+RATES: tuple[Optional[str], ...] = ("1gbit", "10gbit", None)
+STREAMS = (1, 8)
+PARALLEL = (1, 2)
+SHORT = 200
 NODE = "worker1"
 #: chain key -> the label of its rows in the table
-CHAINS = {"a": "chain (ssh -D on login)", "b": "chain + dante:443"}
+CHAINS = {
+    "a": "a: ssh -D on login",
+    "b": "b: ssh -L to dante",
+    "c": "c: ProxyJump gateway",
+    # not in the default matrix: chain b with dante spoken to as SOCKS4 (one
+    # round trip through the tunnel less per connection than SOCKS5)
+    "b4": "b4: b with socks4",
+}
+DEFAULT_CHAINS = ("a", "b", "c")
 DIRECT = "direct"
 #: the drone's log line naming the local ports it chose (drone_scripts/lib/tunnel.sh)
 LOCAL_PORTS = re.compile(r"tunnel: local ports socks 127\.0\.0\.1:(\d+)")
 DANTE = {"type": "socks5", "host": L.OUTSIDE_SOCKS, "port": L.HTTPS_PORT}
+LOGIN = {"host": L.LOGIN_SITE}
+GATEWAY = {"host": L.OUTSIDE_GATEWAY, "port": L.HTTPS_PORT}
+#: process roles on the path, in table order
+ROLES = (
+    "iperf3 client",
+    "ssh (worker)",
+    "sshd (login)",
+    "sshd (gateway)",
+    "dante",
+    "iperf3 server",
+)
+
+#: the short-connection client, run on the worker (under the chain's proxychains)
+SHORT_CLIENT = """
+import socket, statistics, sys, time
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+times = []
+for _ in range(count):
+    t0 = time.perf_counter()
+    with socket.create_connection((host, port), timeout=10) as s:
+        s.sendall(b"x" * 32)
+        got = b""
+        while len(got) < 32:
+            chunk = s.recv(64)
+            if not chunk:
+                sys.exit("echo closed early")
+            got += chunk
+    times.append(time.perf_counter() - t0)
+print(statistics.median(times) * 1000)
+"""
+
+#: a threaded TCP echo server (the short connections' peer)
+ECHO_SERVER = """
+import socketserver, sys
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+Server((sys.argv[1], int(sys.argv[2])), Echo).serve_forever()
+"""
 
 
 @dataclass(frozen=True)
 class Row:
-    """One measurement: `bps` received, summed over `streams` parallel streams."""
+    """One measurement: `bps` received, summed over `streams` parallel streams.
 
+    `cpu` is CPU-seconds per GB carried, by process role (ROLES).
+    """
+
+    rate: Optional[str]
     streams: int
     path: str
+    parallel: int
     bps: float
     direct_bps: float
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Short:
+    """Median milliseconds of one short connection along `path`."""
+
+    path: str
+    parallel: int
+    median_ms: float
+    direct_ms: float
 
 
 @dataclass(frozen=True)
@@ -76,37 +160,31 @@ class Drone:
     work: str
     job_id: str
     socks_port: int
+    chain: str
+    parallel: int
 
 
-def profile_data(idle_timeout: int, proxies: Sequence[dict[str, Any]] = ()) -> dict:
-    """The drone's profile; socks_port stays ``auto`` as on a real site."""
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    shorts: list[Short] = field(default_factory=list)
+    cipher: str = "default"
+    aes_gcm_s_per_gb: float = 0.0
+    load: list[str] = field(default_factory=list)
+
+
+def profile_data(idle_timeout: int, chain: str = "a", parallel: int = 1) -> dict:
+    """The drone's profile for a chain; socks_port stays ``auto`` as on a real site."""
+    hops = [LOGIN, GATEWAY] if chain == "c" else [LOGIN]
+    proxies = {"b": [DANTE], "b4": [{**DANTE, "type": "socks4"}]}.get(chain, [])
     return {
         "firewall": {"idle_timeout": idle_timeout},
-        "tunnel": {"hops": [{"host": L.LOGIN_SITE}]},
-        "chain": {"localnet": ["127.0.0.0/8", L.SITE_NET], "proxies": list(proxies)},
+        "tunnel": {"hops": hops, "parallel": parallel},
+        "chain": {"localnet": ["127.0.0.0/8", L.SITE_NET], "proxies": proxies},
         "pool": {"collector": ""},  # nothing to probe: iperf3 is the payload's peer
         "monitoring": {"enabled": False},
         "payload": {"command": ["sleep", "3600"]},
     }
-
-
-def start_server(
-    lab: Lab, stack: ExitStack, host: str, address: str, port: int
-) -> None:
-    proc = lab.popen(
-        host,
-        ["iperf3", "-s", "-B", address, "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    stack.callback(_stop, proc)
-    deadline = time.monotonic() + 10
-    while not is_listening(proc.pid, address, port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(
-                f"iperf3 server on {host} {address}:{port} did not start"
-            )
-        time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -118,10 +196,34 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
         proc.wait()
 
 
-def start_drone(lab: Lab, stack: ExitStack) -> Drone:
+def start_server(
+    lab: Lab, stack: ExitStack, host: str, address: str, port: int, argv: list[str]
+) -> subprocess.Popen[Any]:
+    """A server on a lab host, stopped by `stack`; returns once it listens."""
+    proc = lab.popen(host, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stack.callback(_stop, proc)
+    deadline = time.monotonic() + 10
+    while not is_listening(proc.pid, address, port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{argv[0]} on {host} {address}:{port} did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def iperf3_server(lab: Lab, stack: ExitStack, host: str, address: str, port: int):
+    argv = ["iperf3", "-s", "-B", address, "-p", str(port)]
+    return start_server(lab, stack, host, address, port, argv)
+
+
+def echo_server(lab: Lab, stack: ExitStack, host: str, address: str, port: int):
+    argv = ["/usr/bin/python3", "-c", ECHO_SERVER, address, str(port)]
+    return start_server(lab, stack, host, address, port, argv)
+
+
+def start_drone(lab: Lab, stack: ExitStack, chain: str, parallel: int) -> Drone:
     """Submit the drone; return it once its tunnel is up and the payload runs."""
     drone_uuid = f"bench-{uuid.uuid4().hex[:8]}"
-    profile = load_profile(profile_data(lab.idle_timeout))
+    profile = load_profile(profile_data(lab.idle_timeout, chain, parallel))
     script = render_drone_script(
         profile,
         derive_budget(profile),
@@ -150,7 +252,7 @@ def start_drone(lab: Lab, stack: ExitStack) -> Drone:
         work = re.search(r"work directory (\S+)", text)
         port = LOCAL_PORTS.search(text)
         if started and work and port:
-            return Drone(work.group(1), job_id, int(port.group(1)))
+            return Drone(work.group(1), job_id, int(port.group(1)), chain, parallel)
         time.sleep(0.2)
     raise RuntimeError(
         f"drone did not start:\n{output.read_text() if output.exists() else ''}"
@@ -168,26 +270,119 @@ def cancel(lab: Lab, job_id: str) -> None:
         time.sleep(0.2)
 
 
-def dante_conf(lab: Lab, drone: Drone) -> str:
-    """proxychains.conf for chain (b): the drone's tunnel, then dante.
+# -- CPU of the processes on the path -------------------------------------------
 
-    Rendered from the profile, the tunnel's SOCKS port is the placeholder
-    @TARDIS_PORT_0@, which the drone script replaces with the port it chose at
-    run time; this conf is not the drone's, so the benchmark puts that port
-    in itself (left in, proxychains fails on every connection).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> Optional[float]:
+    """utime + stime of a live process and of its children it has reaped
+    (cutime + cstime: dante's children that end within a run), in seconds
+    (None: gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(value) for value in fields[11:15]) / CLOCK_TICKS
+
+
+def _netns_pids(lab: Lab, host: str) -> list[int]:
+    result = subprocess.run(
+        ["ip", "netns", "pids", lab.namespace(host)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [int(pid) for pid in result.stdout.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _owner(pid: int) -> int:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return -1
+
+
+def path_processes(lab: Lab, drone: Drone) -> dict[int, str]:
+    """pid -> role of every process of this lab that carries the chain's bytes:
+    the drone's ssh (and a ProxyJump's ssh -W: both read the drone's
+    ssh_config), the drone user's sshd sessions on login and on the gateway,
+    and every dante process."""
+    import pwd
+
+    uid = pwd.getpwnam(lab.drone_user).pw_uid
+    roles: dict[int, str] = {}
+    marker = f"{drone.work}/ssh_config".encode()
+    for pid in _netns_pids(lab, NODE):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if _comm(pid) == "ssh" and marker in argv:
+            roles[pid] = "ssh (worker)"
+    for host, role in (("login", "sshd (login)"), ("outside", "sshd (gateway)")):
+        for pid in _netns_pids(lab, host):
+            if _comm(pid) == "sshd" and _owner(pid) == uid:
+                roles[pid] = role
+    for pid in _netns_pids(lab, "outside"):
+        if _comm(pid) == "danted":
+            roles[pid] = "dante"
+    return roles
+
+
+@contextmanager
+def cpu_meter(lab: Lab, drone: Drone) -> Iterator[dict[str, float]]:
+    """CPU-seconds each role used inside the block (filled in at its end).
+
+    The processes are listed again at the end: dante forks children for new
+    connections, and a process that started inside the block counts whole.
     """
-    text = proxychains_conf_text(
-        load_profile(profile_data(lab.idle_timeout, [DANTE]))
-    ).replace("@TARDIS_PORT_0@", str(drone.socks_port))
-    if "@TARDIS_PORT_" in text:
-        raise RuntimeError(f"a port placeholder left in the dante conf:\n{text}")
-    return text
+    roles = path_processes(lab, drone)
+    before = {pid: _cpu_seconds(pid) for pid in roles}
+    used: dict[str, float] = {}
+    yield used
+    after = path_processes(lab, drone)
+    for pid, role in after.items():
+        start, end = before.get(pid, 0.0), _cpu_seconds(pid)
+        if start is not None and end is not None:
+            used[role] = used.get(role, 0.0) + end - start
+    for pid, start in before.items():
+        # a dante child that ended inside the block: the mother's reaped time
+        # (cutime) grew by its whole life, of which `start` was before it
+        if pid not in after and roles[pid] == "dante" and start is not None:
+            used["dante"] = used.get("dante", 0.0) - start
+
+
+def aes_gcm_seconds_per_gb() -> float:
+    """CPU-seconds to encrypt 1 GB with AES-128-GCM alone (openssl, 16 KiB blocks)."""
+    result = subprocess.run(
+        ["openssl", "speed", "-evp", "aes-128-gcm", "-seconds", "1", "-bytes", "16384"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"^AES-128-GCM\s+([\d.]+)k", result.stdout, re.M)
+    if not match:
+        return float("nan")
+    return 1e9 / (float(match.group(1)) * 1000)
+
+
+# -- measurements -----------------------------------------------------------------
 
 
 def iperf3(
     lab: Lab, prefix: list[str], address: str, port: int, streams: int, seconds: int
-) -> float:
-    """Received bits per second summed over `streams` parallel streams."""
+) -> tuple[float, float, dict[str, float]]:
+    """(received bits/s, bytes sent over the whole run, CPU-seconds of
+    iperf3's client and server)."""
     argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
     argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
     result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 60)
@@ -195,78 +390,249 @@ def iperf3(
         raise RuntimeError(
             f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
         )
-    return float(json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"])
+    report = json.loads(result.stdout)
+    end = report["end"]
+    received = end["sum_received"]
+    # CPU is metered over the whole run, the omitted first second (-O 1)
+    # included, so the bytes it is divided by must include that second too
+    intervals = [interval["sum"] for interval in report.get("intervals", [])]
+    carried = sum(float(item["bytes"]) for item in intervals) or received["bytes"]
+    duration = sum(float(item["seconds"]) for item in intervals) or received["seconds"]
+    usage = end.get("cpu_utilization_percent", {})
+    cpu = {
+        "iperf3 client": usage.get("host_total", 0.0) / 100 * duration,
+        "iperf3 server": usage.get("remote_total", 0.0) / 100 * duration,
+    }
+    return float(received["bits_per_second"]), carried, cpu
+
+
+#: rounds of short connections per path; the lowest median is reported (the
+#: round least disturbed by other work on these CPUs)
+SHORT_ROUNDS = 3
+
+
+def short_connections(
+    lab: Lab, prefix: list[str], address: str, port: int, count: int
+) -> float:
+    """Median milliseconds of one connect + 32-byte exchange + close (the
+    lowest of SHORT_ROUNDS rounds of `count` connections)."""
+    argv = prefix + ["/usr/bin/python3", "-c", SHORT_CLIENT, address, str(port)]
+    medians = []
+    for _ in range(SHORT_ROUNDS):
+        result = lab.run(NODE, argv + [str(count)], user=lab.drone_user, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"short connections failed: {result.stderr[-500:]}")
+        medians.append(float(result.stdout.split()[-1]))
+    return min(medians)
+
+
+def _chain_prefix(drone: Drone) -> list[str]:
+    return ["proxychains4", "-q", "-f", f"{drone.work}/proxychains.conf"]
+
+
+def _target(chain: str) -> tuple[str, int]:
+    """Where a chain's iperf3 client connects: login itself may open only 443."""
+    if chain == "a":
+        return L.OUTSIDE_HTTP, L.HTTPS_PORT
+    return L.OUTSIDE_HTTP, IPERF_PORT  # b, b4, c: dante or the gateway opens it
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (other work on these CPUs)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def measure(
     lab: Lab,
     *,
-    rate: Optional[str],
-    seconds: int,
+    rates: Sequence[Optional[str]] = RATES,
+    seconds: int = 5,
     streams: Sequence[int] = STREAMS,
-    chains: Sequence[str] = tuple(CHAINS),
-) -> tuple[list[Row], str]:
-    """Direct and each chain, per stream count, on a running lab; rows and cipher.
-
-    The tbf limit (None: veth speed) is removed again at the end, so a lab
-    shared with other tests is left as found.
-    """
-    rows: list[Row] = []
+    chains: Sequence[str] = DEFAULT_CHAINS,
+    parallel: Sequence[int] = PARALLEL,
+    short: int = SHORT,
+) -> Results:
+    """The whole matrix on a running lab. The tbf limit is removed again at the
+    end, so a lab shared with other tests is left as found."""
+    results = Results(aes_gcm_s_per_gb=aes_gcm_seconds_per_gb())
+    results.load.append(_load())
+    direct: dict[tuple[Optional[str], int], float] = {}
     with ExitStack() as stack:
-        if rate is not None:
+        stack.callback(lab.limit_bandwidth, NODE, None)
+        iperf3_server(lab, stack, "login", L.LOGIN_SITE, DIRECT_PORT)
+        echo_server(lab, stack, "login", L.LOGIN_SITE, ECHO_DIRECT_PORT)
+        iperf3_server(lab, stack, "outside", L.OUTSIDE_HTTP, IPERF_PORT)
+        for rate in rates:
             lab.limit_bandwidth(NODE, rate)
-            stack.callback(lab.limit_bandwidth, NODE, None)
-        start_server(lab, stack, "login", L.LOGIN_SITE, DIRECT_PORT)
-        start_server(lab, stack, "outside", L.OUTSIDE_HTTP, L.HTTPS_PORT)
-        if "b" in chains:
-            start_server(lab, stack, "outside", L.OUTSIDE_HTTP, IPERF_PORT)
-        drone = start_drone(lab, stack)
-        conf_b = lab.layout.home(lab.drone_user) / f"bench-dante-{drone.job_id}.conf"
-        conf_b.write_text(dante_conf(lab, drone))
-        stack.callback(conf_b.unlink, missing_ok=True)
-        ssh_config = Path(drone.work, "ssh_config")
-        ciphers = re.findall(r"^\s*Ciphers\s+(\S+)", ssh_config.read_text(), re.M)
-        cipher = ciphers[-1].split(",")[0] if ciphers else "default"
-        paths = {
-            DIRECT: ([], L.LOGIN_SITE, DIRECT_PORT),
-            "a": (
-                ["proxychains4", "-q", "-f", f"{drone.work}/proxychains.conf"],
-                L.OUTSIDE_HTTP,
-                L.HTTPS_PORT,
-            ),
-            "b": (
-                ["proxychains4", "-q", "-f", str(conf_b)],
-                L.OUTSIDE_HTTP,
-                IPERF_PORT,
-            ),
-        }
-        for count in streams:
-            direct = 0.0
-            for key in (DIRECT, *chains):
-                prefix, address, port = paths[key]
-                bps = iperf3(lab, prefix, address, port, count, seconds)
-                direct = direct or bps
-                name = CHAINS.get(key, DIRECT)
-                rows.append(Row(count, name, bps, direct))
-                print(f"{count:>2} {name:<26} {bps / 1e6:8.1f} Mbit/s", file=sys.stderr)
-    return rows, cipher
+            for count in streams:
+                bps, _, _ = iperf3(lab, [], L.LOGIN_SITE, DIRECT_PORT, count, seconds)
+                direct[rate, count] = bps
+                results.rows.append(Row(rate, count, DIRECT, 1, bps, bps))
+                _log(f"{rate or 'none':>6} {count:>2} {DIRECT:<24} {bps / 1e6:8.1f}")
+        lab.limit_bandwidth(NODE, None)
+
+        def direct_short() -> float:
+            """Direct, measured again just before each chain's: short
+            connections feel the other work on these CPUs at that moment."""
+            return short_connections(lab, [], L.LOGIN_SITE, ECHO_DIRECT_PORT, short)
+
+        if short:
+            direct_ms = direct_short()
+            results.shorts.append(Short(DIRECT, 1, direct_ms, direct_ms))
+        for key in chains:
+            for connections in parallel:
+                with ExitStack() as drone_stack:
+                    drone = start_drone(lab, drone_stack, key, connections)
+                    _measure_drone(lab, drone, results, direct, rates, streams, seconds)
+                    if short:
+                        results.shorts.append(
+                            _short_through(lab, drone, short, direct_short())
+                        )
+        if short and any(key.startswith("b") for key in chains):
+            results.shorts.append(_short_dante_alone(lab, short, direct_short()))
+    results.load.append(_load())
+    return results
 
 
-def table(rows: Sequence[Row], rate: Optional[str], seconds: int, cipher: str) -> str:
-    """The Markdown table of docs/benchmarks.md, with the run's setting above it."""
+DANTE_ALONE = "dante alone, from login (no tunnel)"
+
+
+def _short_dante_alone(lab: Lab, count: int, direct_ms: float) -> Short:
+    """Short connections from login through dante only: what the partner
+    site's proxy costs by itself, without the worker's tunnel."""
+    conf = lab.layout.home(lab.drone_user) / "bench-dante-alone.conf"
+    conf.write_text(
+        "strict_chain\nquiet_mode\nlocalnet 127.0.0.0/255.0.0.0\n[ProxyList]\n"
+        f"socks5 {L.OUTSIDE_SOCKS} {L.HTTPS_PORT}\n"
+    )
+    conf.chmod(0o644)
+    address, port = L.OUTSIDE_HTTP, IPERF_PORT + 1
+    try:
+        with ExitStack() as stack:
+            echo_server(lab, stack, "outside", address, port)
+            argv = ["proxychains4", "-q", "-f", str(conf), "/usr/bin/python3"]
+            argv += ["-c", SHORT_CLIENT, address, str(port), str(count)]
+            medians = []
+            for _ in range(SHORT_ROUNDS):
+                result = lab.run("login", argv, user=lab.drone_user, timeout=120)
+                if result.returncode != 0:
+                    raise RuntimeError(f"dante alone failed: {result.stderr[-500:]}")
+                medians.append(float(result.stdout.split()[-1]))
+            median = min(medians)
+    finally:
+        conf.unlink(missing_ok=True)
+    _log(f"short {DANTE_ALONE}: {median:.2f} ms")
+    return Short(DANTE_ALONE, 1, median, direct_ms)
+
+
+def _measure_drone(
+    lab: Lab,
+    drone: Drone,
+    results: Results,
+    direct: dict[tuple[Optional[str], int], float],
+    rates: Sequence[Optional[str]],
+    streams: Sequence[int],
+    seconds: int,
+) -> None:
+    prefix = _chain_prefix(drone)
+    address, port = _target(drone.chain)
+    name = CHAINS[drone.chain]
+    config = Path(drone.work, "ssh_config").read_text()
+    ciphers = re.findall(r"^\s*Ciphers\s+(\S+)", config, re.M)
+    results.cipher = ciphers[-1].split(",")[0] if ciphers else "default"
+    with ExitStack() as stack:
+        if drone.chain == "a":  # login may open 443 only: a server there for a
+            iperf3_server(lab, stack, "outside", address, port)
+        for rate in rates:
+            lab.limit_bandwidth(NODE, rate)
+            for count in streams:
+                with cpu_meter(lab, drone) as used:
+                    bps, carried, iperf_cpu = iperf3(
+                        lab, prefix, address, port, count, seconds
+                    )
+                used.update(iperf_cpu)
+                per_gb = {role: s / (carried / 1e9) for role, s in used.items()}
+                results.rows.append(
+                    Row(
+                        rate,
+                        count,
+                        name,
+                        drone.parallel,
+                        bps,
+                        direct[rate, count],
+                        per_gb,
+                    )
+                )
+                _log(
+                    f"{rate or 'none':>6} {count:>2} {name:<24} x{drone.parallel}"
+                    f" {bps / 1e6:8.1f} Mbit/s, CPU s/GB "
+                    + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
+                )
+        lab.limit_bandwidth(NODE, None)
+
+
+def _short_through(lab: Lab, drone: Drone, count: int, direct_ms: float) -> Short:
+    """Short connections along a chain to an echo server where iperf3 was."""
+    address, port = _target(drone.chain)
+    with ExitStack() as stack:
+        if drone.chain == "a":
+            # chain a can reach 443 only, where its iperf3 server was (stopped)
+            echo_server(lab, stack, "outside", address, port)
+        else:
+            port = IPERF_PORT + 1
+            echo_server(lab, stack, "outside", address, port)
+        median = short_connections(lab, _chain_prefix(drone), address, port, count)
+    _log(f"short {CHAINS[drone.chain]} x{drone.parallel}: {median:.2f} ms")
+    return Short(CHAINS[drone.chain], drone.parallel, median, direct_ms)
+
+
+# -- the report -----------------------------------------------------------------
+
+
+def table(results: Results, seconds: int, short: int) -> str:
+    """The Markdown tables of docs/benchmarks.md, with the run's setting above them."""
     lines = [
         f"<!-- {platform.python_implementation()} {platform.python_version()}, "
-        f"{platform.machine()}, {os.cpu_count()} CPUs, tbf {rate or 'none'} on "
-        f"worker-login, iperf3 -t {seconds} -O 1, ssh cipher {cipher} -->",
-        "| xfers | path | avg per transfer (Mbit/s) | avg concurrent (Mbit/s) "
-        "| vs direct |",
-        "| ---: | --- | ---: | ---: | ---: |",
+        f"{platform.machine()}, {os.cpu_count()} CPUs, iperf3 -t {seconds} -O 1, "
+        f"ssh cipher {results.cipher}, load before/after {results.load} -->",
+        "| link | streams | path | parallel | Gbit/s | vs direct "
+        + "".join(f"| {role} " for role in ROLES)
+        + "| CPU s/GB total |",
+        "| --- | ---: | --- | ---: | ---: | ---: "
+        + "| ---: " * len(ROLES)
+        + "| ---: |",
     ]
-    for row in rows:
-        lines.append(
-            f"| {row.streams} | {row.path} | {row.bps / row.streams / 1e6:.1f} "
-            f"| {row.bps / 1e6:.1f} | {row.bps / row.direct_bps:.0%} |"
+    for row in results.rows:
+        cpu = "".join(
+            f"| {row.cpu[role]:.2f} " if role in row.cpu else "| " for role in ROLES
         )
+        total = f"{sum(row.cpu.values()):.2f}" if row.cpu else ""
+        lines.append(
+            f"| {row.rate or 'none'} | {row.streams} | {row.path} | {row.parallel} "
+            f"| {row.bps / 1e9:.2f} | {row.bps / row.direct_bps:.0%} {cpu}| {total} |"
+        )
+    lines += [
+        "",
+        f"AES-128-GCM alone on this CPU (openssl speed, one core): "
+        f"{results.aes_gcm_s_per_gb:.3f} CPU-seconds per GB.",
+    ]
+    if results.shorts:
+        lines += [
+            "",
+            f"| path | parallel | median of {short} short connections (ms, "
+            f"lowest of {SHORT_ROUNDS} rounds) "
+            "| direct just before (ms) | vs direct |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for item in results.shorts:
+            lines.append(
+                f"| {item.path} | {item.parallel} | {item.median_ms:.2f} "
+                f"| {item.direct_ms:.2f} | {item.median_ms / item.direct_ms:.1f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -277,7 +643,7 @@ def _int_list(text: str) -> tuple[int, ...]:
         values = ()
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected stream counts >= 1, comma-separated, e.g. 1,10"
+            f"got {text!r}; expected whole numbers >= 1, comma-separated, e.g. 1,8"
         )
     return values
 
@@ -293,29 +659,58 @@ def _chain_list(text: str) -> tuple[str, ...]:
     return values
 
 
+def _rate_list(text: str) -> tuple[Optional[str], ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    bad = [v for v in values if v != "none" and not re.fullmatch(r"\d+[kmg]bit", v)]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; expected tbf rates such as 1gbit,10gbit or none "
+            "(veth speed), comma-separated"
+        )
+    return tuple(None if v == "none" else v for v in values)
+
+
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--rate", default="1gbit", help="tbf rate of worker-login, or none (veth speed)"
+        "--rates",
+        type=_rate_list,
+        default=RATES,
+        help="tbf rates of worker-login, comma-separated; none = veth speed "
+        "(default 1gbit,10gbit,none)",
     )
     parser.add_argument("--seconds", type=int, default=5, help="per measurement")
     parser.add_argument(
         "--streams",
         type=_int_list,
         default=STREAMS,
-        help="parallel stream counts, comma-separated (default 1,2,10,20)",
+        help="parallel stream counts, comma-separated (default 1,8)",
     )
     parser.add_argument(
         "--chains",
         type=_chain_list,
-        default=tuple(CHAINS),
-        help="chains to measure beside direct, comma-separated (default a,b)",
+        default=DEFAULT_CHAINS,
+        help="chains to measure beside direct, comma-separated (default a,b,c; "
+        "b4 is b with dante spoken to as SOCKS4)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=_int_list,
+        default=PARALLEL,
+        help="tunnel.parallel settings, comma-separated (default 1,2)",
+    )
+    parser.add_argument(
+        "--short",
+        type=int,
+        default=SHORT,
+        help="short connections per path (0: none; default 200)",
     )
     parser.add_argument("--name", default=f"bch{os.getpid() % 1000}", help="lab name")
     args = parser.parse_args(argv)
     if args.seconds < 1:
         parser.error(f"--seconds: got {args.seconds}; expected at least 1")
-    args.rate = None if args.rate == "none" else args.rate
+    if max(args.parallel) > 16:
+        parser.error(f"--parallel: got {args.parallel}; tunnel.parallel is 1..16")
     return args
 
 
@@ -325,14 +720,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with ExitStack() as stack:
         stack.callback(lab.down)
         lab.up()
-        rows, cipher = measure(
+        results = measure(
             lab,
-            rate=args.rate,
+            rates=args.rates,
             seconds=args.seconds,
             streams=args.streams,
             chains=args.chains,
+            parallel=args.parallel,
+            short=args.short,
         )
-    print(table(rows, args.rate, args.seconds, cipher))
+    print(table(results, args.seconds, args.short))
     return 0
 
 

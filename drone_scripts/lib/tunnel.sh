@@ -205,9 +205,84 @@ tunnel_supervise() {
     supervise_run tunnel_command tunnel_up tunnel_classify
 }
 
-# The configured ports, [0] SOCKS then each forward: numbers or auto.
+# The configured ports, [0] SOCKS then each forward: numbers or auto; then
+# (tunnel.parallel) the SOCKS port of connections 2..N and, when the chain
+# reaches its first proxy through -L forwards, each connection's forward to
+# it: auto. The order is tardis_netadapter/modes/socks.py's local_port_settings.
 tunnel_wanted() {
+    local count=$((TUNNEL_PARALLEL - 1))
+    if [[ -n $TUNNEL_PROXY_FORWARD ]]; then
+        count=$((count + TUNNEL_PARALLEL))
+    fi
     printf '%s\n' "$TUNNEL_SOCKS_PORT" "${TUNNEL_FORWARD_PORTS[@]}"
+    for ((; count > 0; count--)); do
+        printf 'auto\n'
+    done
+}
+
+# Narrow TUNNEL_PORTS and TUNNEL_FORWARD_TARGETS to what connection K (1..N)
+# of tunnel.parallel binds, in the shape tunnel_command reads ([0] its SOCKS
+# port, [i] forward i): connection 1 has the configured forwards, every
+# connection its own -L to the chain's first proxy (TUNNEL_PROXY_FORWARD).
+# Connection K starts on the K-th route of TUNNEL_TARGETS (rotated), so N
+# connections spread over the login nodes. Runs in the connection's subshell.
+tunnel_connection_view() {
+    local k=$1 forwards=${#TUNNEL_FORWARD_TARGETS[@]} all=("${TUNNEL_PORTS[@]}")
+    local ports=() targets=() routes shift
+    if ((k == 1)); then
+        ports=("${all[@]:0:forwards+1}")
+        targets=("${TUNNEL_FORWARD_TARGETS[@]}")
+    else
+        ports=("${all[forwards + k - 1]}")
+    fi
+    if [[ -n $TUNNEL_PROXY_FORWARD ]]; then
+        ports+=("${all[forwards + TUNNEL_PARALLEL + k - 1]}")
+        targets+=("$TUNNEL_PROXY_FORWARD")
+    fi
+    TUNNEL_PORTS=("${ports[@]}")
+    TUNNEL_FORWARD_TARGETS=("${targets[@]}")
+    if declare -p TUNNEL_TARGETS >/dev/null 2>&1; then
+        routes=${#TUNNEL_TARGETS[@]}
+        if ((routes > 1)); then
+            shift=$(((k - 1) % routes))
+            TUNNEL_TARGETS=("${TUNNEL_TARGETS[@]:shift}" "${TUNNEL_TARGETS[@]:0:shift}")
+            TUNNEL_TARGET=${TUNNEL_TARGETS[0]}
+        fi
+    fi
+}
+
+# Runs in the background (TUNNEL_PID): tunnel.parallel connections, each its
+# own tunnel_supervise in a subshell with its view of the ports. With one
+# connection this process is its supervisor, as it always was. With more it
+# only holds them: TERM/INT stop them all, USR1 (the watchdog's forced
+# reconnect) goes to each. Every connection's ssh descends from TUNNEL_PID,
+# so tunnel_holds knows them all; the chain skips a dead one (random_chain),
+# so the watchdog's probes pass while at least one connection works.
+tunnel_supervise_parallel() {
+    local k children=() pid alive
+    if ((TUNNEL_PARALLEL <= 1)); then
+        tunnel_connection_view 1
+        tunnel_supervise
+        return
+    fi
+    trap - EXIT HUP
+    for ((k = 1; k <= TUNNEL_PARALLEL; k++)); do
+        (
+            tunnel_connection_view "$k"
+            tunnel_supervise
+        ) &
+        children+=("$!")
+    done
+    trap 'kill -TERM "${children[@]}" 2>/dev/null; wait; exit 0' TERM INT
+    trap 'kill -USR1 "${children[@]}" 2>/dev/null' USR1
+    while :; do
+        wait
+        alive=0
+        for pid in "${children[@]}"; do
+            kill -0 "$pid" 2>/dev/null && alive=1
+        done
+        ((alive)) || exit 1
+    done
 }
 
 # Where this drone's candidates start: from the batch job id (TNA_JOB_ID), so
@@ -385,12 +460,23 @@ tunnel_use_ports() {
     CVMFS_HTTP_PROXY=$(with_ports "$CVMFS_HTTP_PROXY")
 }
 
-# "socks 127.0.0.1:P, squid 127.0.0.1:Q" for the log.
+# "socks 127.0.0.1:P, squid 127.0.0.1:Q" for the log; with tunnel.parallel
+# or a proxy forward, then "; connection K socks ..., proxy ..." per connection.
 tunnel_ports_text() {
-    local index name text="socks 127.0.0.1:${TUNNEL_PORTS[0]}"
+    local index name text="socks 127.0.0.1:${TUNNEL_PORTS[0]}" k
+    local forwards=${#TUNNEL_FORWARD_TARGETS[@]}
     for index in "${!TUNNEL_FORWARD_TARGETS[@]}"; do
         name=${TUNNEL_FORWARD_NAMES[index]:-forward $((index + 1))}
         text+=", $name 127.0.0.1:${TUNNEL_PORTS[index + 1]} -> ${TUNNEL_FORWARD_TARGETS[index]}"
+    done
+    for ((k = 1; k <= TUNNEL_PARALLEL; k++)); do
+        if ((k > 1)); then
+            text+="; connection $k socks 127.0.0.1:${TUNNEL_PORTS[forwards + k - 1]}"
+        fi
+        if [[ -n $TUNNEL_PROXY_FORWARD ]]; then
+            text+=", proxy 127.0.0.1:${TUNNEL_PORTS[forwards + TUNNEL_PARALLEL + k - 1]}"
+            text+=" -> $TUNNEL_PROXY_FORWARD"
+        fi
     done
     printf '%s' "$text"
 }
@@ -419,7 +505,7 @@ tunnel_start() {
         fail tunnel "$EXIT_TUNNEL" "cannot write $DRONE_DIR/ssh_config"
     TUNNEL_OWNED=()
     TUNNEL_FOREIGN=""
-    tunnel_supervise &
+    tunnel_supervise_parallel &
     TUNNEL_PID=$!
     # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
     PATH_SUPERVISOR_PID=$TUNNEL_PID

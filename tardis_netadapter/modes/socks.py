@@ -96,6 +96,10 @@ class Hop:
         return f"{self.user}@{self.host}" if self.user else self.host
 
 
+#: most ssh connections one drone may open (tunnel.parallel): each is a start
+#: against the login sshd's MaxStartups and a process on the worker
+MAX_PARALLEL = 16
+
 #: a local port on the worker: a number, or ``auto`` for one chosen per drone
 PortSetting = Union[int, Literal["auto"]]
 AUTO = "auto"
@@ -148,8 +152,26 @@ class Tunnel:
     #: ``builtin`` (lib/supervise.sh; ``loop`` is a synonym) or ``autossh``
     supervisor: Literal["builtin", "loop", "autossh"] = "builtin"
     ready_timeout: float = 10.0
+    parallel: int = 1
 
     def check(self, path: str) -> list[str]:
+        return self._check_basics(path) + self._check_parallel(path)
+
+    def _check_parallel(self, path: str) -> list[str]:
+        """1..16 ssh connections: past 16 the login sshd's MaxStartups suffers."""
+        if (
+            isinstance(self.parallel, bool)
+            or not isinstance(self.parallel, int)
+            or not 1 <= self.parallel <= MAX_PARALLEL
+        ):
+            return [
+                f"{path}.parallel: got {self.parallel!r}; expected a whole number "
+                f"from 1 to {MAX_PARALLEL} (ssh connections per drone; 1 is one "
+                "ssh process, more spread the payload's connections over several)"
+            ]
+        return []
+
+    def _check_basics(self, path: str) -> list[str]:
         problems = check_path(
             f"{path}.identity_file", self.identity_file, "the tunnel key on the worker"
         )
@@ -296,7 +318,34 @@ class SocksProfile(NetworkProfile):
                     "node) may list alternatives: move them to "
                     f"{path}.tunnel.hops[0].alternatives, or remove them"
                 )
+        problems += _check_parallel_chain(path, self)
         return problems + _check_forward_references(f"{path}.cvmfs", self)
+
+
+def _check_parallel_chain(path: str, profile: SocksProfile) -> list[str]:
+    """What the chain can spread over ``tunnel.parallel`` connections.
+
+    proxychains-ng spreads with random_chain (chain_len 1), which cannot keep
+    a fixed order after the spread hop: one proxy after the tunnel at most.
+    tsocks has one server, so it would use one connection of N.
+    """
+    parallel = profile.tunnel.parallel
+    if not isinstance(parallel, int) or parallel < 2:
+        return []
+    chain = profile.chain
+    got = f"{path}.tunnel.parallel: got {parallel}"
+    if chain.tool == "tsocks":
+        return [
+            f"{got} with chain.tool 'tsocks'; tsocks speaks to one SOCKS port "
+            "only: set chain.tool: proxychains, or parallel: 1"
+        ]
+    if len(chain.proxies) > 1:
+        return [
+            f"{got} with {len(chain.proxies)} chain.proxies; connections are "
+            "spread with one proxy after the tunnel at most (proxychains-ng's "
+            "random_chain keeps no order): list one proxy, or set parallel: 1"
+        ]
+    return []
 
 
 def _check_forward_references(path: str, profile: SocksProfile) -> list[str]:
@@ -350,6 +399,52 @@ def _port(index: int, setting: PortSetting) -> str:
     return port_placeholder(index) if setting == AUTO else str(setting)
 
 
+# -- local ports: one list, the same order in Python and in tunnel.sh ----------
+#
+# [0] the SOCKS port of connection 1, [1..F] the forwards (connection 1 only),
+# then the SOCKS ports of connections 2..N, then (chain with a proxy) each
+# connection's -L forward to the first proxy. @TARDIS_PORT_<i>@ is index i.
+
+
+def proxy_forward(profile: SocksProfile) -> Optional[Proxy]:
+    """The first chain proxy when the chain reaches it through ``-L`` forwards.
+
+    proxychains then speaks to the proxy straight through the forward
+    instead of first to ssh's SOCKS port (-D) and then, across the tunnel, to
+    the proxy: one SOCKS handshake and one channel-open round trip less per
+    connection (chain b's short-connection cost), and the only shape in which
+    proxychains can spread a chain with a proxy over parallel connections.
+    """
+    chain = profile.chain
+    if chain.tool == "proxychains" and chain.proxies:
+        return chain.proxies[0]
+    return None
+
+
+def local_port_settings(profile: SocksProfile) -> list[PortSetting]:
+    """Every local port of the drone, in index order (numbers or auto)."""
+    tunnel = profile.tunnel
+    ports: list[PortSetting] = list(tunnel.local_ports)
+    ports += [AUTO] * (tunnel.parallel - 1)
+    if proxy_forward(profile) is not None:
+        ports += [AUTO] * tunnel.parallel
+    return ports
+
+
+def socks_port_indices(profile: SocksProfile) -> list[int]:
+    """Index of each connection's SOCKS port (connection 1 first)."""
+    first_extra = 1 + len(profile.tunnel.forwards)
+    return [0] + list(range(first_extra, first_extra + profile.tunnel.parallel - 1))
+
+
+def proxy_forward_indices(profile: SocksProfile) -> list[int]:
+    """Index of each connection's -L forward to the first proxy (or none)."""
+    if proxy_forward(profile) is None:
+        return []
+    first = len(profile.tunnel.forwards) + profile.tunnel.parallel
+    return list(range(first, first + profile.tunnel.parallel))
+
+
 def tunnel_route(profile: SocksProfile) -> str:
     """Human wording of the tunnel for log lines and headers."""
     if not profile.tunnel.hops:
@@ -358,19 +453,32 @@ def tunnel_route(profile: SocksProfile) -> str:
     alternatives = profile.tunnel.hops[0].alternatives
     if alternatives:
         texts[0] += f" (or {', '.join(alternatives)})"
-    return (
+    text = (
         f"ssh {' -> '.join(texts)}, SOCKS on "
         f"127.0.0.1:{_port(0, profile.tunnel.socks_port)}"
     )
+    if profile.tunnel.parallel > 1:
+        text += f" (and {profile.tunnel.parallel - 1} more connections)"
+    return text
 
 
 def chain_route(profile: SocksProfile) -> str:
     """Human wording of the proxy chain for log lines and headers."""
-    hops = [f"socks5 127.0.0.1:{_port(0, profile.tunnel.socks_port)} (ssh tunnel)"]
-    hops += [
-        f"{proxy.type} {endpoint(proxy.host, proxy.port)}"
-        for proxy in profile.chain.proxies
-    ]
+    parallel = profile.tunnel.parallel
+    spread = f"one of {parallel} " if parallel > 1 else ""
+    proxies = list(profile.chain.proxies)
+    first = proxy_forward(profile)
+    if first is not None:
+        index = proxy_forward_indices(profile)[0]
+        hops = [
+            f"{first.type} {endpoint(first.host, first.port)} through {spread}"
+            f"ssh -L 127.0.0.1:{port_placeholder(index)}"
+        ]
+        proxies = proxies[1:]
+    else:
+        where = f"127.0.0.1:{_port(0, profile.tunnel.socks_port)}"
+        hops = [f"socks5 {where} ({spread}ssh tunnel{'s' if spread else ''})"]
+    hops += [f"{proxy.type} {endpoint(proxy.host, proxy.port)}" for proxy in proxies]
     return " -> ".join(hops)
 
 
@@ -454,6 +562,12 @@ def _hops(profile: SocksProfile) -> list[dict[str, Any]]:
     return hops
 
 
+def _proxy_forward_target(profile: SocksProfile) -> str:
+    """HOST:PORT of the first proxy for the -L forwards, or empty."""
+    first = proxy_forward(profile)
+    return "" if first is None else endpoint(first.host, first.port)
+
+
 def _forward_lines(profile: SocksProfile) -> list[str]:
     """The -L/-D options the script gives ssh, for the ssh_config's header."""
     tunnel = profile.tunnel
@@ -509,12 +623,31 @@ def proxychains_conf_text(profile: SocksProfile) -> str:
     return render_template(
         "conf/proxychains.conf.j2",
         route=chain_route(profile),
+        spread=profile.tunnel.parallel > 1,
         quiet=profile.chain.quiet,
         remote_dns=profile.chain.remote_dns,
         localnet=localnet,
-        socks_port=_port(0, profile.tunnel.socks_port),
-        proxies=profile.chain.proxies,
+        proxies=_proxy_list(profile),
     )
+
+
+def _proxy_list(profile: SocksProfile) -> list[Proxy]:
+    """proxychains' [ProxyList]: the tunnel's way in (one per connection), then
+    the further proxies (parallel 1 only: a spread chain has none after it)."""
+    tunnel = profile.tunnel
+    first = proxy_forward(profile)
+    if first is None:
+        ports = [
+            _port(0, tunnel.socks_port) if index == 0 else port_placeholder(index)
+            for index in socks_port_indices(profile)
+        ]
+        entries = [Proxy("socks5", "127.0.0.1", port) for port in ports]  # type: ignore[arg-type]
+        return entries + list(profile.chain.proxies)
+    entries = [
+        Proxy(first.type, "127.0.0.1", port_placeholder(index))  # type: ignore[arg-type]
+        for index in proxy_forward_indices(profile)
+    ]
+    return entries + list(profile.chain.proxies[1:])
 
 
 def tsocks_conf_text(profile: SocksProfile) -> str:
@@ -675,6 +808,8 @@ class SocksMode(Mode):
                     ),
                     ("TUNNEL_PORT_RANGE", list(tunnel.port_range)),
                     ("TUNNEL_READY_TIMEOUT_MS", ready_ms),
+                    ("TUNNEL_PARALLEL", tunnel.parallel),
+                    ("TUNNEL_PROXY_FORWARD", _proxy_forward_target(profile)),
                 ),
             ),
             SettingsGroup(

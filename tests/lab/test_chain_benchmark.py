@@ -1,12 +1,14 @@
-"""The chain throughput benchmark stays runnable: its short form, on the shared lab.
+"""The chain benchmark stays runnable: its short form, on the shared lab.
 
 benchmarks/chain_throughput.py rotted once unnoticed (its dante conf kept the
 @TARDIS_PORT_0@ placeholder after per-drone ports landed, and proxychains
 refused it), because nothing ran it. Here its short form runs its own
-measure() against the session's lab: a real drone, then iperf3 directly and
-through every chain asked for. Only the presence of a non-zero result per path
-is asserted: at 1 Gbit/s all paths sit at the link's limit, so an ordering of
-them would be noise on this shared 2-core machine.
+measure() against the session's lab: one real drone per chain (a, b, c),
+each with two parallel ssh connections, then iperf3 directly and through
+every chain, the CPU of the processes on the path, and a few short
+connections. Only the presence of a non-zero result per path is asserted:
+at 1 Gbit/s all paths sit at the link's limit, so an ordering of them would
+be noise on this shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -21,7 +23,19 @@ from tardis_netadapter_lab import Lab
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "chain_throughput.py"
-SHORT_FORM = ["--seconds", "1", "--streams", "1"]  # the docstring's short form
+# the docstring's short form
+SHORT_FORM = [
+    "--rates",
+    "1gbit",
+    "--streams",
+    "1",
+    "--parallel",
+    "2",
+    "--seconds",
+    "1",
+    "--short",
+    "20",
+]
 
 
 def test_short_form_measures_direct_and_every_chain(
@@ -33,21 +47,32 @@ def test_short_form_measures_direct_and_every_chain(
     monkeypatch.setitem(sys.modules, "chain_throughput", module)  # its dataclasses
     spec.loader.exec_module(module)
     args = module.parse_args(SHORT_FORM)
-    assert args.streams == (1,) and args.chains == ("a", "b")
+    assert args.chains == ("a", "b", "c") and args.parallel == (2,)
 
-    rows, cipher = module.measure(
+    results = module.measure(
         lab,
-        rate=args.rate,
+        rates=args.rates,
         seconds=args.seconds,
         streams=args.streams,
         chains=args.chains,
+        parallel=args.parallel,
+        short=args.short,
     )
 
-    text = module.table(rows, args.rate, args.seconds, cipher)
+    text = module.table(results, args.seconds, args.short)
     print(text)  # shown with a failure's report
 
-    expected = [(1, module.DIRECT)] + [(1, module.CHAINS[key]) for key in "ab"]
-    assert [(row.streams, row.path) for row in rows] == expected, rows
-    assert all(row.bps > 0 and row.direct_bps > 0 for row in rows), rows
-    for _, path in expected:
-        assert f"| 1 | {path} |" in text, text
+    paths = [module.DIRECT] + [module.CHAINS[key] for key in "abc"]
+    assert [row.path for row in results.rows] == paths, results.rows
+    assert all(row.bps > 0 and row.direct_bps > 0 for row in results.rows)
+    for row in results.rows[1:]:
+        # the drone's own ssh and the login sshd carried the bytes
+        assert row.cpu.get("ssh (worker)", 0) > 0, row
+        assert row.cpu.get("sshd (login)", 0) > 0, row
+        assert row.parallel == 2, row
+    assert results.rows[2].cpu.get("dante", 0) > 0  # b goes through dante
+    assert results.rows[3].cpu.get("sshd (gateway)", 0) > 0  # c through the gateway
+    assert [item.path for item in results.shorts] == [*paths, module.DANTE_ALONE]
+    assert all(item.median_ms > 0 for item in results.shorts)
+    for path in paths[1:]:
+        assert f"| 1gbit | 1 | {path} | 2 |" in text, text

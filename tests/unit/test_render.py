@@ -197,6 +197,33 @@ def test_hops_become_a_proxyjump_chain_with_forwards_on_the_last(
     assert script_of(data).count("TUNNEL_TARGET=tardis-hop-3\n") == 1
 
 
+def test_the_proxyjump_hop_gets_the_same_fast_cipher_as_the_last(
+    tmp_path: Path,
+) -> None:
+    """Chain (c) encrypts twice on the worker: the inner connection (to the
+    gateway) inside the ProxyJump connection (ssh -W to login). The jump's
+    ssh reads the same -F file, so the Ciphers line the script appends (under
+    ``Host *``) must reach both hops; a hop left on ssh's default
+    (chacha20-poly1305, about half AES-GCM's speed with AES instructions)
+    would cost the nested path more CPU per byte."""
+    if shutil.which("ssh") is None:
+        pytest.skip("ssh is not installed")
+    data = {**FZJ, "tunnel": {**FZJ["tunnel"], "hops": [LOGIN, GATEWAY]}}
+    out = bash_with(
+        script_of(data),
+        # what tunnel_start writes to $DRONE_DIR/ssh_config
+        'TUNNEL_PORTS=(1080 3128); { with_ports "$(write_ssh_config)";'
+        ' printf "    Ciphers %s\\n" "$(tunnel_ciphers)"; } > cfg;'
+        " for hop in tardis-hop-1 tardis-hop-2; do"
+        ' ssh -G -F cfg "$hop" | grep "^ciphers "; done',
+        tmp_path,
+    )
+    first, second = out.splitlines()
+    assert first == second, out
+    if "aes" in Path("/proc/cpuinfo").read_text():
+        assert first.startswith("ciphers aes128-gcm@openssh.com,"), out
+
+
 def test_host_key_checking_off_is_explicit(tmp_path: Path) -> None:
     data = {**FZJ, "tunnel": {**FZJ["tunnel"], "strict_host_key_checking": False}}
     profile = profile_of(data)
@@ -243,8 +270,9 @@ def test_proxychains_conf_text() -> None:
         "localnet 10.66.1.0/255.255.255.0",
         "localnet fd00::/8",
         "[ProxyList]",
-        "socks5 127.0.0.1 1080",
-        "socks5 10.66.2.2 443",
+        # dante straight through the tunnel's -L forward to it (an auto port,
+        # index 2 after SOCKS and the squid forward): no SOCKS hop through ssh -D
+        "socks5 127.0.0.1 @TARDIS_PORT_2@",
     ]
 
 
@@ -259,11 +287,19 @@ def test_proxychains_reads_the_rendered_conf(tmp_path: Path) -> None:
     if shutil.which("proxychains4") is None:
         pytest.skip("proxychains4 is not installed")
     conf = tmp_path / "proxychains.conf"
-    conf.write_text(render.proxychains_conf_text(profile_of(FZJ)))
-    result = subprocess.run(
-        ["proxychains4", "-f", str(conf), "true"], capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
+    spread = {**FZJ, "tunnel": {**FZJ["tunnel"], "parallel": 4}}
+    for data in (FZJ, spread):
+        # the ports the script puts in for the placeholders (with_ports)
+        text = re.sub(
+            r"@TARDIS_PORT_(\d+)@",
+            lambda m: str(20000 + int(m.group(1))),
+            render.proxychains_conf_text(profile_of(data)),
+        )
+        conf.write_text(text)
+        result = subprocess.run(
+            ["proxychains4", "-f", str(conf), "true"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
 
 
 def test_tsocks_conf_text() -> None:

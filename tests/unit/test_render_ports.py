@@ -100,7 +100,8 @@ def test_auto_is_the_default_and_renders_placeholders_not_ports() -> None:
     assert "CVMFS_HTTP_PROXY='http://127.0.0.1:@TARDIS_PORT_1@;DIRECT'\n" in script
     assert "CVMFS_PROXY_PER_DRONE=1\n" in script
     conf = render.proxychains_conf_text(profile_of(AUTO))
-    assert "socks5 127.0.0.1 @TARDIS_PORT_0@\n" in conf
+    # dante through the -L forward to it (index 2: after SOCKS and squid)
+    assert conf.endswith("[ProxyList]\nsocks5 127.0.0.1 @TARDIS_PORT_2@\n")
     assert "server_port = @TARDIS_PORT_0@\n" in render.tsocks_conf_text(
         profile_of(AUTO)
     )
@@ -125,7 +126,10 @@ def test_numbered_ports_render_as_numbers() -> None:
         },
     }
     script = script_of(data)
-    assert not re.search(r"@TARDIS_PORT_\d+@", script)
+    # only the forward to dante is chosen per drone (it has no setting)
+    assert set(re.findall(r"@TARDIS_PORT_\d+@", script)) == {"@TARDIS_PORT_2@"}
+    without_proxy = script_of({**data, "chain": {"proxies": []}})
+    assert not re.search(r"@TARDIS_PORT_\d+@", without_proxy)
     assert "TUNNEL_SOCKS_PORT=1080\n" in script
     assert "CVMFS_HTTP_PROXY='http://127.0.0.1:3128;DIRECT'\n" in script
     assert "CVMFS_PROXY_PER_DRONE=0\n" in script
@@ -134,27 +138,91 @@ def test_numbered_ports_render_as_numbers() -> None:
 def test_the_script_puts_the_chosen_ports_everywhere(tmp_path: Path) -> None:
     out = sourced(
         script_of(AUTO),
-        "TUNNEL_PORTS=(21000 21001); tunnel_use_ports;"
+        "TUNNEL_PORTS=(21000 21001 21002); tunnel_use_ports;"
         ' printf "%s\\n" "$CVMFS_HTTP_PROXY" "$CHAIN_ROUTE" "$TUNNEL_ROUTE";'
-        " with_ports \"$(write_proxychains_conf)\" | grep '^socks5 127';"
-        " DRONE_DIR=/w; TUNNEL_SUPERVISOR=loop; tunnel_command | tr '\\0' ' '",
+        " with_ports \"$(write_proxychains_conf)\" | grep '^socks5 ';"
+        " DRONE_DIR=/w; TUNNEL_SUPERVISOR=loop; tunnel_connection_view 1;"
+        " tunnel_command | tr '\\0' ' '",
         tmp_path,
     )
     assert out.splitlines() == [
         "http://127.0.0.1:21001;DIRECT",
-        "socks5 127.0.0.1:21000 (ssh tunnel) -> socks5 10.66.2.2:443",
+        "socks5 10.66.2.2:443 through ssh -L 127.0.0.1:21002",
         "ssh drone@10.66.1.1:22, SOCKS on 127.0.0.1:21000",
-        "socks5 127.0.0.1 21000",
+        "socks5 127.0.0.1 21002",
         "ssh -N -F /w/ssh_config -L 127.0.0.1:21001:127.0.0.1:3128"
-        " -D 127.0.0.1:21000 tardis-hop-1 ",
+        " -L 127.0.0.1:21002:10.66.2.2:443 -D 127.0.0.1:21000 tardis-hop-1 ",
     ]
+
+
+def test_parallel_connections_each_get_their_ports_and_the_chain_spreads(
+    tmp_path: Path,
+) -> None:
+    """tunnel.parallel 3 with dante: ports [socks, squid, socks2, socks3,
+    dante1..3]; connection 1 binds the squid forward, each its own forward to
+    dante, and proxychains picks one of the three forwards per connection."""
+    data = {**AUTO, "tunnel": {**AUTO["tunnel"], "parallel": 3}}
+    assert "TUNNEL_PARALLEL=3\n" in script_of(data)
+    out = sourced(
+        script_of(data),
+        'mapfile -t wanted < <(tunnel_wanted); echo "${wanted[*]}";'
+        " TUNNEL_PORTS=(21000 21001 21002 21003 21004 21005 21006);"
+        " tunnel_use_ports; DRONE_DIR=/w; TUNNEL_SUPERVISOR=loop;"
+        " with_ports \"$(write_proxychains_conf)\" | grep -E '^(socks5|random|chain)';"
+        ' tunnel_ports_text; echo; for k in 1 2 3; do (tunnel_connection_view "$k";'
+        " tunnel_command | tr '\\0' ' '; echo); done",
+        tmp_path,
+    )
+    assert out.splitlines() == [
+        "auto auto auto auto auto auto auto",
+        "random_chain",
+        "chain_len = 1",
+        "socks5 127.0.0.1 21004",
+        "socks5 127.0.0.1 21005",
+        "socks5 127.0.0.1 21006",
+        "socks 127.0.0.1:21000, squid 127.0.0.1:21001 -> 127.0.0.1:3128,"
+        " proxy 127.0.0.1:21004 -> 10.66.2.2:443; connection 2 socks"
+        " 127.0.0.1:21002, proxy 127.0.0.1:21005 -> 10.66.2.2:443; connection 3"
+        " socks 127.0.0.1:21003, proxy 127.0.0.1:21006 -> 10.66.2.2:443",
+        "ssh -N -F /w/ssh_config -L 127.0.0.1:21001:127.0.0.1:3128"
+        " -L 127.0.0.1:21004:10.66.2.2:443 -D 127.0.0.1:21000 tardis-hop-1 ",
+        "ssh -N -F /w/ssh_config -L 127.0.0.1:21005:10.66.2.2:443"
+        " -D 127.0.0.1:21002 tardis-hop-1 ",
+        "ssh -N -F /w/ssh_config -L 127.0.0.1:21006:10.66.2.2:443"
+        " -D 127.0.0.1:21003 tardis-hop-1 ",
+    ]
+    plain = {**data, "chain": {"proxies": []}}
+    conf = render.proxychains_conf_text(profile_of(plain))
+    assert conf.endswith(
+        "[ProxyList]\nsocks5 127.0.0.1 @TARDIS_PORT_0@\n"
+        "socks5 127.0.0.1 @TARDIS_PORT_2@\nsocks5 127.0.0.1 @TARDIS_PORT_3@\n"
+    )
+
+
+def test_parallel_is_checked_with_the_chain_it_must_spread() -> None:
+    tunnel = AUTO["tunnel"]
+    for bad in (0, 17, "4", True):
+        (problem,) = problems_of({"tunnel": {**tunnel, "parallel": bad}})
+        assert problem.startswith("S.Network.tunnel.parallel: got "), problem
+        assert "1 to 16" in problem or "whole number" in problem, problem
+    (problem,) = problems_of(
+        {"tunnel": {**tunnel, "parallel": 2}, "chain": {"tool": "tsocks"}}
+    )
+    assert problem.startswith("S.Network.tunnel.parallel: got 2 with chain.tool")
+    two = [AUTO["chain"]["proxies"][0]] * 2
+    (problem,) = problems_of(
+        {"tunnel": {**tunnel, "parallel": 2}, "chain": {"proxies": two}}
+    )
+    assert "with 2 chain.proxies" in problem and "parallel: 1" in problem
+    assert profile_of({"tunnel": {**tunnel, "parallel": 16}}).tunnel.parallel == 16
 
 
 def test_candidates_come_from_the_job_id_and_skip_what_listens(
     tmp_path: Path,
 ) -> None:
+    plain = {**AUTO, "chain": {}}  # no proxy: two ports, SOCKS and squid
     script = script_of(
-        {**AUTO, "tunnel": {**AUTO["tunnel"], "port_range": [30000, 30999]}}
+        {**plain, "tunnel": {**AUTO["tunnel"], "port_range": [30000, 30999]}}
     )
     pick = 'tunnel_pick_ports; echo "${TUNNEL_PORTS[*]}"'
     first = sourced(script, pick, tmp_path, SLURM_JOB_ID="7")
@@ -167,7 +235,7 @@ def test_candidates_come_from_the_job_id_and_skip_what_listens(
         assert sourced(script, pick, tmp_path, SLURM_JOB_ID="7") == "30016 30017\n"
     numbered = {**AUTO["tunnel"], "socks_port": 30016, "port_range": [30000, 30999]}
     out = sourced(
-        script_of({**AUTO, "tunnel": numbered}), pick, tmp_path, SLURM_JOB_ID="16"
+        script_of({**plain, "tunnel": numbered}), pick, tmp_path, SLURM_JOB_ID="16"
     )
     assert out == "30016 30017\n"  # only the forward is auto; 30016 is numbered
 
@@ -479,3 +547,86 @@ def test_a_port_taken_while_ssh_starts_is_noticed_and_others_are_tried(
         in err
     )
     assert socks == 20008
+
+
+def _chain_connect(env: dict[str, str], conf: Path, port: int) -> bool:
+    """One connection to the collector through the drone's own proxychains.conf."""
+    result = subprocess.run(
+        [PROXYCHAINS or "proxychains4", "-q", "-f", str(conf), "bash", "-c"]
+        + ['exec 3<>"/dev/tcp/pool.example.org/$1"', "probe", str(port)],
+        env=env,
+        capture_output=True,
+        timeout=20,
+    )
+    return result.returncode == 0
+
+
+@needs_tools
+def test_parallel_connections_spread_and_a_dead_one_is_skipped(
+    tmp_path: Path, collector: Collector
+) -> None:
+    """tunnel.parallel 3: three ssh processes (each its own SOCKS port and
+    supervisor, all under the one TUNNEL_PID); with one of them dead and its
+    supervisor held, every connection through the chain still gets through
+    (random_chain skips it), and SIGTERM ends all three."""
+    env = node(tmp_path, delay=0.1)
+    data = drone_profile(collector, tmp_path)
+    data["tunnel"]["parallel"] = 3
+    data["payload"]["command"] = ["sleep", "600"]
+    script = tmp_path / "drone.sh"
+    script.write_text(script_of(data))
+    proc = start(script, env, "drone-p", SLURM_JOB_ID="9")
+    log = tmp_path / "ssh.log"
+    try:
+        deadline = time.monotonic() + 30
+        conf = None
+        while conf is None:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "the payload did not start"
+            found = list(tmp_path.glob("tardis-drone.drone-p.*/proxychains.conf"))
+            if found and log.exists() and log.read_text().count("bound") >= 3:
+                conf = found[0]
+            time.sleep(0.1)
+        starts = [line.split() for line in log.read_text().splitlines()]
+        socks = sorted(int(f[3]) for f in starts if f[1] == "start")
+        assert len(socks) == 3, starts  # three ssh, each with its own -D port
+        listed = re.findall(r"^socks5 127\.0\.0\.1 (\d+)$", conf.read_text(), re.M)
+        assert sorted(map(int, listed)) == socks
+        assert "random_chain" in conf.read_text()
+        for _ in range(6):
+            assert _chain_connect(env, conf, collector.port)
+        used = {
+            int(f[2])
+            for f in map(str.split, log.read_text().splitlines())
+            if f[1] == "socks"
+        }
+        assert len(used) >= 2, used  # spread over the connections (random)
+
+        # connection 2 dies and its supervisor cannot restart it
+        victim = next(
+            int(f[0]) for f in starts if f[1] == "start" and int(f[3]) == socks[1]
+        )
+        supervisor = int(
+            Path(f"/proc/{victim}/stat").read_text().rsplit(")", 1)[1].split()[1]
+        )
+        os.kill(supervisor, signal.SIGSTOP)
+        try:
+            os.kill(victim, signal.SIGKILL)
+            time.sleep(0.2)
+            for _ in range(8):
+                assert _chain_connect(env, conf, collector.port)
+        finally:
+            os.kill(supervisor, signal.SIGCONT)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its session: no leftovers
+            _, err = proc.communicate()
+            pytest.fail(f"the drone did not end on SIGTERM:\n{err}")
+    assert "connection 3 socks 127.0.0.1:" in err, err
+    deadline = time.monotonic() + 10
+    while leftovers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert leftovers(tmp_path) == []
