@@ -35,6 +35,13 @@ from .siteconfig import SiteSettings, load_site_settings
 
 logger = logging.getLogger("cobald.runtime.tardis_netadapter.site")
 
+#: only failed listings for this long (s) make a site outage in stage
+#: UNREACHABLE_STAGE: longer than a listing's own retries and one TARDIS cycle,
+#: short against a drone's grace
+UNREACHABLE_AFTER = 30.0
+#: the stage named when the adapter cannot list the site (its login node)
+UNREACHABLE_STAGE = "login"
+
 #: HTCondor's unit translation (cores, MB, KB), used when no batch system says otherwise
 HTCONDOR_TRANSLATION = {"Cores": 1, "Memory": 1024, "Disk": 1024 * 1024}
 #: seconds a listing is reused when neither the site nor TARDIS says otherwise
@@ -78,6 +85,8 @@ class Site:
         #: the outage the adapter acts on, and the monotonic time it was declared
         self.outage: Optional[Outage] = None
         self._outage_declared = 0.0
+        #: monotonic time of the first of the current run of failed listings
+        self._unlisted_since: Optional[float] = None
         self.poller = self._new_poller(executor, max_age)
 
     # -- status --------------------------------------------------------------------
@@ -115,6 +124,59 @@ class Site:
             self.poller = self._new_poller(executor, max_age)
             self.executor = executor
 
+    def listing_failed(self, error: BaseException) -> None:
+        """A listing failed: after UNREACHABLE_AFTER seconds of only failures, an outage.
+
+        The drones' heartbeats cannot say that the login node is down, because
+        the adapter reads them over the same login node: while it is down the
+        adapter sees nothing at all. Failed listings for that long are the
+        site's outage in stage ``login``, said once, deploys held (they would
+        fail anyway), and over at the first listing that works
+        (``follow_outage``, or ``listing_worked`` without monitoring). No drone
+        is judged meanwhile: without a listing there is no verdict.
+        """
+        now = time.monotonic()
+        if self._unlisted_since is None:
+            self._unlisted_since = now
+        failing_for = now - self._unlisted_since
+        if self.outage is not None or failing_for < UNREACHABLE_AFTER:
+            return
+        self.outage = Outage(UNREACHABLE_STAGE, 0, 0, time.time() - failing_for)
+        self._outage_declared = now
+        logger.warning(
+            "%s: site outage in stage %s: every listing failed for %.0f s (%s): "
+            "no drone is ended for it; new submissions are held until the site "
+            "answers again",
+            self.name,
+            UNREACHABLE_STAGE,
+            failing_for,
+            (str(error).splitlines() or [type(error).__name__])[0][:160],
+        )
+        self.brake.hold(
+            f"site outage in stage {UNREACHABLE_STAGE} (no listing for "
+            f"{failing_for:.0f} s)"
+        )
+        if self.metrics is not None:
+            self.metrics.update_outage(self.name, self.outage)
+
+    def listing_worked(self) -> None:
+        """A listing worked: the login node answers (its outage ends in follow_outage)."""
+        self._unlisted_since = None
+        if self.monitor is None and self.outage is not None:
+            self._end_outage(self.outage, time.time() - self.outage.since)
+            self.outage = None
+
+    def _end_outage(self, was: Outage, lasted: float) -> None:
+        logger.warning(
+            "%s: site outage in stage %s is over after %.0f s (declared %.0f s "
+            "ago); new submissions resume",
+            self.name,
+            was.stage,
+            max(0.0, lasted),
+            time.monotonic() - self._outage_declared,
+        )
+        self.brake.release()
+
     def follow_outage(self, snapshot: Any) -> None:
         """Hold or release deploys as the monitor's site outage begins or ends.
 
@@ -128,15 +190,7 @@ class Site:
         outage, was = self.monitor.outage, self.outage
         self.outage = outage
         if was is not None and (outage is None or outage.stage != was.stage):
-            logger.warning(
-                "%s: site outage in stage %s is over after %.0f s (declared %.0f s "
-                "ago); new submissions resume",
-                self.name,
-                was.stage,
-                max(0.0, (self.monitor.store.now or was.since) - was.since),
-                time.monotonic() - self._outage_declared,
-            )
-            self.brake.release()
+            self._end_outage(was, (self.monitor.store.now or was.since) - was.since)
         if outage is not None and (was is None or was.stage != outage.stage):
             self._outage_declared = time.monotonic()
             logger.warning(

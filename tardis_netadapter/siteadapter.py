@@ -38,7 +38,7 @@ from .batch import (
     SlurmDriver,
     runner,
 )
-from .batch.poller import SitePoller, StatusSnapshot
+from .batch.poller import ListingUntrusted, SitePoller, StatusSnapshot
 from .connectivity.collect import cleanup_command
 from .connectivity.monitor import SiteMonitor
 from .connectivity.verdict import Verdict
@@ -268,7 +268,13 @@ class NetBatchAdapter(SiteAdapter):
         """The drone's status from the shared listing; never a death it cannot confirm."""
         drone_uuid = resource_attributes.get("drone_uuid")
         job_id = resource_attributes.get("remote_resource_uuid")
-        snapshot = await self.poller.snapshot()
+        try:
+            snapshot = await self.poller.snapshot()
+        except Exception as error:  # noqa: BLE001 - noted, then handled as before
+            if not _batch_answered(error):
+                self._site.listing_failed(error)
+            raise
+        self._site.listing_worked()
         if job_id is None:
             return self._status_by_name(drone_uuid, snapshot)
         status = self.poller.status_of(str(job_id), snapshot)
@@ -496,3 +502,18 @@ __all__ = [
     "site_monitor",
     "site_poller",
 ]
+
+
+def _batch_answered(error: BaseException) -> bool:
+    """True when the login node answered and only the batch system's output was bad.
+
+    A listing cut short or an empty one while jobs run (ListingUntrusted,
+    also behind a cached StatusUnavailable) is Slurm's hiccup, not a login
+    node the adapter cannot reach: it makes no outage in stage ``login``.
+    """
+    seen: Optional[BaseException] = error
+    while seen is not None:
+        if isinstance(seen, (ListingUntrusted, BatchOutputError)):
+            return True
+        seen = seen.__cause__
+    return False

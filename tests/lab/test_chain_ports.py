@@ -3,7 +3,7 @@
 Drones pack nodes (FZJ ran 64 on one JURECA node), so the SOCKS port and the
 squid forward are `auto`: each drone picks free loopback ports at run time.
 Both drones here are sent to worker1 (sbatch -w) at once, through chain (b)
-(worker -> ssh -D on login -> dante on outside:443 -> collector :9618) with
+(worker -> ssh -L on login -> dante on outside:443 -> collector :9618) with
 CVMFS through `forward:squid`; both must bring up their tunnels on different
 ports and register with the pool stand-in, each through its own chain.
 """
@@ -32,14 +32,16 @@ pytestmark = pytest.mark.lab
 NODE = "worker1"
 SQUID = {"name": "squid", "host": "127.0.0.1", "port": L.SQUID_PORT}
 PORTS = re.compile(
-    r"tunnel: local ports socks 127\.0\.0\.1:(\d+), squid 127\.0\.0\.1:(\d+) "
+    r"tunnel: local ports socks 127\.0\.0\.1:(\d+), squid 127\.0\.0\.1:(\d+) .*"
+    r"proxy 127\.0\.0\.1:(\d+) -> " + re.escape(f"{L.OUTSIDE_SOCKS}:{L.HTTPS_PORT}")
 )
 
 
-def ports_of(drone: Drone) -> tuple[int, int]:
+def ports_of(drone: Drone) -> tuple[int, int, int]:
+    """The drone's SOCKS port, its squid forward and its -L forward to dante."""
     match = PORTS.search(drone.output)
     assert match, drone.output
-    return int(match.group(1)), int(match.group(2))
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
 
 
 def test_two_drones_on_one_worker_each_get_their_own_ports(
@@ -68,11 +70,12 @@ def test_two_drones_on_one_worker_each_get_their_own_ports(
         assert "stage cvmfs ready after" in drone.output
         assert "is already in use" not in drone.output
     ports = [port for drone in pair for port in ports_of(drone)]
-    print(f"{NODE}: drone ports (socks, squid): {ports[:2]} and {ports[2:]}")
-    assert len(set(ports)) == 4, ports
-    # each drone's own chain works, through its own SOCKS port
+    print(f"{NODE}: drone ports (socks, squid, dante): {ports[:3]} and {ports[3:]}")
+    assert len(set(ports)) == 6, ports
+    # each drone's own chain works, through its own forward to dante (the
+    # chain reaches its first proxy through an ssh -L forward)
     for drone in pair:
         conf = drone.work_file("proxychains.conf")
-        socks = ports_of(drone)[0]
-        assert f"socks5 127.0.0.1 {socks}\n" in Path(conf).read_text()
+        proxy = ports_of(drone)[2]
+        assert f"socks5 127.0.0.1 {proxy}\n" in Path(conf).read_text()
         assert chain_connects(lab, NODE, conf, L.OUTSIDE_HTTP, L.COLLECTOR_PORT)

@@ -138,7 +138,7 @@ class Drone:
         """The tunnel's own ssh (not autossh, not a ProxyJump helper)."""
         for pid, argv in processes():
             if (
-                argv[0].endswith("/ssh")
+                (argv[0] == "ssh" or argv[0].endswith("/ssh"))
                 and "-N" in argv
                 and any(f"tardis-drone.{self.uuid}." in arg for arg in argv)
             ):

@@ -16,7 +16,11 @@ import pytest
 from fakelogin import ShellExecutor, record, write_heartbeat
 from fakesite import NETWORK, drone, site_section
 from tardis.agents.siteagent import SiteAgent
-from tardis.exceptions.tardisexceptions import TardisDroneCrashed
+from tardis.exceptions.executorexceptions import CommandExecutionFailure
+from tardis.exceptions.tardisexceptions import (
+    TardisDroneCrashed,
+    TardisResourceStatusUpdateFailed,
+)
 
 from tardis_netadapter import site as sites
 from tardis_netadapter.brake import BrakeSettings, SiteBrake, SiteBraked
@@ -365,3 +369,68 @@ def test_status_shows_a_site_outage_from_one_snapshot(login, capsys, monkeypatch
         write_heartbeat(login, record(uuid, time.time() - 1))
     assert cli.main(["status", str(config), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outage"] is None
+
+
+# -- a login node that does not answer the adapter at all --------------------------
+
+
+class DownableExecutor(ShellExecutor):
+    """The fake login node, or, while ``down``, ssh's refusal as TARDIS raises it."""
+
+    down = False
+
+    async def run_command(self, command: str, stdin_input=None):
+        if self.down:
+            self.calls += 1
+            raise CommandExecutionFailure(
+                message="ssh: connect to host login port 22: Connection refused",
+                exit_code=255,
+                stdout="",
+                stderr="ssh: connect to host login port 22: Connection refused",
+            )
+        return await super().run_command(command, stdin_input)
+
+
+UNMONITORED = {**NETWORK, "monitoring": {"enabled": False}}
+
+
+@pytest.mark.parametrize(
+    "network", [MONITORED, UNMONITORED], ids=["monitored", "unmonitored"]
+)
+async def test_a_login_node_the_adapter_cannot_reach_is_an_outage_said_once(
+    configure, login, caplog, monkeypatch, network
+):
+    """The heartbeats are read over the login node: while it is down the adapter
+    sees nothing, so failed listings themselves are the site's outage."""
+    monkeypatch.setattr(sites, "UNREACHABLE_AFTER", 0.2)
+    executor = DownableExecutor(login["env"])
+    configure(site_section(executor, Network=network))
+    agent = SiteAgent(NetSlurmAdapter(machine_type="small", site_name="NetLab"))
+    agent._site_adapter.poller.retry_after = 0  # every cycle asks the login node
+    caplog.set_level(logging.INFO)
+    uuids = [f"netlab-up{i}" for i in range(3)]
+    listing(login, uuids)
+    now = time.time()
+    for uuid in uuids:
+        write_heartbeat(login, record(uuid, now - 1))
+    assert await statuses(agent, uuids) == dict.fromkeys(uuids, "Running")
+
+    executor.down = True
+    for _ in range(3):  # a short blip is not an outage; longer ones are, once
+        time.sleep(0.15)
+        for uuid in uuids:  # TARDIS keeps the drone's state: a failed update
+            with pytest.raises(TardisResourceStatusUpdateFailed):
+                await statuses(agent, [uuid])
+    said = outage_logs(caplog)
+    assert len(said) == 1 and "site outage in stage login" in said[0], said
+    assert "no drone is ended" in said[0]
+    with pytest.raises(SiteBraked, match="deploys held: site outage in stage login"):
+        await deploy(agent, "netlab-new")
+
+    executor.down = False
+    for uuid in uuids:  # fresh heartbeats: the drones healed with the site
+        write_heartbeat(login, record(uuid, time.time()))
+    assert await statuses(agent, uuids) == dict.fromkeys(uuids, "Running")
+    said = outage_logs(caplog)
+    assert len(said) == 2 and "site outage in stage login is over" in said[1], said
+    sites.get("NetLab").brake.check("netlab-new")  # deploys resume
