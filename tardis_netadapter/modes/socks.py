@@ -864,14 +864,29 @@ class SocksMode(Mode):
 
     def warnings(self, profile: NetworkProfile) -> list[tuple[str, str]]:
         assert isinstance(profile, SocksProfile)
-        if profile.tunnel.strict_host_key_checking:
-            return []
-        return [
-            (
-                "tunnel.strict_host_key_checking is false: host keys are not verified",
-                "add the hops' keys to tunnel.known_hosts and remove the key",
+        tunnel, found = profile.tunnel, []
+        if not tunnel.strict_host_key_checking:
+            found.append(
+                (
+                    "tunnel.strict_host_key_checking is false: host keys are not "
+                    "verified",
+                    "add the hops' keys to tunnel.known_hosts and remove the key",
+                )
             )
-        ]
+        if (
+            tunnel.supervisor == "autossh"
+            and tunnel.hops
+            and tunnel.hops[0].alternatives
+        ):
+            found.append(
+                (
+                    "tunnel.hops[0].alternatives with tunnel.supervisor autossh: "
+                    "drones spread over the login nodes but never fail over "
+                    "(autossh retries its one route)",
+                    "set tunnel.supervisor: builtin (the default)",
+                )
+            )
+        return found
 
     def probe_lines(self, profile: NetworkProfile) -> list[str]:
         assert isinstance(profile, SocksProfile)

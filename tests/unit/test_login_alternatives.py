@@ -256,3 +256,17 @@ def test_the_supervisor_moves_to_the_next_route_when_the_login_node_refuses(
     first, second = (int(line.split()[0]) for line in calls.read_text().splitlines())
     assert (second - first) / 1e9 < 1.0  # the supervisor's first delay is 0.2 s
     assert (tmp_path / "tunnel.restarts").read_text().count("\n") == 1
+
+
+def test_alternatives_with_autossh_are_warned_about() -> None:
+    """autossh retries its one route: the drones would spread but not fail over."""
+    assert MODE.warnings(profile_of(BASE)) == []
+    autossh = {**BASE, "tunnel": {**BASE["tunnel"], "supervisor": "autossh"}}
+    (problem, fix), *rest = MODE.warnings(profile_of(autossh))
+    assert not rest
+    assert "alternatives with tunnel.supervisor autossh" in problem
+    assert "never fail over" in problem
+    assert fix == "set tunnel.supervisor: builtin (the default)"
+    plain = with_hops({"host": "login01"})
+    plain["tunnel"]["supervisor"] = "autossh"
+    assert MODE.warnings(profile_of(plain)) == []
