@@ -16,11 +16,13 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Optional
 
 import tardis_netadapter
+from tardis_netadapter.connectivity.heartbeat import Heartbeat, parse_records
 
 from . import layout as L
 from .site import Lab
@@ -389,3 +391,31 @@ def registry_states(db: Path, attempts: int = 20) -> dict[str, tuple[str, str]]:
             error = exc
             time.sleep(0.2)
     raise RuntimeError(f"cannot read the registry {db}: {error!r}")
+
+
+def heartbeats(lab: Lab) -> dict[str, Heartbeat]:
+    """The drones' latest records, read from the shared home (file transport)."""
+    directory = lab.layout.home(lab.drone_user) / ".tardis-netadapter/heartbeats"
+    text = ""
+    for path in directory.glob("*.json"):
+        try:
+            text += path.read_text(errors="replace") + "\n"
+        except OSError:  # replaced while we read it
+            continue
+    return parse_records(text)
+
+
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float,
+    why: Callable[[], str],
+    every: float = 1.0,
+) -> float:
+    """Poll ``check`` every ``every`` s: the seconds it took, or fail with ``why()``."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if check():
+            return time.monotonic() - started
+        time.sleep(every)
+    raise AssertionError(f"{what} not reached within {timeout:.0f} s\n{why()}")

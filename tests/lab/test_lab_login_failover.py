@@ -30,7 +30,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +40,15 @@ from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     fixed_demand,
+    heartbeats,
     registry_states,
     slurm_jobs,
+    wait_for,
     write_config,
 )
 from tardis_netadapter_lab.netns import pids_in_namespaces, start_time, terminate
 from tardis_netadapter_lab.services import recorded_pid
 from test_chain_support import COLLECTOR, DANTE, Drone
-
-from tardis_netadapter.connectivity.heartbeat import Heartbeat, parse_records
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -75,18 +75,6 @@ def site(lab: Lab) -> Iterator[Lab]:
     yield lab
     if recorded_pid(lab.layout, "login2-sshd") is None:
         lab.restart_service("login2-sshd")
-
-
-def heartbeats(site: Lab) -> dict[str, Heartbeat]:
-    """The drones' latest records, read from the shared home (file transport)."""
-    directory = site.layout.home(site.drone_user) / ".tardis-netadapter/heartbeats"
-    text = ""
-    for path in directory.glob("*.json"):
-        try:
-            text += path.read_text(errors="replace") + "\n"
-        except OSError:  # replaced while we read it
-            continue
-    return parse_records(text)
 
 
 def drone_of(pid: int) -> str | None:
@@ -239,16 +227,6 @@ def test_one_login_node_stopped_for_good_its_drones_fail_over_within_10s(
             f"--- cobald log (tail)\n{cobald.all_logs()[-4000:]}"
         )
 
-    def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
-        begun = time.monotonic()
-        while time.monotonic() - begun < timeout:
-            if check():
-                return time.monotonic() - begun
-            time.sleep(0.25)
-        pytest.fail(
-            f"{what} not reached within {timeout:.0f} s\n{why()}", pytrace=False
-        )
-
     try:
         # 1. DRONES drones Available with good heartbeats, spread over both nodes
         def ready() -> bool:
@@ -262,7 +240,9 @@ def test_one_login_node_stopped_for_good_its_drones_fail_over_within_10s(
             ]
             return len(good) >= DRONES and len(sessions(site)) >= DRONES
 
-        measured["ready_after"] = round(wait_for("connected drones", ready, 300))
+        measured["ready_after"] = round(
+            wait_for("connected drones", ready, 300, why, every=0.25)
+        )
         ours = {
             u: job
             for u, (job, state) in registry_states(cobald.db).items()
@@ -294,7 +274,9 @@ def test_one_login_node_stopped_for_good_its_drones_fail_over_within_10s(
                     failover.setdefault(drone, round(accepted - stopped_at, 2))
             return len(failover) == len(on_login2)
 
-        wait_for("every login2 drone on login", failed_over, 3 * FAILOVER)
+        wait_for(
+            "every login2 drone on login", failed_over, 3 * FAILOVER, why, every=0.25
+        )
         measured["failover_s"] = failover
         print(f"failover after login2's sshd stopped (s, per drone): {failover}")
         for drone, seconds in failover.items():

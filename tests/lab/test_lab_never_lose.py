@@ -43,6 +43,7 @@ from tardis_netadapter_lab.daemon import (
     pool_request,
     registry_states,
     slurm_jobs,
+    wait_for,
     with_brake,
     write_config,
 )
@@ -110,18 +111,6 @@ def explain(site: Lab, cobald: CobaldDaemon, events: list[str]) -> str:
         + f"\ndrones={registry_states(cobald.db)}\nslurm={slurm_jobs(site)}\n{outputs}\n"
         f"--- cobald logs (tail)\n{cobald.all_logs()[-5000:]}"
     )
-
-
-def wait_for(
-    what: str, check: Callable[[], bool], timeout: float, why: Callable[[], str]
-) -> float:
-    """Poll ``check`` every second; the seconds it took, or fail with ``why()``."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if check():
-            return time.monotonic() - started
-        time.sleep(1)
-    pytest.fail(f"{what} not reached within {timeout:.0f} s\n{why()}", pytrace=False)
 
 
 def keep_busy(site: Lab, cobald: CobaldDaemon, loaded: set[str]) -> None:

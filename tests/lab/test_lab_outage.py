@@ -39,7 +39,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -49,15 +49,15 @@ from tardis_netadapter_lab import Lab, faults
 from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     fixed_demand,
+    heartbeats,
     pool_request,
     registry_states,
     slurm_jobs,
+    wait_for,
     write_config,
 )
 from tardis_netadapter_lab.netns import pids_in_namespaces, start_time, terminate
 from tardis_netadapter_lab.services import recorded_pid
-
-from tardis_netadapter.connectivity.heartbeat import Heartbeat, parse_records
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -86,18 +86,6 @@ def site(lab: Lab) -> Iterator[Lab]:
     faults.clear_slurm_faults(lab.layout)
     if recorded_pid(lab.layout, "login-sshd") is None:  # a failure mid-outage
         lab.restart_service("login-sshd")
-
-
-def heartbeats(site: Lab) -> dict[str, Heartbeat]:
-    """The drones' latest records, read from the shared home (file transport)."""
-    directory = site.layout.home(site.drone_user) / ".tardis-netadapter/heartbeats"
-    text = ""
-    for path in directory.glob("*.json"):
-        try:
-            text += path.read_text(errors="replace") + "\n"
-        except OSError:  # replaced while we read it
-            continue
-    return parse_records(text)
 
 
 def tunnel_connections(site: Lab) -> int:
@@ -217,16 +205,6 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
             f"--- cobald log (tail)\n{cobald.all_logs()[-6000:]}"
         )
 
-    def wait_for(what: str, check: Callable[[], bool], timeout: float) -> float:
-        begun = time.monotonic()
-        while time.monotonic() - begun < timeout:
-            if check():
-                return time.monotonic() - begun
-            time.sleep(1)
-        pytest.fail(
-            f"{what} not reached within {timeout:.0f} s\n{why()}", pytrace=False
-        )
-
     try:
         # 1. three busy drones, Available, their latest heartbeats good
         def ready() -> bool:
@@ -245,7 +223,9 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
             ]
             return len(good) >= DRONES
 
-        measured["ready_after"] = round(wait_for("three connected drones", ready, 300))
+        measured["ready_after"] = round(
+            wait_for("three connected drones", ready, 300, why)
+        )
         ours = {
             u: job
             for u, (job, state) in registry_states(cobald.db).items()
@@ -317,7 +297,10 @@ def test_login_sshd_down_60s_is_a_site_outage_and_no_drone_is_ended(
             )
 
         measured["recovered_after"] = round(
-            wait_for("tunnels, heartbeats and the outage's end", recovered, RECOVERY), 1
+            wait_for(
+                "tunnels, heartbeats and the outage's end", recovered, RECOVERY, why
+            ),
+            1,
         )
         measured["tunnel_seen_after"] = tunnels  # polled: about 1 s resolution
         measured["tunnel_back_after"] = [
