@@ -55,6 +55,41 @@ class PathError:
 
 
 @dataclass(frozen=True)
+class Isolation:
+    """How the drone captures its payload's traffic (record key ``isolation``).
+
+    Written by the watchdog from the drone's ``ns/isolation`` and ``ns/leaks``
+    (issue 12). ``method`` is ``namespace`` (a private network namespace,
+    transparent capture) or ``preload`` (LD_PRELOAD capture); ``tool`` the
+    outer link (``pasta``, ``slirp4netns``) or the preload library
+    (``proxychains``, ``tsocks``, ``none``); ``reason`` why namespace capture
+    was unavailable when the drone fell back to preload (None otherwise);
+    ``leaks_blocked`` the packets the namespace's firewall dropped (None with
+    preload, which cannot count them). Any field may be None: a newer or
+    foreign drone's value that this parser does not understand.
+    """
+
+    method: Optional[str] = None
+    tool: Optional[str] = None
+    reason: Optional[str] = None
+    leaks_blocked: Optional[int] = None
+
+    @property
+    def fallback(self) -> bool:
+        """Namespace capture was asked for but unavailable: preload with a reason."""
+        return self.method == "preload" and self.reason is not None
+
+    @property
+    def label(self) -> str:
+        """The short word ``status`` shows: ``ns``, ``preload``, ``preload!``."""
+        if self.method == "namespace":
+            return "ns"
+        if self.fallback:
+            return "preload!"
+        return self.method or "-"
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What one drone said about its path to the pool at ``time`` (worker clock)."""
 
@@ -72,6 +107,8 @@ class Heartbeat:
     failing_stage: Optional[str] = None
     #: why the path's supervisor fails right now (None: it does not)
     path_error: Optional[PathError] = None
+    #: how the payload's traffic is captured (None: the drone did not say)
+    isolation: Optional[Isolation] = None
 
     @property
     def ok(self) -> bool:
@@ -123,6 +160,36 @@ def _path_error(data: Any) -> Optional[PathError]:
     )
 
 
+def _word(value: Any, limit: int) -> Optional[str]:
+    """Single-line printable text: whitespace folded, other control characters
+    as ``?`` (it goes verbatim into the adapter's log), cut at ``limit``;
+    empty is None."""
+    if not isinstance(value, str):
+        return None
+    text = " ".join(value.split())[:limit]
+    return "".join(c if c.isprintable() else "?" for c in text) or None
+
+
+def _isolation(data: Any) -> Optional[Isolation]:
+    """The ``isolation`` object; None when absent, not an object, or all unusable.
+
+    Field by field: a value of the wrong type becomes None rather than
+    dropping the whole object, so a drone that reports its method but a
+    garbled count still shows its method. An empty reason (the drone script's
+    ``ns/isolation`` has an empty third field unless it fell back) is None.
+    """
+    if not isinstance(data, dict):
+        return None
+    leaks = _number(data.get("leaks_blocked"))
+    isolation = Isolation(
+        method=_word(data.get("method"), 16),
+        tool=_word(data.get("tool"), 32),
+        reason=_word(data.get("reason"), 300),
+        leaks_blocked=int(leaks) if leaks is not None and 0 <= leaks < 2**63 else None,
+    )
+    return None if isolation == Isolation() else isolation
+
+
 def from_dict(data: Any) -> Optional[Heartbeat]:
     """A Heartbeat from a decoded record, or None when required keys are unusable."""
     if not isinstance(data, dict):
@@ -154,6 +221,7 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
         last_error=_text(data.get("last_error")),
         failing_stage=str(failing)[:32] if failing else None,
         path_error=_path_error(data.get("path_error")),
+        isolation=_isolation(data.get("isolation")),
     )
 
 

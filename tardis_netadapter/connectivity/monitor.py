@@ -56,6 +56,8 @@ class SiteMonitor:
         self._observed: Any = None  # the snapshot itself: ids get reused
         #: the tunnel failure class last logged per drone (see _log_path_errors)
         self.path_errors: dict[str, Optional[str]] = {}
+        #: drones whose fallback to preload capture was logged (_log_fallbacks)
+        self.fallbacks_logged: set[str] = set()
         #: site clock of the last judged complete collection, and until when
         #: terminal verdicts are held after a blind spell (see _hold)
         self._judged_at: Optional[float] = None
@@ -140,6 +142,7 @@ class SiteMonitor:
             judgements = self._hold(now, judgements)
         self.judgements.update(judgements)
         self._log_path_errors(judgements)
+        self._log_fallbacks(judgements)
         return judgements
 
     def _hold(
@@ -208,6 +211,35 @@ class SiteMonitor:
                 f" ({detail})" if detail else "",
             )
 
+    def _log_fallbacks(self, judgements: Mapping[str, Judgement]) -> None:
+        """Say once per drone that it could not get its network namespace.
+
+        A drone configured for ``capture: namespace`` with ``isolation:
+        preferred`` falls back to LD_PRELOAD capture where the worker forbids
+        unprivileged user namespaces; it works, but other users of the node
+        can ride its tunnel, so an operator should hear it, once (its records
+        say it every round for the drone's whole life). Only the adapter's
+        monitor (given its ``site``) logs: ``status`` shows ``preload!``.
+        """
+        if not self.site:
+            return
+        for uuid in judgements:
+            if uuid in self.fallbacks_logged:
+                continue
+            record = self.store.get(uuid)
+            isolation = record.isolation if record is not None else None
+            if record is None or isolation is None or not isolation.fallback:
+                continue
+            self.fallbacks_logged.add(uuid)
+            logger.warning(
+                "%s: drone %s: namespace capture unavailable on %s (%s); "
+                "capture falls back to preload",
+                self.site,
+                uuid,
+                record.host or "its worker",
+                isolation.reason,
+            )
+
     def judgement(self, uuid: str) -> Optional[Judgement]:
         """The latest verdict for one drone, for ``resource_status``."""
         return self.judgements.get(uuid)
@@ -228,6 +260,7 @@ class SiteMonitor:
         for uuid in uuids:
             self.first_running.pop(uuid, None)
             self.path_errors.pop(uuid, None)
+            self.fallbacks_logged.discard(uuid)
             self.judgements.pop(uuid, None)
         return cleanup_command(self.heartbeat_dir, uuids)
 

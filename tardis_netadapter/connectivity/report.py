@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .heartbeat import Heartbeat
+from .heartbeat import Heartbeat, Isolation
 from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("failing_stage", "STAGE"),
     ("latency_ms", "LATENCY"),
     ("path_error", "PATH ERROR"),
+    ("isolation", "ISOLATION"),
+    # a dotted key: the value sits inside the drone's JSON object "isolation"
+    ("isolation.leaks_blocked", "LEAKS"),
     ("reason", "REASON"),
 )
 REASON_WIDTH = 60
@@ -52,6 +55,9 @@ class StatusRow:
     in_collector: Optional[bool] = None
     #: the tunnel supervisor's failure class ("host key mismatch", ...), or None
     path_error: Optional[str] = None
+    #: how the payload's traffic is captured (the heartbeat's ``isolation``);
+    #: None without a record or from a drone that does not report it
+    isolation: Optional[Isolation] = None
 
 
 def make_row(
@@ -75,6 +81,7 @@ def make_row(
         restarts=heartbeat.restarts if heartbeat else 0,
         in_collector=judgement.in_collector,
         path_error=judgement.path_error,
+        isolation=heartbeat.isolation if heartbeat else None,
     )
 
 
@@ -90,6 +97,12 @@ def _age(seconds: Optional[float]) -> str:
 
 
 def _cell(key: str, row: StatusRow) -> str:
+    if key == "isolation":
+        # ns, preload, or preload! for a drone that wanted a namespace and fell back
+        return "-" if row.isolation is None else row.isolation.label
+    if key == "isolation.leaks_blocked":
+        leaks = row.isolation.leaks_blocked if row.isolation else None
+        return "-" if leaks is None else str(leaks)
     value = getattr(row, key)
     if key == "heartbeat_age":
         return _age(value)

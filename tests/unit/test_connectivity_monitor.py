@@ -301,6 +301,8 @@ def test_render_table():
         "LATENCY",
         "PATH",
         "ERROR",
+        "ISOLATION",
+        "LEAKS",
         "REASON",
     ]
     assert lines[1].split()[:7] == [
@@ -350,8 +352,10 @@ def test_json_keys_are_stable():
         "restarts",
         "in_collector",
         "path_error",
+        "isolation",
     }
-    assert {key for key, _ in COLUMNS} <= set(document["drones"][0])
+    # every column is in the JSON (a dotted key: inside that object)
+    assert {key.split(".")[0] for key, _ in COLUMNS} <= set(document["drones"][0])
 
 
 def test_make_row_carries_record_facts():
