@@ -3,8 +3,11 @@
 The worker opens a supervised ssh tunnel (``tunnel``: hops, SOCKS port,
 ``-L`` forwards such as a squid for CVMFS) and the unmodified payload's
 connections are sent into it by an LD_PRELOAD library (``chain``:
-proxychains-ng or tsocks, optionally further proxies). Bash: lib/tunnel.sh,
-lib/chain.sh. docs/configuration.md (keys), docs/drone-script.md (stages).
+proxychains-ng or tsocks, optionally further proxies), or, with
+``chain.capture: namespace``, by the kernel inside a private network
+namespace (mode part modes/netns.py: redsocks, nft). Bash: lib/netns.sh,
+lib/tunnel.sh, lib/capture.sh, lib/chain.sh. docs/configuration.md (keys),
+docs/drone-script.md (stages).
 """
 
 from __future__ import annotations

@@ -652,3 +652,25 @@ def _ns_profile_and_capture():
         network(chain=NS, namespace={"outer": "slirp4netns"})
     )
     return profile, capture(profile)
+
+
+def test_every_new_key_is_documented_with_its_default() -> None:
+    text = (
+        Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    ).read_text()
+    rows = {
+        "capture": "`preload`",
+        "resolver": "`null`",
+        "resolver_route": "`chain`",
+        "redsocks": "`null`",
+        "isolation": "`preferred`",
+        "outer": "`auto`",
+        "mtu": "`65520`",
+        "cidr": "`100.64.99.0/24`",
+        "ready_timeout": "`5`",
+    }
+    for key, default in rows.items():
+        assert re.search(
+            rf"^\| `{key}` \| {re.escape(default)} \|", text, re.MULTILINE
+        ), key
+    assert "## `namespace`" in text
