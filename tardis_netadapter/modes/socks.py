@@ -3,8 +3,11 @@
 The worker opens a supervised ssh tunnel (``tunnel``: hops, SOCKS port,
 ``-L`` forwards such as a squid for CVMFS) and the unmodified payload's
 connections are sent into it by an LD_PRELOAD library (``chain``:
-proxychains-ng or tsocks, optionally further proxies). Bash: lib/tunnel.sh,
-lib/chain.sh. docs/configuration.md (keys), docs/drone-script.md (stages).
+proxychains-ng or tsocks, optionally further proxies), or, with
+``chain.capture: namespace``, by the kernel inside a private network
+namespace (mode part modes/netns.py: redsocks, nft). Bash: lib/netns.sh,
+lib/tunnel.sh, lib/capture.sh, lib/chain.sh. docs/configuration.md (keys),
+docs/drone-script.md (stages).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..profile import (
 )
 from ..schema import ConfigurationError
 from ..templates import CONTROL, render_template, template_dir
+from . import netns
 from .base import ConfigFile, Mode, SettingsGroup, Stage
 
 if TYPE_CHECKING:
@@ -266,6 +270,15 @@ class Chain:
     remote_dns: bool = True
     quiet: bool = True
     library: Optional[str] = None
+    #: ``preload``: LD_PRELOAD (``tool``); ``namespace``: a private network
+    #: namespace with redsocks (mode part netns), ``tool`` its fallback
+    capture: Literal["preload", "namespace"] = "preload"
+    #: IPv4 address of the DNS server used inside the namespace (null or
+    #: ``none``: names do not resolve inside, they fail at once)
+    resolver: Optional[str] = None
+    resolver_route: Literal["chain", "direct"] = "chain"
+    #: redsocks on the worker (null: found on PATH)
+    redsocks: Optional[str] = None
 
     def check(self, path: str) -> list[str]:
         problems = []
@@ -283,6 +296,11 @@ class Chain:
                     f"{path}.localnet[{index}]: got {net!r}; expected a network "
                     "such as 10.0.0.0/8"
                 )
+        if self.redsocks is not None:
+            problems += check_path(
+                f"{path}.redsocks", self.redsocks, "the redsocks program on the worker"
+            )
+        problems += netns.check_resolver(f"{path}.resolver", self.resolver)
         if self.tool == "tsocks" and len(self.proxies) > 0:
             problems.append(
                 f"{path}.proxies: got {len(self.proxies)} proxies with tool "
@@ -294,6 +312,11 @@ class Chain:
     @property
     def localnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.localnet)
+
+    @property
+    def resolver_address(self) -> Optional[str]:
+        """The resolver inside the namespace, or None (``none`` is None too)."""
+        return None if self.resolver in (None, "none") else self.resolver
 
 
 @dataclass(frozen=True)
@@ -319,7 +342,41 @@ class SocksProfile(NetworkProfile):
                     f"{path}.tunnel.hops[0].alternatives, or remove them"
                 )
         problems += _check_parallel_chain(path, self)
+        problems += _check_capture(path, self)
         return problems + _check_forward_references(f"{path}.cvmfs", self)
+
+
+def _check_capture(path: str, profile: SocksProfile) -> list[str]:
+    """The namespace capture's rules: the part's own, then what the socks
+    chain can give redsocks (one upstream) and the outer link (IPv4)."""
+    chain = profile.chain
+    problems = netns.problems(path, f"{path}.chain", profile, capture(profile))
+    if chain.capture != "namespace":
+        return problems
+    if profile.isolation == "preferred" and chain.tool == "none":
+        problems.append(
+            f"{path}.chain.tool: got 'none' with chain.capture 'namespace' and "
+            "isolation 'preferred'; the fallback needs a preload tool: set "
+            "chain.tool: proxychains, or isolation: required"
+        )
+    if len(chain.proxies) > 1:
+        problems.append(
+            f"{path}.chain.proxies: got {len(chain.proxies)} proxies with "
+            "chain.capture 'namespace'; redsocks has one upstream: one proxy after "
+            "the tunnel (reached through ssh -L); make further hops ssh hops "
+            "(tunnel.hops), or chain.capture: preload"
+        )
+    if profile.tunnel.hops:
+        first = profile.tunnel.hops[0]
+        keys = ["host"] + [f"alternatives[{i}]" for i in range(len(first.alternatives))]
+        for key, host in zip(keys, first.hosts):
+            if ":" in host:
+                problems.append(
+                    f"{path}.tunnel.hops[0].{key}: got {host!r} with chain.capture "
+                    "'namespace'; the namespace's outer link is IPv4 only: give "
+                    "an IPv4 address or a host name with an IPv4 address"
+                )
+    return problems
 
 
 def _check_parallel_chain(path: str, profile: SocksProfile) -> list[str]:
@@ -416,7 +473,7 @@ def proxy_forward(profile: SocksProfile) -> Optional[Proxy]:
     proxychains can spread a chain with a proxy over parallel connections.
     """
     chain = profile.chain
-    if chain.tool == "proxychains" and chain.proxies:
+    if chain.proxies and (chain.tool == "proxychains" or chain.capture == "namespace"):
         return chain.proxies[0]
     return None
 
@@ -714,6 +771,36 @@ def reconnect_bound(tunnel: Tunnel) -> int:
     return connect_timeout(tunnel) + math.ceil(ms / 1000)
 
 
+def capture(profile: SocksProfile) -> netns.Capture:
+    """The chain as the netns part sees it: redsocks' upstream is each
+    connection's ``-D`` port (chain a: socks5) or its ``-L`` forward to the
+    first proxy (chain b: that proxy's type), the one-handshake path
+    proxychains takes too."""
+    chain = profile.chain
+    first = proxy_forward(profile)
+    if first is None:
+        socks_port = profile.tunnel.socks_port
+        ports = [
+            _port(0, socks_port) if index == 0 else port_placeholder(index)
+            for index in socks_port_indices(profile)
+        ]
+        kind = "socks5"
+    else:
+        ports = [port_placeholder(index) for index in proxy_forward_indices(profile)]
+        kind = netns.UPSTREAM_TYPES[first.type]
+    return netns.Capture(
+        method=chain.capture,
+        localnet=chain.localnet,
+        resolver=chain.resolver_address,
+        resolver_route=chain.resolver_route,
+        redsocks=chain.redsocks,
+        upstream_type=kind,
+        upstream_ports=tuple(ports),
+        route=chain_route(profile),
+        fallback_tool=chain.tool,
+    )
+
+
 #: the chain gets at least this long to reach the collector (ms)
 MIN_CHAIN_READY_TIMEOUT_MS = 30_000
 
@@ -734,6 +821,7 @@ class SocksMode(Mode):
     summary = "ssh tunnel from the worker out of the site, LD_PRELOAD proxy chain"
     profile_class = SocksProfile
     stages = (
+        netns.STAGE,
         Stage("tunnel", "tunnel_stage", phase="network"),
         Stage("chain", "chain_stage", phase="path"),
     )
@@ -743,6 +831,13 @@ class SocksMode(Mode):
         # while the chain was a common section, so it stays accepted
         if key == "chain" and isinstance(value, dict):
             tool = value.get("tool", "proxychains")
+            if value.get("capture", "preload") != "preload":
+                return [
+                    f"{path}.chain.capture: got {value['capture']!r} with mode "
+                    f"{chosen!r}; capture sends the payload's connections into a "
+                    "tunnel, and this mode has none: remove chain.capture, or set "
+                    "mode: socks"
+                ]
             if tool == "none":
                 return []
             return [
@@ -755,11 +850,13 @@ class SocksMode(Mode):
     def legs(
         self, profile: NetworkProfile, budget: KeepaliveBudget
     ) -> list[tuple[str, str]]:
+        assert isinstance(profile, SocksProfile)
         return [
             (
                 "worker -> login ssh",
                 f"ServerAliveInterval={budget.server_alive_interval}s",
             ),
+            *netns.legs(profile, budget, capture(profile)),
             (
                 "login -> pool (sshd-opened legs)",
                 budget.knob_text("CCB_HEARTBEAT_INTERVAL"),
@@ -771,8 +868,11 @@ class SocksMode(Mode):
         return reconnect_bound(profile.tunnel)
 
     def libraries(self, profile: NetworkProfile) -> list[Path]:
+        # netns.sh and capture.sh always: the isolation stage is static (it
+        # logs "skipped: capture preload"), and both are small when unused
         lib = template_dir() / "lib"
-        return [lib / "supervise.sh", lib / "tunnel.sh", lib / "chain.sh"]
+        names = ("supervise.sh", "netns.sh", "tunnel.sh", "capture.sh", "chain.sh")
+        return [lib / name for name in names]
 
     def settings(
         self, profile: NetworkProfile, budget: KeepaliveBudget
@@ -846,6 +946,7 @@ class SocksMode(Mode):
                     ),
                 ),
             ),
+            netns.settings(profile, capture(profile)),
         ]
 
     def config_files(
@@ -856,7 +957,7 @@ class SocksMode(Mode):
         if profile.chain.tool in _CHAIN_CONFIGS:  # only the chosen tool's
             function, text = _CHAIN_CONFIGS[profile.chain.tool]
             files.append(ConfigFile(function, text(profile)))
-        return files
+        return files + netns.config_files(capture(profile))
 
     def cvmfs_http_proxy(self, profile: NetworkProfile) -> str:
         assert isinstance(profile, SocksProfile)
@@ -886,7 +987,7 @@ class SocksMode(Mode):
                     "set tunnel.supervisor: builtin (the default)",
                 )
             )
-        return found
+        return found + netns.warnings(profile, capture(profile))
 
     def probe_lines(self, profile: NetworkProfile) -> list[str]:
         assert isinstance(profile, SocksProfile)
@@ -900,8 +1001,13 @@ class SocksMode(Mode):
         tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
             profile.chain.tool
         )
-        if tool:
+        # with isolation required a namespace drone never falls back to it
+        fallback = not (
+            profile.chain.capture == "namespace" and profile.isolation == "required"
+        )
+        if tool and fallback:
             lines.append(f"have {q(tool)}")
+        lines += netns.probe_lines(profile, capture(profile))
         lines += [
             f"f={shell_path(profile.tunnel.identity_file)}",
             'if [ -r "$f" ]; then mark key ok "$f"; else mark key fail "$f"; fi',
@@ -937,7 +1043,7 @@ class SocksMode(Mode):
                 "the login node cannot open this port: ask the site, or reach it "
                 "through an ssh hop on 443"
             )
-        return _PROBE_FIXES.get(name)
+        return _PROBE_FIXES.get(name) or netns.probe_fix(name)
 
 
 def _first_hop_out(profile: SocksProfile) -> Optional[tuple[str, int, str]]:
