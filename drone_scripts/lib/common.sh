@@ -194,8 +194,15 @@ stop_process() {
     return 0
 }
 
+# True when PID has ended, also when it is a zombie its parent has not
+# reaped yet (a child ending while its parent runs a trap: kill -0 still
+# succeeds, and a stop would wait its whole grace for nothing).
 process_gone() {
-    ! kill -0 "$1" 2>/dev/null
+    local stat
+    kill -0 "$1" 2>/dev/null || return 0
+    IFS= read -r stat 2>/dev/null <"/proc/$1/stat" || return 0
+    stat=${stat##*") "}
+    [[ ${stat%% *} == Z ]]
 }
 
 # Undo everything in reverse order of setup; runs once, on any exit.

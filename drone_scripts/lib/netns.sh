@@ -395,14 +395,18 @@ netns_outer_guard() {
 
 # Wait for the namespace to end (its init's status is the drone's), writing
 # ns/outer.state as the outer link goes down and up (the watchdog blames
-# stage isolation while it is down) and checking every new start of it.
+# stage isolation while it is down), and checking that the link publishes
+# no port: after every new start and every 30 s (pasta binds ports it
+# forwards as they appear inside, were its flags ever lost).
 netns_keeper_wait() {
-    local status restarts=0 count
+    local status restarts=0 count checked=0 now
     while kill -0 "$NS_UNSHARE_PID" 2>/dev/null; do
         if netns_outer_up; then
             count=$(netns_lines "$NS_DIR/outer.restarts")
-            if ((count != restarts)); then
+            clock_us now
+            if ((count != restarts || now - checked >= 30000000)); then
                 restarts=$count
+                checked=$now
                 netns_outer_guard
             fi
             netns_outer_state up
@@ -443,12 +447,12 @@ netns_outer_state() {
         mv -f -- "$NS_DIR/outer.state.tmp" "$NS_DIR/outer.state"
 }
 
-# Cleanup of the keeper: TERM to the init's pid (5 s, then KILL; the kernel
-# ends the rest of its PID namespace), then the outer link, then the reaper.
+# Cleanup of the keeper: the reaper, then TERM to the init's pid (5 s, then
+# KILL; the kernel ends the rest of its PID namespace), then the outer link.
 netns_keeper_stop() {
+    local child=""
     if [[ -n $NS_REAPER_PID ]]; then
         kill -TERM "$NS_REAPER_PID" 2>/dev/null
-        wait "$NS_REAPER_PID" 2>/dev/null
         NS_REAPER_PID=""
     fi
     if [[ -n $NS_INIT_PID ]]; then
@@ -456,13 +460,15 @@ netns_keeper_stop() {
         NS_INIT_PID=""
     fi
     if [[ -n $NS_UNSHARE_PID ]]; then
-        wait_until 2000 process_gone "$NS_UNSHARE_PID" ||
-            kill -KILL "$NS_UNSHARE_PID" 2>/dev/null
-        wait "$NS_UNSHARE_PID" 2>/dev/null
+        wait "$NS_UNSHARE_PID" 2>/dev/null # it ends with its child, the init
         NS_UNSHARE_PID=""
     fi
     if [[ -n $NS_OUTER_PID ]]; then
-        stop_process "$NS_OUTER_PID" 3000
+        stop_process "$NS_OUTER_PID" 3000 # its TERM trap stops the tool
+        IFS= read -r child 2>/dev/null <"$NS_DIR/outer.child"
+        if [[ $child =~ ^[0-9]+$ ]] && ! process_gone "$child"; then
+            kill -KILL "$child" 2>/dev/null # the supervisor did not get to it
+        fi
         NS_OUTER_PID=""
     fi
 }

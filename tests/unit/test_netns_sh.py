@@ -66,55 +66,6 @@ def _why_not() -> str:
 WHY_NOT = _why_not()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "runs")
 
-# Until modes/netns.py renders them (NS-PY), the settings and configuration
-# functions of chain.capture namespace, as decision 6 of the brief names them.
-SETTINGS = """
-CAPTURE_METHOD=namespace
-ISOLATION=preferred
-NS_OUTER=pasta
-NS_MTU=65520
-NS_CIDR=100.64.99.0/24
-NS_READY_TIMEOUT_MS=5000
-NS_LOCALNET=(127.0.0.0/8)
-CHAIN_RESOLVER=''
-CHAIN_RESOLVER_ROUTE=chain
-CHAIN_REDSOCKS=''
-CAPTURE_UPSTREAM_TYPE=socks5
-CAPTURE_UPSTREAM_PORTS=(@TARDIS_PORT_0@)
-CAPTURE_PORT_BASE=12345
-"""
-NFT = """table ip tna_capture {
-    set localnet { type ipv4_addr; flags interval; elements = { 127.0.0.0/8 } }
-    set hops { type ipv4_addr . inet_service; elements = { @TARDIS_HOPS@ } }
-    chain out {
-        type nat hook output priority -100; policy accept;
-        ip daddr @localnet return
-        ip daddr . tcp dport @hops return
-        meta l4proto tcp redirect to :12345
-        udp dport 53 redirect to :5300
-    }
-}
-table inet tna_guard {
-    counter leaks_udp { }
-    counter leaks_other { }
-    set localnet { type ipv4_addr; flags interval; elements = { 127.0.0.0/8 } }
-    set hops { type ipv4_addr . inet_service; elements = { @TARDIS_HOPS@ } }
-    chain out {
-        type filter hook output priority 0; policy drop;
-        oif lo accept
-        ip daddr @localnet accept
-        ip daddr . tcp dport @hops accept
-        meta l4proto udp counter name leaks_udp drop
-        counter name leaks_other drop
-    }
-}
-"""
-REDSOCKS = """base { log_debug = off; log_info = off; log = stderr; daemon = off;
-    redirector = iptables; }
-redsocks { local_ip = 127.0.0.1; local_port = 12345; ip = 127.0.0.1;
-    port = @TARDIS_PORT_0@; type = socks5; }
-dnstc { local_ip = 127.0.0.1; local_port = 5300; }
-"""
 # The test's main: the drone's first stage, then checks from inside the
 # drone role (as the payload would run them), then wait for the end.
 MAIN = r"""main() {
@@ -220,14 +171,15 @@ for i in $(seq 300); do
     sleep 0.1
 done
 if [ -e "$out/ready" ]; then
-    # what listens in the worker's network namespace (nothing may)
-    awk 'FNR > 1 && $4 == "0A"' /proc/net/tcp /proc/net/tcp6 >"$out/outer.tcp"
-    awk 'FNR > 1 && $4 == "07"' /proc/net/udp /proc/net/udp6 >"$out/outer.udp"
     ns=$(ls -d "$root"/tmp/tardis-drone.* | head -1)/ns
     for i in $(seq 80); do # the init role writes ns/leaks every 5 s
         read -r udp other <"$ns/leaks" 2>/dev/null && [ "${udp:-0}" -ge 4 ] && break
         sleep 0.1
     done
+    # what listens in the worker's network namespace (nothing may), seconds
+    # after the drone's listeners came up (pasta -t auto scans every second)
+    awk 'FNR > 1 && $4 == "0A"' /proc/net/tcp /proc/net/tcp6 >"$out/outer.tcp"
+    awk 'FNR > 1 && $4 == "07"' /proc/net/udp /proc/net/udp6 >"$out/outer.udp"
     cp "$ns/leaks" "$ns/isolation" "$ns/outer.state" "$ns/unshare.pid" \
         "$ns/init.pid" "$ns/outer.child" "$out/" 2>/dev/null
     ls /proc/"$(cat "$ns/init.pid")"/task/*/children >/dev/null 2>&1
@@ -242,14 +194,20 @@ echo $? >"$out/keeper.status"
 for f in unshare.pid init.pid outer.child; do
     [ -r "$out/$f" ] || continue
     pid=$(cat "$out/$f")
-    if [ -d "/proc/$pid" ]; then echo "$f $pid" >>"$out/alive"; fi
+    # a zombie is gone (its new parent reaps it)
+    state=$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$pid/stat" 2>/dev/null)
+    if [ -n "$state" ] && [ "$state" != Z ]; then echo "$f $pid $state" >>"$out/alive"; fi
 done
 """
 
 
-def drone_script(**settings: str) -> str:
-    """The rendered socks script with capture namespace and the test's main."""
-    profile = load_profile(json.loads(json.dumps(PROFILE)))
+def drone_script(outer: str = "pasta", isolation: str = "preferred") -> str:
+    """The rendered socks script with capture namespace, and the test's main."""
+    data = json.loads(json.dumps(PROFILE))
+    data["chain"] = {"capture": "namespace"}
+    data["isolation"] = isolation
+    data["namespace"] = {"outer": outer}
+    profile = load_profile(data)
     text = render.render_drone_script(
         profile,
         derive_budget(profile),
@@ -257,19 +215,7 @@ def drone_script(**settings: str) -> str:
         machine_type="cpu",
         job_id_variable="SLURM_JOB_ID",
     )
-    lib = Path(__file__).resolve().parents[2] / "drone_scripts" / "lib"
-    extra = SETTINGS
-    for name, value in settings.items():
-        extra = re.sub(rf"^{name}=.*$", f"{name}={value}", extra, flags=re.M)
-    if "netns_keeper_role" not in text:  # before the rendering knows capture
-        pieces = [extra, "write_capture_nft() {\n    cat <<'EOF'\n" + NFT + "EOF\n}\n"]
-        pieces.append(
-            "write_redsocks_conf() {\n    cat <<'EOF'\n" + REDSOCKS + "EOF\n}\n"
-        )
-        for name in ("netns.sh", "capture.sh"):
-            pieces.append((lib / name).read_text())
-        stages = text.index("# the stages")
-        text = text[:stages] + "\n".join(pieces) + "\n" + text[stages:]
+    assert "CAPTURE_METHOD=namespace\n" in text
     start = text.index("main() {")
     end = text.index("# run unless sourced")
     return text[:start] + MAIN + "\n" + text[end:]
@@ -305,7 +251,7 @@ def run_harness(root: Path, script: str, timeout: float = 60) -> dict[str, str]:
 @pytest.mark.parametrize("tool", ["pasta", "slirp4netns"])
 def test_roles_capture_and_isolate(root: Path, tool: str) -> None:
     started = time.monotonic()
-    found = run_harness(root, drone_script(NS_OUTER=tool))
+    found = run_harness(root, drone_script(outer=tool))
     log = found.get("log", "")
     assert "ready" in found, log
     # the drone role runs as the real uid and cannot touch the rules
@@ -331,12 +277,17 @@ def test_roles_capture_and_isolate(root: Path, tool: str) -> None:
     # TERM to the keeper ends init, drone and the outer link: no pid left
     assert found["keeper.status"].strip() == "143", log
     assert "alive" not in found, found["alive"]
+    stopping = re.findall(
+        r"T(\d\d):(\d\d):(\d\d\.\d+)\S* .*?: (received SIGTERM|exiting)", log
+    )
+    seconds = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s, _ in stopping]
+    assert seconds[-1] - seconds[0] < 3, stopping  # not a grace period run out
     assert time.monotonic() - started < 45
 
 
 def run_fallback(root: Path, isolation: str) -> subprocess.CompletedProcess:
     """The keeper in a user namespace that allows only one more (design 1.5)."""
-    (root / "drone.sh").write_text(drone_script(ISOLATION=isolation))
+    (root / "drone.sh").write_text(drone_script(isolation=isolation))
     wrapper = textwrap.dedent(
         """\
         echo 1 >/proc/sys/user/max_user_namespaces || exit 99
