@@ -569,7 +569,8 @@ netns_drone_role() {
     # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
     PATH_PROBE_PREFIX=()
     log "isolation: namespace (${TNA_NS_TOOL:-}), hops ${TUNNEL_FIRST_HOPS[*]}," \
-        "localnet ${NS_LOCALNET[*]}"
+        "localnet ${NS_LOCALNET[*]}, resolver ${CHAIN_RESOLVER:-none}" \
+        "${CHAIN_RESOLVER:+(route $CHAIN_RESOLVER_ROUTE)}"
     stage_ready isolation "$started"
 }
 
