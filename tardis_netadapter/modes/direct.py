@@ -44,6 +44,19 @@ class DirectMode(Mode):
         Stage("chain", phase="path", skipped="network mode direct"),
     )
 
+    def warnings(self, profile: NetworkProfile) -> list[tuple[str, str]]:
+        # isolation and namespace are common keys (for the modes that capture);
+        # a direct drone has no tunnel to isolate, so they change nothing here
+        if profile.isolation == "required":
+            return [
+                (
+                    "isolation: required with mode direct: a direct drone has no "
+                    "tunnel to isolate, its network is the worker's (ignored)",
+                    "remove isolation, or use mode socks with chain.capture: namespace",
+                )
+            ]
+        return []
+
     def legs(
         self, profile: NetworkProfile, budget: KeepaliveBudget
     ) -> list[tuple[str, str]]:

@@ -3,8 +3,11 @@
 The worker opens a supervised ssh tunnel (``tunnel``: hops, SOCKS port,
 ``-L`` forwards such as a squid for CVMFS) and the unmodified payload's
 connections are sent into it by an LD_PRELOAD library (``chain``:
-proxychains-ng or tsocks, optionally further proxies). Bash: lib/tunnel.sh,
-lib/chain.sh. docs/configuration.md (keys), docs/drone-script.md (stages).
+proxychains-ng or tsocks, optionally further proxies), or, with
+``chain.capture: namespace``, by the kernel inside a private network
+namespace (mode part modes/netns.py: redsocks, nft). Bash: lib/netns.sh,
+lib/tunnel.sh, lib/capture.sh, lib/chain.sh. docs/configuration.md (keys),
+docs/drone-script.md (stages).
 """
 
 from __future__ import annotations
@@ -293,6 +296,11 @@ class Chain:
                     f"{path}.localnet[{index}]: got {net!r}; expected a network "
                     "such as 10.0.0.0/8"
                 )
+        if self.redsocks is not None:
+            problems += check_path(
+                f"{path}.redsocks", self.redsocks, "the redsocks program on the worker"
+            )
+        problems += netns.check_resolver(f"{path}.resolver", self.resolver)
         if self.tool == "tsocks" and len(self.proxies) > 0:
             problems.append(
                 f"{path}.proxies: got {len(self.proxies)} proxies with tool "
@@ -334,7 +342,41 @@ class SocksProfile(NetworkProfile):
                     f"{path}.tunnel.hops[0].alternatives, or remove them"
                 )
         problems += _check_parallel_chain(path, self)
+        problems += _check_capture(path, self)
         return problems + _check_forward_references(f"{path}.cvmfs", self)
+
+
+def _check_capture(path: str, profile: SocksProfile) -> list[str]:
+    """The namespace capture's rules: the part's own, then what the socks
+    chain can give redsocks (one upstream) and the outer link (IPv4)."""
+    chain = profile.chain
+    problems = netns.problems(path, f"{path}.chain", profile, capture(profile))
+    if chain.capture != "namespace":
+        return problems
+    if profile.isolation == "preferred" and chain.tool == "none":
+        problems.append(
+            f"{path}.chain.tool: got 'none' with chain.capture 'namespace' and "
+            "isolation 'preferred'; the fallback needs a preload tool: set "
+            "chain.tool: proxychains, or isolation: required"
+        )
+    if len(chain.proxies) > 1:
+        problems.append(
+            f"{path}.chain.proxies: got {len(chain.proxies)} proxies with "
+            "chain.capture 'namespace'; redsocks has one upstream: one proxy after "
+            "the tunnel (reached through ssh -L); make further hops ssh hops "
+            "(tunnel.hops), or chain.capture: preload"
+        )
+    if profile.tunnel.hops:
+        first = profile.tunnel.hops[0]
+        keys = ["host"] + [f"alternatives[{i}]" for i in range(len(first.alternatives))]
+        for key, host in zip(keys, first.hosts):
+            if ":" in host:
+                problems.append(
+                    f"{path}.tunnel.hops[0].{key}: got {host!r} with chain.capture "
+                    "'namespace'; the namespace's outer link is IPv4 only: give "
+                    "an IPv4 address or a host name with an IPv4 address"
+                )
+    return problems
 
 
 def _check_parallel_chain(path: str, profile: SocksProfile) -> list[str]:
@@ -789,6 +831,13 @@ class SocksMode(Mode):
         # while the chain was a common section, so it stays accepted
         if key == "chain" and isinstance(value, dict):
             tool = value.get("tool", "proxychains")
+            if value.get("capture", "preload") != "preload":
+                return [
+                    f"{path}.chain.capture: got {value['capture']!r} with mode "
+                    f"{chosen!r}; capture sends the payload's connections into a "
+                    "tunnel, and this mode has none: remove chain.capture, or set "
+                    "mode: socks"
+                ]
             if tool == "none":
                 return []
             return [
@@ -938,7 +987,7 @@ class SocksMode(Mode):
                     "set tunnel.supervisor: builtin (the default)",
                 )
             )
-        return found
+        return found + netns.warnings(profile, capture(profile))
 
     def probe_lines(self, profile: NetworkProfile) -> list[str]:
         assert isinstance(profile, SocksProfile)
@@ -952,8 +1001,13 @@ class SocksMode(Mode):
         tool = {"proxychains": "proxychains4", "tsocks": "tsocks"}.get(
             profile.chain.tool
         )
-        if tool:
+        # with isolation required a namespace drone never falls back to it
+        fallback = not (
+            profile.chain.capture == "namespace" and profile.isolation == "required"
+        )
+        if tool and fallback:
             lines.append(f"have {q(tool)}")
+        lines += netns.probe_lines(profile, capture(profile))
         lines += [
             f"f={shell_path(profile.tunnel.identity_file)}",
             'if [ -r "$f" ]; then mark key ok "$f"; else mark key fail "$f"; fi',
@@ -989,7 +1043,7 @@ class SocksMode(Mode):
                 "the login node cannot open this port: ask the site, or reach it "
                 "through an ssh hop on 443"
             )
-        return _PROBE_FIXES.get(name)
+        return _PROBE_FIXES.get(name) or netns.probe_fix(name)
 
 
 def _first_hop_out(profile: SocksProfile) -> Optional[tuple[str, int, str]]:
