@@ -3,7 +3,7 @@
 # tunnel and payload run in a private user + network namespace, so no other
 # user of the node can reach the drone's local ports, and every TCP connection
 # of the payload is captured by the kernel (nft) instead of LD_PRELOAD.
-# Design: /work/notes/issue12-design.md sections 2-6; docs/drone-script.md.
+# Why and how: docs/capture.md; stages and exit codes: docs/drone-script.md.
 #
 # The one rendered script runs three times, told apart by TNA_NS_ROLE:
 #   keeper (empty)  the batch job, outside: checks that namespaces work,

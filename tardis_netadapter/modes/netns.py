@@ -14,7 +14,7 @@ part returns the settings group ``capture``, the configuration files
 (``write_capture_nft``, ``write_redsocks_conf``), the checks, the probe
 lines and the keepalive legs. Bash: lib/netns.sh (roles keeper, init,
 drone), lib/capture.sh (redsocks). docs/configuration.md (keys),
-/work/notes issue 12 design (why).
+docs/capture.md (why, and what each method catches).
 """
 
 from __future__ import annotations
