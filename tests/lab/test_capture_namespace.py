@@ -39,7 +39,12 @@ import pytest
 from tardis_netadapter_lab import Lab, dronens
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
+from tardis_netadapter_lab.services import pool_state
 from test_chain_support import COLLECTOR, DANTE, LOGIN, Drone, processes
+
+from tardis_netadapter.config import load_profile
+from tardis_netadapter.keepalive import derive_budget
+from tardis_netadapter.render import render_drone_script
 
 pytestmark = pytest.mark.lab
 
@@ -434,3 +439,157 @@ def test_udp_does_not_leave_and_is_counted(
     print(f"heartbeat isolation {seen.get('isolation')} ({took:.1f}s)")
     assert seen["isolation"]["method"] == "namespace", seen
     assert sink.received(ns_drone.uuid) == 0, sink.text()
+
+
+class LimitedDrone(Drone):
+    """A drone whose job runs where user namespaces are unavailable to it
+    (`dronens.userns_limited_job`): as on JURECA, without unprivileged userns."""
+
+    def submit(self) -> Drone:
+        profile = load_profile(json.loads(json.dumps(self.profile)))
+        script = render_drone_script(
+            profile,
+            derive_budget(profile),
+            site_name="NetLab",
+            machine_type="cpu1",
+            job_id_variable="SLURM_JOB_ID",
+        )
+        entry = pwd.getpwnam(self.lab.drone_user)
+        job = dronens.userns_limited_job(script, entry.pw_uid, entry.pw_gid)
+        exports = (
+            f"ALL,TardisDroneUuid={self.uuid},TardisDroneCores=1,TardisDroneMemory=200"
+        )
+        result = self.lab.run(
+            "login",
+            ["sbatch", "--parsable", "-o", f"drone-{self.uuid}.out"]
+            + ["--export", exports, *self.sbatch_options],
+            user=self.lab.drone_user,
+            input=job,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        self.job_id = result.stdout.strip().split(";")[0]
+        self.state = pool_state(self.lab.layout)
+        return self
+
+
+def job_exit_code(lab: Lab, job_id: str) -> str:
+    """ExitCode=N:S of a finished job (slurmctld keeps it for MinJobAge)."""
+    shown = lab.run("login", ["scontrol", "show", "job", job_id])
+    match = re.search(r"ExitCode=(\d+:\d+)", shown.stdout)
+    return match.group(1) if match else shown.stdout + shown.stderr
+
+
+def test_fallback_preferred_works_required_exits_15(lab: Lab) -> None:
+    """Done when 4: user namespaces unavailable (max_user_namespaces=1 in a
+    throwaway user namespace around the job; the machine's setting untouched)."""
+    machine = Path("/proc/sys/user/max_user_namespaces").read_text()
+    tag = uuid.uuid4().hex[:8]
+    preferred = LimitedDrone(
+        lab,
+        f"netlab-nsfbp-{tag}",
+        profile("namespace", isolation="preferred"),
+        sbatch_options=("-w", PRELOAD_NODE),
+    )
+    required = LimitedDrone(
+        lab,
+        f"netlab-nsfbr-{tag}",
+        profile("namespace", isolation="required"),
+        sbatch_options=("-w", PRELOAD_NODE),
+    )
+    try:
+        preferred.submit()
+        required.submit()
+        record = preferred.wait_registered(timeout=60)
+        assert record["remote"].startswith(f"{L.OUTSIDE_SOCKS}:"), record
+        wait_for(
+            "the required drone's end",
+            lambda: "exiting with status" in required.output,
+            30,
+            lambda: required.output,
+            0.2,
+        )
+        seen: dict[str, Any] = {}
+
+        def fell_back() -> bool:
+            seen.update(heartbeat(lab, preferred))
+            return bool((seen.get("isolation") or {}).get("reason"))
+
+        wait_for(
+            "the fallback in the heartbeat",
+            fell_back,
+            20,
+            lambda: json.dumps(seen),
+            0.5,
+        )
+    finally:
+        for drone in (preferred, required):
+            stop_drone(drone)
+    isolation = seen["isolation"]
+    print(f"preferred: heartbeat isolation {isolation}")
+    print("required: " + " | ".join(required.output.splitlines()[-3:]))
+    assert isolation["method"] == "preload", isolation
+    assert isolation["tool"] == "proxychains", isolation
+    assert "falls back to preload" in preferred.output, preferred.output
+    assert "stage isolation failed" in required.output, required.output
+    assert "exiting with status 15" in required.output, required.output
+    assert job_exit_code(lab, required.job_id) == "15:0"
+    assert Path("/proc/sys/user/max_user_namespaces").read_text() == machine
+
+
+def test_killed_tunnel_ssh_heals_within_5_s(lab: Lab, ns_drone: Drone) -> None:
+    """Done when 5 (first half): the tunnel's ssh runs inside the namespace;
+    killed by its host pid (mapped from the namespace), the chain is back
+    within 5 s and the payload registers again."""
+    directory = drone_dir(ns_drone)
+    inside = dronens.ns_processes(directory)
+    ssh = [
+        p
+        for p in inside
+        if p.argv and os.path.basename(p.argv[0]) == "ssh" and "-N" in p.argv
+    ]
+    payload = [p for p in inside if any("condor_master" in arg for arg in p.argv)]
+    assert len(ssh) == 1 and payload, inside
+    assert dronens.host_pid(directory, ssh[0].ns_pid) == ssh[0].host_pid
+    assert ssh[0].ns_pid != ssh[0].host_pid  # a pid file inside would lie outside
+    assert pool_through_chain(lab, payload[0].host_pid)
+    count = (pool_records(lab).get(ns_drone.uuid) or {}).get("connect_count", 1)
+    os.kill(ssh[0].host_pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    while not pool_through_chain(lab, payload[0].host_pid):
+        assert time.monotonic() - t0 < 5, ns_drone.output
+        time.sleep(0.05)
+    back = time.monotonic() - t0
+    ns_drone.wait_registered(timeout=20, count=count + 1)
+    again = time.monotonic() - t0
+    print(
+        f"{ns_drone.uuid}: chain usable {back:.2f}s, payload registered {again:.2f}s after kill -9 ssh"
+    )
+    after = [
+        p
+        for p in dronens.ns_processes(directory)
+        if p.argv and os.path.basename(p.argv[0]) == "ssh" and "-N" in p.argv
+    ]
+    assert after and after[0].host_pid != ssh[0].host_pid
+
+
+INFO = (
+    "import socket, sys\n"
+    "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
+    's.sendall(b\'{"op":"info"}\\n\')\n'
+    "print(s.makefile().readline())\n"
+)
+
+
+def pool_through_chain(lab: Lab, pid: int) -> bool:
+    """One pool request from inside the drone's namespaces (those of `pid`), as
+    the drone user: captured like the payload's own connections. A connect alone
+    proves nothing (redsocks accepts before its upstream is asked)."""
+    result = lab.run(
+        NS_NODE,
+        ["nsenter", "-t", str(pid), "-U", "-n", "--preserve-credentials"]
+        + ["/usr/bin/python3", "-c", INFO, L.OUTSIDE_HTTP, str(L.COLLECTOR_PORT)],
+        user=lab.drone_user,
+        timeout=10,
+    )
+    return result.returncode == 0 and bool(OK.search(result.stdout))
