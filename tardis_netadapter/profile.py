@@ -25,6 +25,7 @@ __all__ = [
     "Firewall",
     "Keepalive",
     "Monitoring",
+    "Namespace",
     "NetworkProfile",
     "Payload",
     "Pool",
@@ -314,6 +315,61 @@ class Monitoring:
         return problems
 
 
+#: MTU bounds of the namespace's outer link (IPv6 minimum .. pasta's maximum)
+NAMESPACE_MTU = (1280, 65520)
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """The private user + network namespace a drone may run in (mode part netns).
+
+    Common, because every mode that captures with a namespace (socks'
+    ``chain.capture: namespace``, later vpn) reads it; a mode that does not
+    use a namespace ignores it. ``outer`` is the one link out of the
+    namespace (pasta, else slirp4netns); ``cidr`` is slirp4netns' own
+    network (pasta copies the worker's address), ``ready_timeout`` how long
+    the outer link may take to come up (s).
+    """
+
+    outer: Literal["auto", "pasta", "slirp4netns"] = "auto"
+    mtu: int = 65520
+    cidr: str = "100.64.99.0/24"
+    ready_timeout: float = 5.0
+
+    def check(self, path: str) -> list[str]:
+        problems = []
+        low, high = NAMESPACE_MTU
+        if not low <= self.mtu <= high:
+            problems.append(
+                f"{path}.mtu: got {self.mtu!r}; expected a whole number from "
+                f"{low} to {high} (65520, the default, is fastest through pasta)"
+            )
+        network = self.network
+        if network is None:
+            problems.append(
+                f"{path}.cidr: got {self.cidr!r}; expected an IPv4 network such "
+                "as 100.64.99.0/24 (slirp4netns' network inside the namespace)"
+            )
+        elif network.prefixlen > 30:
+            problems.append(
+                f"{path}.cidr: got {self.cidr!r}; the network needs room for the "
+                "namespace, its gateway and a resolver address: use /30 or "
+                "larger, e.g. 100.64.99.0/24"
+            )
+        return problems + check_positive(
+            f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
+        )
+
+    @property
+    def network(self) -> Optional[ipaddress.IPv4Network]:
+        """``cidr`` as a network, or None when it is not an IPv4 network."""
+        try:
+            network = ipaddress.ip_network(self.cidr, strict=False)
+        except ValueError:
+            return None
+        return network if isinstance(network, ipaddress.IPv4Network) else None
+
+
 @dataclass(frozen=True)
 class NetworkProfile:
     """The sections every site has, whatever its network mode.
@@ -331,6 +387,10 @@ class NetworkProfile:
     pool: Pool = field(default_factory=Pool)
     payload: Payload = field(default_factory=Payload)
     monitoring: Monitoring = field(default_factory=Monitoring)
+    #: whether a mode that can isolate the drone's network must (``required``)
+    #: or falls back to an unisolated way and says so (``preferred``)
+    isolation: Literal["preferred", "required"] = "preferred"
+    namespace: Namespace = field(default_factory=Namespace)
 
     def check(self, path: str) -> list[str]:
         """Rules across the common sections; a mode's profile adds its own."""

@@ -49,7 +49,8 @@ chain_library() {
 }
 
 # One TCP connection to the pool's collector through the chain, as the payload
-# will make it (a bash /dev/tcp connect() under the same LD_PRELOAD).
+# will make it (a bash /dev/tcp connect() under the same LD_PRELOAD; with
+# capture namespace CHAIN_ENV is empty and the kernel captures it).
 chain_probe() {
     [[ -n $CHAIN_PROBE_HOST ]] || return 0
     # shellcheck disable=SC2016  # $1 and $2 expand in the probing bash
@@ -60,6 +61,11 @@ chain_probe() {
 chain_stage() {
     local started library conf
     started=$(now_us)
+    # chain.capture namespace: the kernel captures, no LD_PRELOAD (lib/capture.sh)
+    if [[ ${CAPTURE_METHOD:-preload} == namespace ]]; then
+        capture_stage
+        return
+    fi
     if [[ $CHAIN_TOOL == none ]]; then
         stage_skipped chain "chain tool none"
         return 0

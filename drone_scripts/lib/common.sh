@@ -4,8 +4,8 @@
 # quoted settings block of drone.sh.j2.
 
 # One exit code per stage (docs/drone-script.md); 128+N for a signal.
-# shellcheck disable=SC2034  # tunnel and chain: used by mode socks's libraries
-readonly EXIT_SETUP=5 EXIT_CVMFS=10 EXIT_TUNNEL=20 EXIT_CHAIN=30
+# shellcheck disable=SC2034  # isolation, tunnel, chain: mode socks's libraries
+readonly EXIT_SETUP=5 EXIT_CVMFS=10 EXIT_ISOLATION=15 EXIT_TUNNEL=20 EXIT_CHAIN=30
 readonly EXIT_CONTAINER=40 EXIT_PAYLOAD=50
 
 DRONE_UUID=${TardisDroneUuid:-}
@@ -205,7 +205,8 @@ drone_cleanup() {
     for ((index = ${#CLEANUP[@]} - 1; index >= 0; index--)); do
         "${CLEANUP[index]}"
     done
-    if [[ -n $DRONE_DIR && -d $DRONE_DIR ]]; then
+    # inside a namespace (lib/netns.sh) the directory is the keeper's
+    if [[ -z ${TNA_NS_ROLE:-} && -n $DRONE_DIR && -d $DRONE_DIR ]]; then
         rm -rf -- "$DRONE_DIR"
     fi
     log "exiting with status $status"
@@ -236,11 +237,20 @@ drone_setup() {
             fail setup "$EXIT_SETUP" "$name='$value' is not a whole number"
         fi
     done
-    DRONE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tardis-drone.$DRONE_UUID.XXXXXX") ||
-        fail setup "$EXIT_SETUP" "cannot create a work directory in ${TMPDIR:-/tmp}"
+    if [[ -n ${TNA_NS_ROLE:-} ]]; then
+        # the init and drone roles of lib/netns.sh run again inside the
+        # namespace: they adopt the keeper's directory (which removes it)
+        DRONE_DIR=${TNA_NS_DIR:-}
+        [[ -n $DRONE_DIR && -d $DRONE_DIR ]] ||
+            fail setup "$EXIT_SETUP" "TNA_NS_DIR '$DRONE_DIR' is not a directory" \
+                "(role $TNA_NS_ROLE)"
+    else
+        DRONE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tardis-drone.$DRONE_UUID.XXXXXX") ||
+            fail setup "$EXIT_SETUP" "cannot create a work directory in ${TMPDIR:-/tmp}"
+    fi
     mkdir -p "$DRONE_DIR/stages" "$DRONE_DIR/bin"
     run_hook watchdog_setup
     log "drone of site $SITE_NAME, machine type $MACHINE_TYPE, network mode" \
         "$NETWORK_MODE, on $(hostname)," \
-        "job ${TNA_JOB_ID:-none}, work directory $DRONE_DIR"
+        "job ${TNA_JOB_ID:-none}, work directory $DRONE_DIR${TNA_NS_ROLE:+ (namespace role $TNA_NS_ROLE)}"
 }

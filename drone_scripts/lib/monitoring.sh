@@ -15,6 +15,10 @@ watchdog_setup() {
     # the supervisor's files (lib/supervise.sh): restarts, its last failure
     TNA_TUNNEL_RESTARTS_FILE=$DRONE_DIR/tunnel.restarts
     TNA_TUNNEL_ERROR_FILE=$DRONE_DIR/tunnel.error
+    # the namespace's isolation (lib/netns.sh; absent: null in the record)
+    TNA_ISOLATION_FILE=$DRONE_DIR/ns/isolation
+    TNA_LEAKS_FILE=$DRONE_DIR/ns/leaks
+    TNA_OUTER_STATE_FILE=$DRONE_DIR/ns/outer.state
     # probes failing through a living supervisor: it reconnects on SIGUSR1
     TNA_TUNNEL_FORCE_SIGNAL=USR1
     # while the path fails, rounds every fifth of the interval (at least

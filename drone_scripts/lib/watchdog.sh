@@ -52,6 +52,14 @@
 #   TNA_HEARTBEAT_SSH        bash ARRAY: ssh command to the login node for the
 #                            ssh transport, e.g. (ssh -o BatchMode=yes -o
 #                            ControlPath="$ctl" login.example.org)
+#   TNA_ISOLATION_FILE       one line METHOD<TAB>TOOL<TAB>REASON (lib/netns.sh's
+#                            ns/isolation): the record's "isolation" object;
+#                            unset or absent: null
+#   TNA_LEAKS_FILE           one line "UDP OTHER" (packets the namespace's
+#                            rules dropped): "leaks_blocked", their sum
+#   TNA_OUTER_STATE_FILE     "up" or "down CLASS" (the namespace's outer link,
+#                            written by the keeper outside): while down, the
+#                            stage isolation is blamed (state restarting)
 #   TNA_WATCHDOG_ROUNDS      rounds to run, 0 (default) = until the drone script
 #                            exits (TNA_PARENT_PID, default: $$ at source time)
 #
@@ -338,6 +346,47 @@ tna_path_error() {
   printf -v "$1" '{"class":%s,"detail":%s,"since":%s}' "$__tna_pclass" "$__tna_pdetail" "$__tna_since"
 }
 
+# tna_isolation OUTVAR: the record's "isolation" object from
+# TNA_ISOLATION_FILE and TNA_LEAKS_FILE
+# ({"method","tool","reason","leaks_blocked"}), or null.
+tna_isolation() {
+  local __tna_line="" __tna_method __tna_tool __tna_reason __tna_leaks=null
+  local __tna_udp="" __tna_other=""
+  if [[ -n ${TNA_ISOLATION_FILE:-} && -r $TNA_ISOLATION_FILE ]]; then
+    IFS= read -r __tna_line <"$TNA_ISOLATION_FILE" || true
+  fi
+  if [[ $__tna_line != *$'\t'*$'\t'* ]]; then
+    printf -v "$1" 'null'
+    return 0
+  fi
+  __tna_method=${__tna_line%%$'\t'*}
+  __tna_line=${__tna_line#*$'\t'}
+  __tna_tool=${__tna_line%%$'\t'*}
+  __tna_reason=${__tna_line#*$'\t'}
+  if [[ $__tna_method == namespace && -n ${TNA_LEAKS_FILE:-} && -r $TNA_LEAKS_FILE ]] &&
+    read -r __tna_udp __tna_other _ <"$TNA_LEAKS_FILE" &&
+    [[ $__tna_udp =~ ^[0-9]{1,15}$ && $__tna_other =~ ^[0-9]{1,15}$ ]]; then
+    __tna_leaks=$((__tna_udp + __tna_other))
+  fi
+  tna_json_opt __tna_method "${__tna_method:0:20}"
+  tna_json_opt __tna_tool "${__tna_tool:0:40}"
+  tna_json_opt __tna_reason "$__tna_reason"
+  printf -v "$1" '{"method":%s,"tool":%s,"reason":%s,"leaks_blocked":%s}' \
+    "$__tna_method" "$__tna_tool" "$__tna_reason" "$__tna_leaks"
+}
+
+# tna_outer_down DETAILVAR: true while TNA_OUTER_STATE_FILE says the
+# namespace's outer link is down; DETAILVAR then names its class.
+tna_outer_down() {
+  local __tna_state=""
+  if [[ -n ${TNA_OUTER_STATE_FILE:-} && -r $TNA_OUTER_STATE_FILE ]]; then
+    IFS= read -r __tna_state <"$TNA_OUTER_STATE_FILE" || true
+  fi
+  [[ $__tna_state == down* ]] || return 1
+  __tna_state=${__tna_state#down}
+  printf -v "$1" 'outer link down: %s' "${__tna_state# }"
+}
+
 # tna_force_reconnect N_OK N_FAILED: when every probe failed while the
 # supervisor lives and reports no failure (it believes ssh works: a hung
 # session ServerAlive has not caught yet), and has for TNA_FORCE_AFTER
@@ -386,6 +435,10 @@ tna_watchdog_once() {
     details[$name]=$detail
   done
   TNA_LAST_ERROR=""
+  if [[ -n ${states[isolation]+set} ]] && tna_outer_down detail; then
+    states[isolation]=restarting # the keeper outside restarts it
+    details[isolation]=$detail
+  fi
   tna_check_tunnel tunnel_state
   if [[ $tunnel_state != ok ]]; then
     states[tunnel]=$tunnel_state
@@ -476,15 +529,16 @@ tna_watchdog_once() {
     tna_json_escape state "${states[$name]}"
     stage_json+="${stage_json:+,}\"$name\":$state"
   done
-  local j_uuid j_job j_host j_err j_stage restarts path_error
+  local j_uuid j_job j_host j_err j_stage restarts path_error isolation
   tna_restarts restarts
   tna_path_error path_error
+  tna_isolation isolation
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
   tna_json_opt j_job "${TNA_JOB_ID:-}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"
-  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error}"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation}"
 
   local verdict=connected
   if [[ -n $failing ]]; then

@@ -28,6 +28,7 @@ from ..profile import (
 )
 from ..schema import ConfigurationError
 from ..templates import CONTROL, render_template, template_dir
+from . import netns
 from .base import ConfigFile, Mode, SettingsGroup, Stage
 
 if TYPE_CHECKING:
@@ -266,6 +267,15 @@ class Chain:
     remote_dns: bool = True
     quiet: bool = True
     library: Optional[str] = None
+    #: ``preload``: LD_PRELOAD (``tool``); ``namespace``: a private network
+    #: namespace with redsocks (mode part netns), ``tool`` its fallback
+    capture: Literal["preload", "namespace"] = "preload"
+    #: IPv4 address of the DNS server used inside the namespace (null or
+    #: ``none``: names do not resolve inside, they fail at once)
+    resolver: Optional[str] = None
+    resolver_route: Literal["chain", "direct"] = "chain"
+    #: redsocks on the worker (null: found on PATH)
+    redsocks: Optional[str] = None
 
     def check(self, path: str) -> list[str]:
         problems = []
@@ -294,6 +304,11 @@ class Chain:
     @property
     def localnets(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.localnet)
+
+    @property
+    def resolver_address(self) -> Optional[str]:
+        """The resolver inside the namespace, or None (``none`` is None too)."""
+        return None if self.resolver in (None, "none") else self.resolver
 
 
 @dataclass(frozen=True)
@@ -416,7 +431,7 @@ def proxy_forward(profile: SocksProfile) -> Optional[Proxy]:
     proxychains can spread a chain with a proxy over parallel connections.
     """
     chain = profile.chain
-    if chain.tool == "proxychains" and chain.proxies:
+    if chain.proxies and (chain.tool == "proxychains" or chain.capture == "namespace"):
         return chain.proxies[0]
     return None
 
@@ -714,6 +729,36 @@ def reconnect_bound(tunnel: Tunnel) -> int:
     return connect_timeout(tunnel) + math.ceil(ms / 1000)
 
 
+def capture(profile: SocksProfile) -> netns.Capture:
+    """The chain as the netns part sees it: redsocks' upstream is each
+    connection's ``-D`` port (chain a: socks5) or its ``-L`` forward to the
+    first proxy (chain b: that proxy's type), the one-handshake path
+    proxychains takes too."""
+    chain = profile.chain
+    first = proxy_forward(profile)
+    if first is None:
+        socks_port = profile.tunnel.socks_port
+        ports = [
+            _port(0, socks_port) if index == 0 else port_placeholder(index)
+            for index in socks_port_indices(profile)
+        ]
+        kind = "socks5"
+    else:
+        ports = [port_placeholder(index) for index in proxy_forward_indices(profile)]
+        kind = netns.UPSTREAM_TYPES[first.type]
+    return netns.Capture(
+        method=chain.capture,
+        localnet=chain.localnet,
+        resolver=chain.resolver_address,
+        resolver_route=chain.resolver_route,
+        redsocks=chain.redsocks,
+        upstream_type=kind,
+        upstream_ports=tuple(ports),
+        route=chain_route(profile),
+        fallback_tool=chain.tool,
+    )
+
+
 #: the chain gets at least this long to reach the collector (ms)
 MIN_CHAIN_READY_TIMEOUT_MS = 30_000
 
@@ -734,6 +779,7 @@ class SocksMode(Mode):
     summary = "ssh tunnel from the worker out of the site, LD_PRELOAD proxy chain"
     profile_class = SocksProfile
     stages = (
+        netns.STAGE,
         Stage("tunnel", "tunnel_stage", phase="network"),
         Stage("chain", "chain_stage", phase="path"),
     )
@@ -755,11 +801,13 @@ class SocksMode(Mode):
     def legs(
         self, profile: NetworkProfile, budget: KeepaliveBudget
     ) -> list[tuple[str, str]]:
+        assert isinstance(profile, SocksProfile)
         return [
             (
                 "worker -> login ssh",
                 f"ServerAliveInterval={budget.server_alive_interval}s",
             ),
+            *netns.legs(profile, budget, capture(profile)),
             (
                 "login -> pool (sshd-opened legs)",
                 budget.knob_text("CCB_HEARTBEAT_INTERVAL"),
@@ -771,8 +819,11 @@ class SocksMode(Mode):
         return reconnect_bound(profile.tunnel)
 
     def libraries(self, profile: NetworkProfile) -> list[Path]:
+        # netns.sh and capture.sh always: the isolation stage is static (it
+        # logs "skipped: capture preload"), and both are small when unused
         lib = template_dir() / "lib"
-        return [lib / "supervise.sh", lib / "tunnel.sh", lib / "chain.sh"]
+        names = ("supervise.sh", "netns.sh", "tunnel.sh", "capture.sh", "chain.sh")
+        return [lib / name for name in names]
 
     def settings(
         self, profile: NetworkProfile, budget: KeepaliveBudget
@@ -846,6 +897,7 @@ class SocksMode(Mode):
                     ),
                 ),
             ),
+            netns.settings(profile, capture(profile)),
         ]
 
     def config_files(
@@ -856,7 +908,7 @@ class SocksMode(Mode):
         if profile.chain.tool in _CHAIN_CONFIGS:  # only the chosen tool's
             function, text = _CHAIN_CONFIGS[profile.chain.tool]
             files.append(ConfigFile(function, text(profile)))
-        return files
+        return files + netns.config_files(capture(profile))
 
     def cvmfs_http_proxy(self, profile: NetworkProfile) -> str:
         assert isinstance(profile, SocksProfile)

@@ -201,13 +201,25 @@ def test_the_stage_list_is_the_same_in_script_watchdog_and_heartbeat(
 
 
 def test_heartbeat_stages_are_those_of_the_builtin_modes() -> None:
-    assert STAGES == record_stages() == ("cvmfs", "tunnel", "chain", "pool", "payload")
+    assert (
+        STAGES
+        == record_stages()
+        == (
+            "cvmfs",
+            "isolation",
+            "tunnel",
+            "chain",
+            "pool",
+            "payload",
+        )
+    )
 
 
 def test_a_script_without_monitoring_has_no_watchdog_stage() -> None:
     script = script_for({"tunnel": LOGIN, "monitoring": {"enabled": False}})
     assert main_body(script) == [
         "drone_setup",
+        "isolation_stage",
         "tunnel_stage",
         "cvmfs_stage",
         "chain_stage",

@@ -87,6 +87,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "payload-env": variant(
         payload={"command": ["glidein_startup.sh", "-v"], "environment": {"A": "1"}}
     ),
+    # chain b through the namespace: redsocks -> ssh -L -> dante
+    "capture-namespace": variant(
+        chain={"capture": "namespace", "resolver": "10.66.2.53"},
+        isolation="required",
+        namespace={"outer": "slirp4netns"},
+    ),
+    # chain a, parallel: redsocks -> each connection's -D port
+    "capture-namespace-parallel": variant(
+        chain={"capture": "namespace", "proxies": [], "localnet": ["10.0.0.0/8"]},
+        tunnel={"parallel": 3},
+    ),
 }
 
 

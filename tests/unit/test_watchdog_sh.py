@@ -118,8 +118,8 @@ def read_record(site: dict[str, Path]) -> dict:
 def test_round_writes_a_record_python_parses(site, listener, closed_port):
     result = bash(
         site,
-        "tna_stage cvmfs ok\ntna_stage tunnel ok\ntna_stage chain ok\n"
-        "tna_watchdog_once\n",
+        "tna_stage cvmfs ok\ntna_stage isolation ok\ntna_stage tunnel ok\n"
+        "tna_stage chain ok\ntna_watchdog_once\n",
         endpoints=f"127.0.0.1:{listener} 127.0.0.1:{closed_port}",
     )
     assert result.returncode == 0, result.stderr
@@ -128,6 +128,7 @@ def test_round_writes_a_record_python_parses(site, listener, closed_port):
     assert data["host"] == "wn01"
     assert data["stages"] == {
         "cvmfs": "ok",
+        "isolation": "ok",
         "tunnel": "ok",
         "chain": "ok",
         "payload": "unknown",
