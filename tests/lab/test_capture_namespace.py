@@ -75,7 +75,7 @@ register() {  # one pool registration line for a client named $1
   echo "uid=$(id -u)"
   reply=$(register "$uuid-busybox" | timeout 5 /usr/bin/busybox nc -w 3 __POOL_ADDR__ __POOL_PORT__ 2>&1 | head -n 1)
   echo "busybox_nc=$reply"
-  echo "busybox_wget=$(timeout 5 /usr/bin/busybox wget -q -T 3 -O - '__HELLO_URL__?busybox-'"$uuid" 2>&1 | head -n 1)"
+  echo "busybox_wget=$(timeout 5 /usr/bin/busybox wget -q -O - '__HELLO_URL__?busybox-'"$uuid" 2>&1 | head -n 1)"
   /usr/bin/python3 - "$uuid" <<'PY'
 import json, socket, sys
 uuid = sys.argv[1]
@@ -210,12 +210,15 @@ def start_checked_drone(
     return drone.submit()
 
 
-def stop_drone(drone: Drone) -> None:
+def stop_drone(drone: Drone, check: bool = True) -> list[str]:
+    """scancel; with `check`, fail when processes or the work dir are left."""
     drone.cancel()
     deadline = time.monotonic() + 10
     while drone.leftovers() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not drone.leftovers(), drone.leftovers()
+    left = drone.leftovers()
+    assert not (check and left), left
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +238,8 @@ def ns_drone(lab: Lab, nscheck: Path, sink: Sink) -> Iterator[Drone]:
         drone.wait_registered(timeout=60)
         yield drone
     finally:
-        stop_drone(drone)
+        # checked by the module's last test
+        stop_drone(drone, check=False)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -353,7 +357,8 @@ def test_other_user_refused_by_a_namespace_drone(lab: Lab, ns_drone: Drone) -> N
     results = other_user_attempts(lab, NS_NODE, ports)
     print(f"namespace drone, other user on {NS_NODE}: {results}")
     for name, (code, text) in results.items():
-        assert code == 7 and "refused" in text.lower(), (name, code, text)
+        # 7: curl could not connect (refused at once: nothing listens there)
+        assert code == 7 and "after 0 ms" in text, (name, code, text)
     init = dronens.ns_init_pid(drone_dir(ns_drone))
     assert init, f"no namespace init of {ns_drone.uuid}"
     entered = lab.run(
@@ -550,13 +555,15 @@ def test_killed_tunnel_ssh_heals_within_5_s(lab: Lab, ns_drone: Drone) -> None:
     ]
     payload = [p for p in inside if any("condor_master" in arg for arg in p.argv)]
     assert len(ssh) == 1 and payload, inside
+    init = dronens.ns_init_pid(directory)
+    assert init
     assert dronens.host_pid(directory, ssh[0].ns_pid) == ssh[0].host_pid
     assert ssh[0].ns_pid != ssh[0].host_pid  # a pid file inside would lie outside
-    assert pool_through_chain(lab, payload[0].host_pid)
+    assert pool_through_chain(lab, init)
     count = (pool_records(lab).get(ns_drone.uuid) or {}).get("connect_count", 1)
     os.kill(ssh[0].host_pid, signal.SIGKILL)
     t0 = time.monotonic()
-    while not pool_through_chain(lab, payload[0].host_pid):
+    while not pool_through_chain(lab, init):
         assert time.monotonic() - t0 < 5, ns_drone.output
         time.sleep(0.05)
     back = time.monotonic() - t0
@@ -581,13 +588,15 @@ INFO = (
 )
 
 
-def pool_through_chain(lab: Lab, pid: int) -> bool:
-    """One pool request from inside the drone's namespaces (those of `pid`), as
-    the drone user: captured like the payload's own connections. A connect alone
+def pool_through_chain(lab: Lab, init: int) -> bool:
+    """One pool request from inside the drone's network namespace, as the
+    drone user (entering through the namespace's own user namespace, which the
+    drone user owns): captured like the payload's connections. A connect alone
     proves nothing (redsocks accepts before its upstream is asked)."""
     result = lab.run(
         NS_NODE,
-        ["nsenter", "-t", str(pid), "-U", "-n", "--preserve-credentials"]
+        # --preserve-credentials: the namespace denies setgroups (unshare -r)
+        ["nsenter", "-t", str(init), "-U", "-n", "--preserve-credentials"]
         + ["/usr/bin/python3", "-c", INFO, L.OUTSIDE_HTTP, str(L.COLLECTOR_PORT)],
         user=lab.drone_user,
         timeout=10,
