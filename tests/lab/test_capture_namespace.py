@@ -40,7 +40,7 @@ from tardis_netadapter_lab import Lab, dronens
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
 from tardis_netadapter_lab.services import pool_state
-from test_chain_support import COLLECTOR, DANTE, LOGIN, Drone, processes
+from test_chain_support import COLLECTOR, DANTE, LOGIN, Drone, cvmfs_section, processes
 
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
@@ -196,15 +196,19 @@ def start_checked_drone(
     lab: Lab, capture: str, node: str, nscheck: Path, sink: Sink
 ) -> Drone:
     tag = f"netlab-ns{capture[:3]}-{uuid.uuid4().hex[:8]}"
+    extra: dict[str, Any] = {
+        "payload": {
+            "command": ["bash", str(nscheck), tag, sink.address, str(SINK_PORT)]
+        }
+    }
+    if capture == "namespace":
+        # cvmfsexec nests its own namespace in the drone's (as in
+        # configs/capture-namespace.yml), through the squid forward inside
+        extra["cvmfs"] = {**cvmfs_section("cvmfsexec"), "http_proxy": "forward:squid"}
     drone = Drone(
         lab,
         tag,
-        profile(
-            capture,
-            payload={
-                "command": ["bash", str(nscheck), tag, sink.address, str(SINK_PORT)]
-            },
-        ),
+        profile(capture, **extra),
         sbatch_options=("-w", node),
     )
     return drone.submit()
@@ -414,6 +418,7 @@ def test_static_and_python_clients_captured_by_the_namespace(
         assert record["remote"].startswith(f"{L.OUTSIDE_SOCKS}:"), record  # via dante
     payload = records[ns_drone.uuid]
     assert payload["remote"].startswith(f"{L.OUTSIDE_SOCKS}:"), payload
+    assert "stage cvmfs ready after" in ns_drone.output, ns_drone.output
     # the ssh, redsocks and payload all run inside the drone's namespace
     inside = {
         os.path.basename(p.argv[0])
