@@ -242,8 +242,7 @@ def ns_drone(lab: Lab, nscheck: Path, sink: Sink) -> Iterator[Drone]:
         drone.wait_registered(timeout=60)
         yield drone
     finally:
-        # checked by the module's last test
-        stop_drone(drone, check=False)
+        drone.cancel()  # what is left afterwards: the module's last test
 
 
 # -- helpers -------------------------------------------------------------------
@@ -607,3 +606,16 @@ def pool_through_chain(lab: Lab, init: int) -> bool:
         timeout=10,
     )
     return result.returncode == 0 and bool(OK.search(result.stdout))
+
+
+def test_namespace_drone_leaves_nothing_on_scancel(lab: Lab, ns_drone: Drone) -> None:
+    """Last: scancel (SIGTERM to every process of the job, SIGKILL after the
+    lab's KillWait=2 s) ends the namespace, pasta and the work directory."""
+    directory = drone_dir(ns_drone)
+    t0 = time.monotonic()
+    left = stop_drone(ns_drone, check=False)
+    took = time.monotonic() - t0
+    print(f"{ns_drone.uuid}: scancel -> {took:.1f}s, left {left}")
+    assert not dronens.ns_processes(directory)
+    assert not left, left
+    assert "exiting with status" in ns_drone.output, ns_drone.output
