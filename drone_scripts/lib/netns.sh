@@ -405,6 +405,9 @@ netns_keeper_wait() {
             count=$(netns_lines "$NS_DIR/outer.restarts")
             clock_us now
             if ((count != restarts || now - checked >= 30000000)); then
+                if ((count != restarts)); then
+                    netns_kick_tunnel
+                fi
                 restarts=$count
                 checked=$now
                 netns_outer_guard
@@ -420,6 +423,31 @@ netns_keeper_wait() {
     NS_UNSHARE_PID=""
     log "isolation: the namespace ended with status $status"
     exit "$status"
+}
+
+# The outer link came back after a restart: the tunnel's TCP connections
+# went with the old one (pasta and slirp4netns hold the worker's side of
+# every socket), and ssh would only notice after ServerAliveInterval x
+# ServerAliveCountMax. TERM every ssh of the namespace (the descendants of
+# its init: this drone's own processes) so that their supervisors reconnect
+# at once through the new link.
+netns_kick_tunnel() {
+    local pids=("$NS_INIT_PID") pid comm children kicked=()
+    [[ -n $NS_INIT_PID ]] || return 0
+    while ((${#pids[@]})); do
+        pid=${pids[0]}
+        pids=("${pids[@]:1}")
+        IFS= read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
+        if [[ $comm == ssh ]] && kill -TERM "$pid" 2>/dev/null; then
+            kicked+=("$pid")
+        fi
+        read -r -a children 2>/dev/null <"/proc/$pid/task/$pid/children" || true
+        pids+=("${children[@]}")
+    done
+    if ((${#kicked[@]})); then
+        log "isolation: outer link restarted; ended the tunnel's ssh (pid ${kicked[*]})" \
+            "so that it reconnects through it now"
+    fi
 }
 
 netns_lines() {

@@ -584,6 +584,28 @@ def test_killed_tunnel_ssh_heals_within_5_s(lab: Lab, ns_drone: Drone) -> None:
     assert after and after[0].host_pid != ssh[0].host_pid
 
 
+def test_killed_outer_link_heals_within_5_s(lab: Lab, ns_drone: Drone) -> None:
+    """The namespace's one outer link (pasta) killed: its supervisor starts it
+    again, the tunnel reconnects through it, and the chain is back within 5 s."""
+    directory = drone_dir(ns_drone)
+    init = dronens.ns_init_pid(directory)
+    assert init and pool_through_chain(lab, init)
+    child = Path(directory, "ns", "outer.child").read_text().split()[0]
+    outer = int(child)
+    # pasta runs as /usr/bin/passt.avx2 where the CPU has AVX2
+    assert os.path.basename(os.readlink(f"/proc/{outer}/exe")).startswith(OUTER_LINKS)
+    os.kill(outer, signal.SIGKILL)
+    t0 = time.monotonic()
+    while not pool_through_chain(lab, init):
+        assert time.monotonic() - t0 < 5, ns_drone.output
+        time.sleep(0.05)
+    back = time.monotonic() - t0
+    print(f"{ns_drone.uuid}: chain usable {back:.2f}s after kill -9 of the outer link")
+    again = int(Path(directory, "ns", "outer.child").read_text().split()[0])
+    assert again != outer
+    assert "outer link" in ns_drone.output, ns_drone.output
+
+
 INFO = (
     "import socket, sys\n"
     "s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
