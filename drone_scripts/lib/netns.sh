@@ -18,7 +18,12 @@
 #                   that UDP cannot leave, and main() goes on (tunnel, chain..)
 # Settings (group capture): CAPTURE_METHOD ISOLATION NS_OUTER NS_MTU NS_CIDR
 # NS_READY_TIMEOUT_MS NS_LOCALNET CHAIN_REDSOCKS; config function
-# write_capture_nft (the keeper fills in @TARDIS_HOPS@).
+# write_capture_nft (the keeper fills in @TARDIS_HOPS@). The first hops (what
+# the outer link carries) are NS_FIRST_HOPS when set (mode vpn: the VPN
+# server), else TUNNEL_FIRST_HOPS (mode socks).
+#
+# Mode vpn (lib/vpn.sh): the init role also starts openconnect (vpn_init_start)
+# before the drone role, and needs openconnect instead of redsocks.
 
 # this script's own file, copied to ns/drone.sh for the init and drone roles
 # (captured when the library is read: inside a function BASH_SOURCE differs)
@@ -73,9 +78,12 @@ netns_keeper_role() {
     CLEANUP+=(netns_keeper_stop)
     netns_spawn
     netns_outer_start
-    if ! wait_until "$NS_READY_TIMEOUT_MS" netns_outer_up; then
+    if ! wait_until "$NS_READY_TIMEOUT_MS" netns_outer_up_or_ended; then
         fail isolation "$EXIT_ISOLATION" "the outer link ($NS_TOOL) is not up after" \
             "$((NS_READY_TIMEOUT_MS / 1000))s; see its messages above"
+    fi
+    if ! kill -0 "$NS_UNSHARE_PID" 2>/dev/null; then
+        netns_keeper_wait # the drone inside failed early (it said why): its status
     fi
     netns_outer_guard
     log "isolation: namespace ready after $(seconds_since "$started")s" \
@@ -156,7 +164,12 @@ netns_available() {
             "$([[ ${NS_OUTER:-auto} == auto ]] && echo 'pasta or slirp4netns' || echo "$NS_OUTER")"
         return 1
     fi
-    if ! redsocks=$(netns_redsocks) || [[ ! -x $redsocks ]]; then
+    if [[ ${NETWORK_MODE:-} == vpn ]]; then
+        if ! command -v openconnect >/dev/null; then
+            printf 'openconnect not found in PATH'
+            return 1
+        fi
+    elif ! redsocks=$(netns_redsocks) || [[ ! -x $redsocks ]]; then
         printf 'redsocks not found%s' "${CHAIN_REDSOCKS:+ at $CHAIN_REDSOCKS}"
         return 1
     fi
@@ -168,14 +181,24 @@ netns_available() {
     netns_resolve_hops # its reason, if any, on our stdout
 }
 
-# Fill NS_HOPS with "ADDR PORT" per first hop of TUNNEL_FIRST_HOPS (names
+# The first hops as configured: NS_FIRST_HOPS when set, else TUNNEL_FIRST_HOPS.
+netns_first_hops() {
+    if ((${#NS_FIRST_HOPS[@]})); then
+        printf '%s\n' "${NS_FIRST_HOPS[@]}"
+    elif ((${#TUNNEL_FIRST_HOPS[@]})); then
+        printf '%s\n' "${TUNNEL_FIRST_HOPS[@]}"
+    fi
+}
+
+# Fill NS_HOPS with "ADDR PORT" per first hop (netns_first_hops; names
 # resolved to IPv4 here, outside) and NS_HOST_LINES with "ADDR NAME" lines for
 # ns/hosts. False (with the reason on stdout) when a hop has no IPv4 address.
 netns_resolve_hops() {
-    local hop host port address
+    local hop host port address hops=()
     NS_HOPS=()
     NS_HOST_LINES=()
-    for hop in "${TUNNEL_FIRST_HOPS[@]}"; do
+    mapfile -t hops < <(netns_first_hops)
+    for hop in "${hops[@]}"; do
         host=${hop%:*}
         port=${hop##*:}
         if [[ $host == \[* ]]; then
@@ -227,6 +250,8 @@ netns_prepare() {
     for hop in "${NS_HOPS[@]}"; do
         elements+="${elements:+, }${hop% *} . ${hop#* }"
     done
+    # the hops as resolved, for the roles inside ("ADDR PORT" lines)
+    printf '%s\n' "${NS_HOPS[@]}" >"$NS_DIR/hops"
     write_capture_nft | sed "s/@TARDIS_HOPS@/$elements/" >"$NS_DIR/rules.nft" ||
         fail isolation "$EXIT_ISOLATION" "cannot write $NS_DIR/rules.nft"
 }
@@ -343,6 +368,11 @@ netns_hop_route() {
 # read from /proc, no nsenter and no fork.
 netns_outer_up() {
     netns_default_route "/proc/$NS_UNSHARE_PID/net/route"
+}
+
+# Up, or the namespace ended already (nothing to wait for).
+netns_outer_up_or_ended() {
+    netns_outer_up || ! kill -0 "$NS_UNSHARE_PID" 2>/dev/null
 }
 
 # True when the route table FILE (/proc/net/route format) has a default route.
@@ -511,6 +541,9 @@ netns_init_role() {
     netns_write_isolation namespace "${TNA_NS_TOOL:-unknown}" ""
     netns_leaks_writer &
     NS_LEAKS_PID=$!
+    if [[ ${NETWORK_MODE:-} == vpn ]]; then
+        vpn_init_start # its cleanup runs after netns_init_stop (drone role first)
+    fi
     CLEANUP+=(netns_init_stop)
     TNA_NS_ROLE=drone unshare -U "--map-user=$TNA_NS_UID" "--map-group=$TNA_NS_GID" \
         -- bash "$NS_DIR/drone.sh" </dev/null &
@@ -582,7 +615,7 @@ netns_init_stop() {
 # The drone role: the namespace is ready once the outer link configured a
 # default route and a UDP datagram to the outside is refused by the rules.
 netns_drone_role() {
-    local started target
+    local started target hops
     started=$(now_us)
     if ! wait_until "$NS_READY_TIMEOUT_MS" netns_default_route /proc/net/route; then
         fail isolation "$EXIT_ISOLATION" "no default route in the namespace after" \
@@ -596,16 +629,23 @@ netns_drone_role() {
     # probes go the payload's way: through the kernel's capture, no prefix
     # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
     PATH_PROBE_PREFIX=()
-    log "isolation: namespace (${TNA_NS_TOOL:-}), hops ${TUNNEL_FIRST_HOPS[*]}," \
+    hops=$(netns_first_hops)
+    log "isolation: namespace (${TNA_NS_TOOL:-}), hops ${hops//$'\n'/ }," \
         "localnet ${NS_LOCALNET[*]}, resolver ${CHAIN_RESOLVER:-none}" \
         "${CHAIN_RESOLVER:+(route $CHAIN_RESOLVER_ROUTE)}"
     stage_ready isolation "$started"
 }
 
 # ADDR/PORT for the UDP check: the collector when it is an IPv4 address
-# outside localnet, else a documentation address (never routed).
+# outside localnet, else a documentation address (never routed). Mode vpn:
+# the VPN server's port 9 (routed through the outer link even once the VPN
+# is up, where everything else goes into the tun, which the rules let out).
 netns_udp_target() {
-    local host=${CHAIN_PROBE_HOST:-} port=${CHAIN_PROBE_PORT:-9618}
+    local host=${CHAIN_PROBE_HOST:-} port=${CHAIN_PROBE_PORT:-9618} _
+    if [[ ${NETWORK_MODE:-} == vpn ]]; then
+        read -r host _ 2>/dev/null <"$NS_DIR/hops"
+        port=9
+    fi
     if ! netns_is_ipv4 "$host" || netns_in_localnet "$host"; then
         host=192.0.2.1
         port=9

@@ -60,6 +60,11 @@
 #   TNA_OUTER_STATE_FILE     "up" or "down CLASS" (the namespace's outer link,
 #                            written by the keeper outside): while down, the
 #                            stage isolation is blamed (state restarting)
+#   TNA_VPN_STATE_FILE       "up ADDRESS TRANSPORT" or "down CLASS" (mode vpn's
+#                            ns/vpn.state, lib/vpn.sh): the record's "vpn"
+#                            object ({"transport","address"}); while down, the
+#                            stage vpn is blamed (state restarting once it
+#                            was ok); unset: "vpn" is null
 #   TNA_WATCHDOG_ROUNDS      rounds to run, 0 (default) = until the drone script
 #                            exits (TNA_PARENT_PID, default: $$ at source time)
 #
@@ -387,6 +392,50 @@ tna_outer_down() {
   printf -v "$1" 'outer link down: %s' "${__tna_state# }"
 }
 
+# tna_vpn_state STATEVAR ADDRESSVAR TRANSPORTVAR: the words of
+# TNA_VPN_STATE_FILE (false when it is not configured or unreadable).
+tna_vpn_state() {
+  local __tna_line="" __tna_words=()
+  [[ -n ${TNA_VPN_STATE_FILE:-} && -r $TNA_VPN_STATE_FILE ]] || return 1
+  IFS= read -r __tna_line <"$TNA_VPN_STATE_FILE" || [[ -n $__tna_line ]] || return 1
+  read -r -a __tna_words <<<"$__tna_line"
+  printf -v "$1" '%s' "${__tna_words[0]:-}"
+  if [[ ${__tna_words[0]:-} == up ]]; then
+    printf -v "$2" '%s' "${__tna_words[1]:-}"
+    printf -v "$3" '%s' "${__tna_words[2]:-}"
+  else
+    printf -v "$2" '%s' ""
+    printf -v "$3" '%s' "${__tna_line#*down}" # the class, for the detail
+  fi
+}
+
+# tna_vpn OUTVAR: the record's "vpn" object ({"transport","address"}: dtls or
+# tls and the tun's IPv4 address while up, nulls while down), or null when
+# the drone has no VPN.
+tna_vpn() {
+  local __tna_state="" __tna_address="" __tna_transport="" __tna_a=null __tna_t=null
+  if [[ -z ${TNA_VPN_STATE_FILE:-} ]]; then
+    printf -v "$1" 'null'
+    return 0
+  fi
+  if tna_vpn_state __tna_state __tna_address __tna_transport && [[ $__tna_state == up ]]; then
+    [[ $__tna_address =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] && __tna_a="\"$__tna_address\""
+    [[ $__tna_transport == dtls || $__tna_transport == tls ]] && __tna_t="\"$__tna_transport\""
+  fi
+  printf -v "$1" '{"transport":%s,"address":%s}' "$__tna_t" "$__tna_a"
+}
+
+# tna_vpn_down DETAILVAR: true while TNA_VPN_STATE_FILE says the VPN is down
+# (or says nothing yet); DETAILVAR then names its class.
+tna_vpn_down() {
+  local __tna_state="" __tna_address="" __tna_class=""
+  [[ -n ${TNA_VPN_STATE_FILE:-} ]] || return 1
+  tna_vpn_state __tna_state __tna_address __tna_class || __tna_class=" starting"
+  [[ $__tna_state != up ]] || return 1
+  __tna_class=${__tna_class# }
+  printf -v "$1" 'vpn down: %s' "${__tna_class:-unknown}"
+}
+
 # tna_force_reconnect N_OK N_FAILED: when every probe failed while the
 # supervisor lives and reports no failure (it believes ssh works: a hung
 # session ServerAlive has not caught yet), and has for TNA_FORCE_AFTER
@@ -438,6 +487,14 @@ tna_watchdog_once() {
   if [[ -n ${states[isolation]+set} ]] && tna_outer_down detail; then
     states[isolation]=restarting # the keeper outside restarts it
     details[isolation]=$detail
+  fi
+  if [[ -n ${states[vpn]+set} ]] && tna_vpn_down detail; then
+    case ${states[vpn]} in
+    ok | restarting) states[vpn]=restarting ;; # its supervisor reconnects
+    pending | starting) ;;                    # not up yet: the detail says why
+    *) detail=${details[vpn]:-$detail} ;;
+    esac
+    details[vpn]=$detail
   fi
   tna_check_tunnel tunnel_state
   if [[ $tunnel_state != ok ]]; then
@@ -529,16 +586,17 @@ tna_watchdog_once() {
     tna_json_escape state "${states[$name]}"
     stage_json+="${stage_json:+,}\"$name\":$state"
   done
-  local j_uuid j_job j_host j_err j_stage restarts path_error isolation
+  local j_uuid j_job j_host j_err j_stage restarts path_error isolation vpn
   tna_restarts restarts
   tna_path_error path_error
   tna_isolation isolation
+  tna_vpn vpn
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
   tna_json_opt j_job "${TNA_JOB_ID:-}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"
-  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation}"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation,\"vpn\":$vpn}"
 
   local verdict=connected
   if [[ -n $failing ]]; then
