@@ -96,7 +96,7 @@ class Vpn:
     dtls: bool = True
     protocol: Literal["anyconnect"] = "anyconnect"
     mtu: Optional[int] = None
-    reconnect_timeout: int = 10
+    reconnect_timeout: int = 0
     dpd: Optional[int] = None
     #: the site firewall's idle timeout for UDP flows (DTLS); null: the same as
     #: firewall.idle_timeout
