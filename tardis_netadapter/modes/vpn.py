@@ -511,13 +511,14 @@ class VpnMode(Mode):
                 f'if [ -r "$f" ]; then mark {name} ok "$f"; '
                 f'else mark {name} fail "$f: not readable"; fi',
             ]
-        if vpn.password_file is not None:
-            # the drone refuses a password file others can read: say so now
-            lines.append(
-                'if [ -r "$f" ] && [ -n "$(find "$f" -maxdepth 0 -perm /077 '
-                '2>/dev/null)" ]; then mark vpn-password-mode fail "$f: '
-                'readable by others"; fi'
-            )
+            if key == "password_file":
+                # the drone refuses a password file others may read: say so now
+                # (find tests the mode; nothing here reads the file's content)
+                lines.append(
+                    'if [ -r "$f" ] && [ -n "$(find "$f" -maxdepth 0 -perm /077 '
+                    '2>/dev/null)" ]; then mark vpn-password-mode fail "$f: '
+                    'group or others have access (chmod 600)"; fi'
+                )
         return lines + _pin_probe(vpn)
 
     def probe_fix(self, name: str) -> Optional[str]:
