@@ -8,6 +8,7 @@ or foreign line is skipped with a debug log and the drone simply has no record.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -90,6 +91,30 @@ class Isolation:
 
 
 @dataclass(frozen=True)
+class Vpn:
+    """The drone's VPN (mode ``vpn``, record key ``vpn``; issue 13).
+
+    Written by the watchdog from the drone's ``ns/vpn.state``: ``transport``
+    is ``dtls`` (UDP, the fast way) or ``tls`` (DTLS failed or is off: TCP
+    over TCP), ``address`` the tun device's address the server handed out.
+    Either is None while the VPN is down, or when a newer or foreign drone
+    wrote a value this parser does not understand.
+    """
+
+    transport: Optional[str] = None
+    address: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        """The word ``status`` shows: ``dtls``, ``tls`` or ``-``."""
+        return self.transport or "-"
+
+
+#: the transports a drone may report (anything else is not understood: None)
+VPN_TRANSPORTS = ("dtls", "tls")
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What one drone said about its path to the pool at ``time`` (worker clock)."""
 
@@ -109,6 +134,8 @@ class Heartbeat:
     path_error: Optional[PathError] = None
     #: how the payload's traffic is captured (None: the drone did not say)
     isolation: Optional[Isolation] = None
+    #: the drone's VPN (mode vpn; None: no VPN, or the drone did not say)
+    vpn: Optional[Vpn] = None
 
     @property
     def ok(self) -> bool:
@@ -190,6 +217,32 @@ def _isolation(data: Any) -> Optional[Isolation]:
     return None if isolation == Isolation() else isolation
 
 
+def _vpn(data: Any) -> Optional[Vpn]:
+    """The ``vpn`` object; None when absent or not an object.
+
+    Field by field, like ``isolation``: an unknown transport or a value that
+    is not an IP address becomes None (it goes into a terminal and a log), the
+    other field is kept. ``{"transport":null,"address":null}`` (the VPN is
+    down) is kept as an empty Vpn: the drone has a VPN, and it is not up.
+    """
+    if not isinstance(data, dict):
+        return None
+    transport = data.get("transport")
+    address = data.get("address")
+    try:
+        parsed = (
+            str(ipaddress.ip_address(address))
+            if isinstance(address, str) and len(address) <= 64
+            else None
+        )
+    except ValueError:
+        parsed = None
+    return Vpn(
+        transport=transport if transport in VPN_TRANSPORTS else None,
+        address=parsed,
+    )
+
+
 def from_dict(data: Any) -> Optional[Heartbeat]:
     """A Heartbeat from a decoded record, or None when required keys are unusable."""
     if not isinstance(data, dict):
@@ -222,6 +275,7 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
         failing_stage=str(failing)[:32] if failing else None,
         path_error=_path_error(data.get("path_error")),
         isolation=_isolation(data.get("isolation")),
+        vpn=_vpn(data.get("vpn")),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .heartbeat import Heartbeat, Isolation
+from .heartbeat import Heartbeat, Isolation, Vpn
 from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
@@ -32,6 +32,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("isolation", "ISOLATION"),
     # a dotted key: the value sits inside the drone's JSON object "isolation"
     ("isolation.leaks_blocked", "LEAKS"),
+    # mode vpn: the VPN's transport (dtls, tls), from the drone's "vpn" object
+    ("vpn", "VPN"),
     ("reason", "REASON"),
 )
 REASON_WIDTH = 60
@@ -58,6 +60,9 @@ class StatusRow:
     #: how the payload's traffic is captured (the heartbeat's ``isolation``);
     #: None without a record or from a drone that does not report it
     isolation: Optional[Isolation] = None
+    #: the drone's VPN (the heartbeat's ``vpn``): transport and address; None
+    #: without a record or from a drone without a VPN
+    vpn: Optional[Vpn] = None
 
 
 def make_row(
@@ -82,6 +87,7 @@ def make_row(
         in_collector=judgement.in_collector,
         path_error=judgement.path_error,
         isolation=heartbeat.isolation if heartbeat else None,
+        vpn=heartbeat.vpn if heartbeat else None,
     )
 
 
@@ -100,6 +106,9 @@ def _cell(key: str, row: StatusRow) -> str:
     if key == "isolation":
         # ns, preload, or preload! for a drone that wanted a namespace and fell back
         return "-" if row.isolation is None else row.isolation.label
+    if key == "vpn":
+        # dtls, tls, or - (no VPN, or it is down)
+        return "-" if row.vpn is None else row.vpn.label
     if key == "isolation.leaks_blocked":
         leaks = row.isolation.leaks_blocked if row.isolation else None
         return "-" if leaks is None else str(leaks)

@@ -1,6 +1,6 @@
 """The network modes: one module per mode, found through this registry.
 
-``socks`` and ``direct`` are registered here; another mode (a site's own, or
+``socks``, ``direct`` and ``vpn`` are registered here; another mode (a site's own, or
 a test's toy mode) is added with :func:`register` without editing any file of
 the product. docs/modes.md: how to add a mode.
 """
@@ -83,10 +83,11 @@ def owner_of(section: str) -> Union[Mode, None]:
 
 
 def _register_builtin() -> None:
-    from . import direct, socks
+    from . import direct, socks, vpn
 
     register(socks)
     register(direct)
+    register(vpn)
 
 
 _register_builtin()

@@ -1,12 +1,19 @@
 """Mode part ``netns``: capture in a private user + network namespace per drone.
 
-A mode that has a tunnel (``socks``; later ``vpn``) composes this part when
+A mode that has a tunnel (``socks``, ``vpn``) composes this part when
 its profile asks for ``capture: namespace``: the drone script creates an
 unprivileged user + network namespace, runs the tunnel and the payload
 inside it with one outer link (pasta or slirp4netns) and sends every TCP
 connection through redsocks into the tunnel (nft ``redirect``); UDP and
 anything else is dropped and counted. Why a part, not a mode: the namespace
 is how a mode's tunnel is used, not a way to reach the pool of its own.
+
+The way out of the namespace is the capture's ``exit``: ``redsocks`` (socks:
+TCP redirected into the ssh tunnel, conf/capture.nft.j2) or ``tun`` (vpn: the
+namespace's default route is a tun device the mode's init role creates, so
+TCP and UDP are routed, nothing redirected; conf/vpn.nft.j2 only guards).
+Both rule sets reach the script through the same function,
+``write_capture_nft``, so lib/netns.sh loads either the same way.
 
 The part knows nothing of a mode's sections: the mode hands it a
 :class:`Capture` (its localnet, resolver, redsocks upstreams ...), and the
@@ -77,7 +84,10 @@ class Capture:
     (a number, or ``@TARDIS_PORT_<i>@``) redsocks section k passes its
     connections to; ``upstream_type`` is the protocol spoken there.
     ``fallback_tool`` is the preload tool used when the namespace cannot be
-    made (``none``: there is no fallback).
+    made (``none``: there is no fallback). ``exit`` is how traffic leaves the
+    namespace: ``redsocks`` (redirected into a SOCKS/HTTP tunnel) or ``tun``
+    (routed out of the tun device ``interface``, e.g. a VPN's; no redsocks,
+    and names resolve through the DNS the tunnel hands out).
     """
 
     method: CaptureMethod = "preload"
@@ -89,10 +99,17 @@ class Capture:
     upstream_ports: tuple[str, ...] = ()
     route: str = ""
     fallback_tool: str = "none"
+    exit: Literal["redsocks", "tun"] = "redsocks"
+    interface: str = "tun0"
 
     @property
     def namespace(self) -> bool:
         return self.method == "namespace"
+
+    @property
+    def routed(self) -> bool:
+        """Traffic leaves through a tun device (no redsocks, no redirect)."""
+        return self.exit == "tun"
 
     @property
     def listen_ports(self) -> list[int]:
@@ -234,8 +251,9 @@ def _check_cidr(
 def _check_pool_names(
     path: str, chain_path: str, profile: NetworkProfile, capture: Capture
 ) -> list[str]:
-    """Without a resolver no name resolves inside: pool endpoints need addresses."""
-    if capture.resolver is not None:
+    """Without a resolver no name resolves inside: pool endpoints need addresses
+    (unless the tunnel hands out its own DNS, as a VPN does)."""
+    if capture.resolver is not None or capture.routed:
         return []
     pool = profile.pool
     named = [("collector", pool.collector)] if pool.collector else []
@@ -268,7 +286,7 @@ def warnings(profile: NetworkProfile, capture: Capture) -> list[tuple[str, str]]
                 "set cvmfs.mode: cvmfsexec (or auto, which tries cvmfsexec first)",
             )
         )
-    if capture.resolver is None:
+    if capture.resolver is None and not capture.routed:
         found.append(
             (
                 "capture namespace without a resolver: host names do not resolve "
@@ -290,6 +308,16 @@ def settings(profile: NetworkProfile, capture: Capture) -> SettingsGroup:
     ISOLATION to decide, and reports the method it used.
     """
     namespace = profile.namespace
+    # redsocks' upstreams: read by lib/capture.sh, which a routed mode lacks
+    redsocks = (
+        ()
+        if capture.routed
+        else (
+            ("CAPTURE_UPSTREAM_TYPE", capture.upstream_type),
+            ("CAPTURE_UPSTREAM_PORTS", list(capture.upstream_ports)),
+            ("CAPTURE_PORT_BASE", CAPTURE_PORT_BASE),
+        )
+    )
     return SettingsGroup(
         "capture: preload (LD_PRELOAD chain) or namespace (private user + network "
         "namespace, redsocks; lib/netns.sh, lib/capture.sh)",
@@ -304,16 +332,22 @@ def settings(profile: NetworkProfile, capture: Capture) -> SettingsGroup:
             ("CHAIN_RESOLVER", capture.resolver or ""),
             ("CHAIN_RESOLVER_ROUTE", capture.resolver_route),
             ("CHAIN_REDSOCKS", capture.redsocks or ""),
-            ("CAPTURE_UPSTREAM_TYPE", capture.upstream_type),
-            ("CAPTURE_UPSTREAM_PORTS", list(capture.upstream_ports)),
-            ("CAPTURE_PORT_BASE", CAPTURE_PORT_BASE),
+            *redsocks,
         ),
     )
 
 
 def capture_nft_text(capture: Capture) -> str:
     """The namespace's nft rules (``@TARDIS_HOPS@``: the first hops, filled
-    by the keeper once it resolved them)."""
+    by the keeper once it resolved them): redirect and guard, or only the
+    guard when traffic is routed out of a tun device."""
+    if capture.routed:
+        return render_template(
+            "conf/vpn.nft.j2",
+            route=capture.route,
+            interface=capture.interface,
+            localnet=[str(n) for n in namespace_localnet(capture.localnet)],
+        )
     direct = capture.resolver if capture.resolver_route == "direct" else None
     return render_template(
         "conf/capture.nft.j2",
@@ -337,9 +371,12 @@ def redsocks_conf_text(capture: Capture) -> str:
 
 
 def config_files(capture: Capture) -> list[ConfigFile]:
-    """The two files, only when the namespace is asked for."""
+    """The two files (one when routed: no redsocks), only when the namespace
+    is asked for."""
     if not capture.namespace:
         return []
+    if capture.routed:
+        return [ConfigFile("write_capture_nft", capture_nft_text(capture))]
     return [
         ConfigFile("write_capture_nft", capture_nft_text(capture)),
         ConfigFile("write_redsocks_conf", redsocks_conf_text(capture)),
@@ -347,11 +384,25 @@ def config_files(capture: Capture) -> list[ConfigFile]:
 
 
 def legs(
-    profile: NetworkProfile, budget: KeepaliveBudget, capture: Capture
+    profile: NetworkProfile,
+    budget: KeepaliveBudget,
+    capture: Capture,
+    carrier: Optional[str] = None,
 ) -> list[tuple[str, str]]:
-    """The namespace's own legs of the keepalive budget (none with preload)."""
+    """The namespace's own legs of the keepalive budget (none with preload).
+
+    ``carrier`` says what keeps the outer link's flows alive when it is not
+    the ssh connection (a VPN's DPD); a routed capture has no redsocks leg.
+    """
     if not capture.namespace:
         return []
+    if capture.routed:
+        return [
+            (
+                f"worker namespace -> outer link ({_outer_name(profile)})",
+                f"{carrier or 'the tunnel'}; pasta's own idle limit is 2 h",
+            )
+        ]
     return [
         (
             f"worker namespace -> outer link ({_outer_name(profile)})",
@@ -416,14 +467,8 @@ def probe_lines(profile: NetworkProfile, capture: Capture) -> list[str]:
         ]
     else:
         lines.append(f"nshave {q(outer)}")
-    if capture.redsocks:
-        lines += [
-            f"p={shell_path(capture.redsocks)}",
-            'if [ -x "$p" ]; then nsmark redsocks ok "$p"; '
-            'else nsmark redsocks fail "$p: not an executable file"; fi',
-        ]
-    else:
-        lines.append("nshave redsocks")
+    if not capture.routed:  # routed out of a tun device: no redsocks
+        lines += _redsocks_probe(capture)
     lines += [
         f'e=$(PATH="$PATH:{_SBIN}" unshare -U -r -n -m sh -c {q(_USERNS_TEST)} '
         "2>&1 >/dev/null)",
@@ -443,6 +488,17 @@ def probe_lines(profile: NetworkProfile, capture: Capture) -> list[str]:
         ),
     ]
     return lines
+
+
+def _redsocks_probe(capture: Capture) -> list[str]:
+    """The redsocks item: the configured binary, else one on PATH."""
+    if capture.redsocks:
+        return [
+            f"p={shell_path(capture.redsocks)}",
+            'if [ -x "$p" ]; then nsmark redsocks ok "$p"; '
+            'else nsmark redsocks fail "$p: not an executable file"; fi',
+        ]
+    return ["nshave redsocks"]
 
 
 _PROBE_FIXES = {

@@ -35,11 +35,11 @@ def test_unknown_key_is_an_error_naming_the_path_and_the_allowed_keys() -> None:
 
 def test_all_problems_are_reported_at_once() -> None:
     data = {
-        "mode": "vpn",
+        "mode": "wireguard",
         "tunnel": {"hops": [{"host": "bad host", "port": 0}], "socks_port": "x"},
     }
     problems = problems_of(data)
-    assert any(p.startswith("Site.Network.mode: got 'vpn'") for p in problems)
+    assert any(p.startswith("Site.Network.mode: got 'wireguard'") for p in problems)
     assert any("hops[0].host: got 'bad host'" in p for p in problems)
     assert any("hops[0].port: got 0" in p for p in problems)
     assert any(

@@ -303,6 +303,7 @@ def test_render_table():
         "ERROR",
         "ISOLATION",
         "LEAKS",
+        "VPN",
         "REASON",
     ]
     assert lines[1].split()[:7] == [
@@ -353,6 +354,7 @@ def test_json_keys_are_stable():
         "in_collector",
         "path_error",
         "isolation",
+        "vpn",
     }
     # every column is in the JSON (a dotted key: inside that object)
     assert {key.split(".")[0] for key, _ in COLUMNS} <= set(document["drones"][0])

@@ -156,11 +156,11 @@ def columns(text: str) -> list[dict[str, str]]:
     lines = text.splitlines()
     start = lines[0].index("ISOLATION")
     leaks = lines[0].index("LEAKS")
-    reason = lines[0].index("REASON")
+    end = lines[0].index("VPN")  # the next column (mode vpn's)
     return [
         {
             "isolation": line[start:leaks].strip(),
-            "leaks": line[leaks:reason].strip(),
+            "leaks": line[leaks:end].strip(),
         }
         for line in lines[1:-1]
     ]

@@ -65,14 +65,16 @@ def toy() -> Iterator[modes.Mode]:
 # -- the registry -----------------------------------------------------------------
 
 
-def test_socks_and_direct_are_registered() -> None:
-    assert modes.names()[:2] == ("socks", "direct")
+def test_socks_direct_and_vpn_are_registered() -> None:
+    assert modes.names()[:3] == ("socks", "direct", "vpn")
     assert modes.get("socks").sections() == ("tunnel", "chain")
     assert modes.get("direct").sections() == ()
+    assert modes.get("vpn").sections() == ("vpn",)
     assert modes.owner_of("tunnel") is modes.get("socks")
+    assert modes.owner_of("vpn") is modes.get("vpn")
     assert modes.owner_of("pool") is None  # common
-    with pytest.raises(KeyError, match="registered: \\('socks', 'direct'"):
-        modes.get("vpn")
+    with pytest.raises(KeyError, match="registered: \\('socks', 'direct', 'vpn'"):
+        modes.get("wireguard")
 
 
 def test_a_mode_is_registered_once_and_owns_its_sections(toy) -> None:
@@ -99,9 +101,10 @@ def test_a_mode_is_registered_once_and_owns_its_sections(toy) -> None:
 
 
 def test_an_unknown_mode_names_the_registered_ones(toy) -> None:
-    (problem,) = problems_of({"mode": "vpn"})
+    (problem,) = problems_of({"mode": "wireguard"})
     assert problem == (
-        "Site.Network.mode: got 'vpn'; allowed: one of 'socks', 'direct', 'toy'"
+        "Site.Network.mode: got 'wireguard'; allowed: one of 'socks', 'direct', "
+        "'vpn', 'toy'"
     )
 
 
@@ -209,6 +212,7 @@ def test_heartbeat_stages_are_those_of_the_builtin_modes() -> None:
             "isolation",
             "tunnel",
             "chain",
+            "vpn",
             "pool",
             "payload",
         )

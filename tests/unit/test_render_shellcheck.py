@@ -98,6 +98,34 @@ VARIANTS: dict[str, dict[str, Any]] = {
         chain={"capture": "namespace", "proxies": [], "localnet": ["10.0.0.0/8"]},
         tunnel={"parallel": 3},
     ),
+    # mode vpn: no tunnel or chain section (they belong to socks)
+    "vpn": {
+        **{k: v for k, v in variant().items() if k not in ("tunnel", "chain")},
+        "mode": "vpn",
+        "cvmfs": {"mode": "auto", "repositories": ["cms.cern.ch"]},
+        "vpn": {
+            "server": "10.66.1.3",
+            "servercert": "pin-sha256:" + "A" * 43 + "=",
+            "user": "drone",
+            "password_file": "~/.tardis-netadapter/vpn.password",
+            "localnet": ["10.66.1.0/24"],
+        },
+    },
+    "vpn-certificate-tls-required": {
+        **{k: v for k, v in variant().items() if k not in ("tunnel", "chain")},
+        "mode": "vpn",
+        "cvmfs": {"mode": "none", "repositories": []},
+        "isolation": "required",
+        "vpn": {
+            "server": "vpn.dmz.example.edu",
+            "verify": False,
+            "certificate": "~/.tardis-netadapter/vpn.crt",
+            "key": "~/.tardis-netadapter/vpn.key",
+            "dtls": False,
+            "mtu": 1300,
+            "authgroup": "cms drones",
+        },
+    },
 }
 
 
