@@ -25,9 +25,10 @@
 # Settings (group vpn): VPN_SERVER VPN_PORT VPN_SERVERCERT VPN_USER
 # VPN_PASSWORD_FILE VPN_CERTIFICATE VPN_KEY VPN_AUTHGROUP VPN_DTLS VPN_PROTOCOL
 # VPN_MTU VPN_RECONNECT_TIMEOUT VPN_DPD VPN_FALLBACK VPN_READY_TIMEOUT_MS
-# VPN_PROBE_HOST VPN_PROBE_PORT; the keeper's first hop is NS_FIRST_HOPS.
+# VPN_INTERFACE VPN_ROUTE VPN_PROBE_HOST VPN_PROBE_PORT; the keeper's first
+# hop is NS_FIRST_HOPS.
 
-VPN_DEVICE=tun0
+VPN_DEVICE=${VPN_INTERFACE:-tun0}
 VPN_SUPERVISOR_PID="" # init: openconnect's supervisor
 # failure classes a start cannot heal by trying again: stage vpn fails at once
 VPN_FATAL_CLASSES="|credentials|server certificate mismatch|server certificate untrusted|auth failed|"
@@ -70,7 +71,7 @@ vpn_init_start() {
         supervise_run vpn_command vpn_up vpn_classify
     ) </dev/null &
     VPN_SUPERVISOR_PID=$!
-    log "vpn: openconnect to $VPN_SERVER:$VPN_PORT started (supervisor pid" \
+    log "vpn: ${VPN_ROUTE:-openconnect to $VPN_SERVER:$VPN_PORT} started (supervisor pid" \
         "$VPN_SUPERVISOR_PID; $(vpn_auth_text); DTLS $( ((VPN_DTLS)) && echo on || echo off))"
 }
 
@@ -419,7 +420,9 @@ vpn_stage() {
     }
     if [[ ${CAPTURE_METHOD:-} != namespace || ${TNA_NS_ROLE:-} != drone ]]; then
         fail vpn "$EXIT_VPN" "no private namespace for the VPN (capture" \
-            "${CAPTURE_METHOD:-unset}) and the ocproxy fallback is not built yet"
+            "${CAPTURE_METHOD:-unset}), and the fallback (vpn.fallback" \
+            "${VPN_FALLBACK:-none}) is not built yet: set isolation: required to" \
+            "say so in stage isolation"
     fi
     if ! wait_until "$VPN_READY_TIMEOUT_MS" vpn_ready_or_fatal; then
         if vpn_fatal class detail; then
