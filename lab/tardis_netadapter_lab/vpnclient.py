@@ -59,10 +59,10 @@ exit 0
 
 # ns-root of the private namespace: wait for pasta's address, then openconnect
 INNER = r"""#!/bin/bash
-dir=$1 stdin=$2
-shift 2
-for _ in $(seq 200); do
-    ip -4 addr show dev eth0 2>/dev/null | grep -q inet && break
+dir=$1 stdin=$2 server=$3
+shift 3
+for _ in $(seq 200); do  # pasta's address and routes, then openconnect
+    ip -4 route get "$server" >/dev/null 2>&1 && break
     sleep 0.05
 done
 exec openconnect "$@" <"$stdin"
@@ -72,7 +72,7 @@ exec openconnect "$@" <"$stdin"
 OUTER = r"""#!/bin/bash
 dir=$1 gateway=$2
 shift 2
-unshare -Urnm -- bash "$dir/inner.sh" "$dir" "$@" &
+unshare -Urnm -- bash "$dir/inner.sh" "$dir" "$@" &  # "$@": stdin server args
 ns=$!
 echo "$ns" >"$dir/ns.pid"
 pasta -4 -f -q --config-net -t none -u none -T none -U none --no-map-gw \
@@ -157,6 +157,10 @@ class VpnClient:
         return pid
 
     @property
+    def pasta_pid(self) -> int | None:
+        return self._pid_file("pasta")
+
+    @property
     def address(self) -> str | None:
         words = self.state().split()
         return words[1] if len(words) >= 2 and words[0] == "up" else None
@@ -216,6 +220,7 @@ class VpnClient:
             str(self.dir),
             self.server,
             str(stdin),
+            self.server,
             *self.argv(),
         ]
         env = user_env(self.user, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
