@@ -226,8 +226,9 @@ def test_openconnect_from_a_worker_namespace_gets_a_pool_address(
     routes = session.run(["ip", "-4", "route"]).stdout
     assert "default dev tun0" in routes
     assert f"{L.DMZ_SITE} dev eth0" in routes
+    # (the "Configured as ..., with SSL connected and DTLS ..." line says
+    # "connected", "established" or "in progress" depending on timing)
     assert "Established DTLS connection" in session.output
-    assert "with SSL connected and DTLS connected" in session.output
 
 
 def test_pool_answers_through_the_vpn(lab: Lab, session: VpnClient) -> None:
