@@ -65,6 +65,7 @@ for _ in $(seq 200); do  # pasta's address and routes, then openconnect
     ip -4 route get "$server" >/dev/null 2>&1 && break
     sleep 0.05
 done
+ip -4 route get "$server" >/dev/null || { echo "no route to $server: pasta failed"; exit 70; }
 exec openconnect "$@" <"$stdin"
 """
 
@@ -75,6 +76,13 @@ shift 2
 unshare -Urnm -- bash "$dir/inner.sh" "$dir" "$@" &  # "$@": stdin server args
 ns=$!
 echo "$ns" >"$dir/ns.pid"
+# pasta joins the namespaces of $ns: only once unshare has made them (before,
+# $ns is still in ours and pasta fails "Couldn't enter user namespace")
+own=$(readlink /proc/self/ns/net)
+for _ in $(seq 200); do
+    [[ $(readlink "/proc/$ns/ns/net" 2>/dev/null) != "$own" ]] && break
+    sleep 0.01
+done
 pasta -4 -f -q --config-net -t none -u none -T none -U none --no-map-gw \
     -i eth0 -g "$gateway" "$ns" &
 pasta=$!
