@@ -146,3 +146,69 @@ shutdown_lifetime 0 seconds
 dns_nameservers 127.0.0.1
 forwarded_for on
 """
+
+
+#: ocserv's liveness settings, in seconds (the drone's keepalive budget must fit
+#: the lab firewall's idle timeout, default 30 s, so these stay well below it)
+OCSERV_DPD = 10
+OCSERV_KEEPALIVE = 10
+#: a session without any payload traffic this long is ended by ocserv; longer
+#: than any lab test idles on purpose (DPD and keepalives do not count)
+OCSERV_IDLE_TIMEOUT = 3600
+
+
+def ocserv_conf(lab: L.LabLayout) -> str:
+    """Debian's ocserv as the site's DMZ VPN server (issue 13, decision 4).
+
+    Password (ocpasswd) or client certificate (enable-auth, user from the
+    certificate's UID); one user for all drones, so no per-user client limit
+    and no score banning (a test's wrong password must not lock out the other
+    drones of a worker); tunnel-all into the pool 10.66.8.0/24, which dmz
+    masquerades onto the public net (firewall.dmz_ruleset). No DNS server in
+    the lab, so none is pushed.
+    """
+    d = lab.vpn_dir
+    return f"""# tardis-netadapter lab {lab.name}: ocserv of the DMZ host, generated
+auth = "plain[passwd={d}/ocpasswd]"
+enable-auth = "certificate"
+cert-user-oid = 0.9.2342.19200300.100.1.1
+tcp-port = {L.HTTPS_PORT}
+udp-port = {L.HTTPS_PORT}
+run-as-user = nobody
+run-as-group = nogroup
+socket-file = {lab.run_dir}/ocserv.sock
+use-occtl = true
+occtl-socket-file = {lab.run_dir}/occtl.sock
+pid-file = {lab.run_dir}/ocserv.own.pid
+server-cert = {d}/server.pem
+server-key = {d}/server.key
+ca-cert = {d}/ca.pem
+isolate-workers = false
+restrict-user-to-routes = false
+max-clients = 1024
+max-same-clients = 0
+rate-limit-ms = 0
+max-ban-score = 0
+keepalive = {OCSERV_KEEPALIVE}
+dpd = {OCSERV_DPD}
+mobile-dpd = {OCSERV_DPD}
+idle-timeout = {OCSERV_IDLE_TIMEOUT}
+mobile-idle-timeout = {OCSERV_IDLE_TIMEOUT}
+switch-to-tcp-timeout = 25
+try-mtu-discovery = false
+tls-priorities = "NORMAL:%SERVER_PRECEDENCE:%COMPAT:-VERS-SSL3.0:-VERS-TLS1.0:-VERS-TLS1.1:-VERS-TLS1.3"
+auth-timeout = 240
+cookie-timeout = 300
+deny-roaming = false
+rekey-time = 172800
+rekey-method = ssl
+use-utmp = false
+log-level = 2
+device = {L.VPN_DEVICE}
+predictable-ips = true
+ping-leases = false
+ipv4-network = {L.VPN_POOL}
+route = default
+cisco-client-compat = true
+dtls-legacy = true
+"""

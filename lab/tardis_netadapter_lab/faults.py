@@ -95,7 +95,7 @@ def restore_link(lab: L.LabLayout, host: str) -> None:
 
 
 def _hub_host(lab: L.LabLayout, host: str) -> str:
-    return "login" if host.startswith("worker") else "outside"
+    return "login" if host.startswith("worker") or host == "dmz" else "outside"
 
 
 _restorers: dict[int, subprocess.Popen[bytes]] = {}

@@ -24,6 +24,11 @@ LOGIN_PUBLIC = "10.66.2.10"
 LOGIN2_SITE = "10.66.1.2"
 LOGIN2_PUBLIC = "10.66.2.11"
 CONTROL_PUBLIC = "10.66.2.20"
+# the site's DMZ host (issue 13: the vpn mode): ocserv on 443 tcp+udp, reachable
+# from the workers on those two ports only; routes VPN clients to the public net
+DMZ_SITE = "10.66.1.3"
+DMZ_PUBLIC = "10.66.2.12"
+VPN_POOL = "10.66.8.0/24"
 OUTSIDE_HTTP = "10.66.2.1"  # http 80, squid 3128, pool 9618
 OUTSIDE_SOCKS = "10.66.2.2"  # dante 443
 OUTSIDE_GATEWAY = "10.66.2.3"  # sshd 443
@@ -44,6 +49,9 @@ PUBLIC_BRIDGE = "br-pub"  # in outside
 LOGIN_PUBLIC_IF = "pub0"  # in login, peer "login" on br-pub (login2: "login2")
 LOGIN2_SITE_IF = "site0"  # in login2, peer "login2" on br-site (in login)
 HOST_IF = "eth0"  # the single link of a worker or of control
+DMZ_SITE_IF = "site0"  # in dmz, peer "dmz" on br-site (in login)
+DMZ_PUBLIC_IF = "pub0"  # in dmz, peer "dmz" on br-pub (in outside)
+VPN_DEVICE = "vpns"  # ocserv's tun devices in dmz: vpns0, vpns1, ...
 
 MAX_WORKERS = 200
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -78,7 +86,7 @@ class LabLayout:
 
     @property
     def hosts(self) -> list[str]:
-        return ["login", "login2", *self.worker_hosts, "outside", "control"]
+        return ["login", "login2", *self.worker_hosts, "outside", "control", "dmz"]
 
     def namespace(self, host: str) -> str:
         if host not in self.hosts:
@@ -103,11 +111,13 @@ class LabLayout:
             return {"public": CONTROL_PUBLIC}
         if host == "outside":
             return {"public": OUTSIDE_HTTP}
+        if host == "dmz":
+            return {"site": DMZ_SITE, "public": DMZ_PUBLIC}
         self.namespace(host)
         return {"site": self.worker_address(host)}
 
     def address(self, host: str, net: str | None = None) -> str:
-        """One address of a host; `net` is needed only for the dual-homed logins."""
+        """One address of a host; `net` is needed for the dual-homed ones."""
         addresses = self.addresses(host)
         if net is None:
             if len(addresses) > 1:
@@ -186,6 +196,29 @@ class LabLayout:
         """PATH for lab commands and jobs: the stand-ins come first."""
         return f"{self.bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+    # the DMZ's VPN server (issue 13) ----------------------------------------
+    @property
+    def vpn_dir(self) -> Path:
+        """ocserv's config, the lab CA, the server cert and the ocpasswd file."""
+        return self.state_dir / "vpn"
+
+    @property
+    def vpn_user_dir(self) -> Path:
+        """The drone user's own VPN credentials (0700, owned by the user)."""
+        return self.home(self.drone_user) / ".tardis-netadapter"
+
+    @property
+    def vpn_password_file(self) -> Path:
+        return self.vpn_user_dir / "vpn.password"
+
+    @property
+    def vpn_client_cert(self) -> Path:
+        return self.vpn_user_dir / "vpn-client.pem"
+
+    @property
+    def vpn_client_key(self) -> Path:
+        return self.vpn_user_dir / "vpn-client.key"
+
     @property
     def faults_dir(self) -> Path:
         """Fault switches (mode files) of this lab, read by its wrappers/stand-ins."""
@@ -208,5 +241,5 @@ class LabLayout:
 def namespace_pattern(name: str) -> re.Pattern[str]:
     """Matches exactly the namespaces a lab of this name may have created."""
     return re.compile(
-        rf"^{re.escape(name)}-(login|login2|outside|control|worker[0-9]+)$"
+        rf"^{re.escape(name)}-(login|login2|outside|control|dmz|worker[0-9]+)$"
     )

@@ -170,6 +170,17 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             "HTCondor pool stand-in (collector/CCB)",
         ),
     ]
+    services.append(
+        Service(
+            "ocserv",
+            "dmz",
+            ("/usr/sbin/ocserv", "-f", "-c", str(lab.vpn_dir / "ocserv.conf")),
+            "0.0.0.0",
+            L.HTTPS_PORT,
+            "Debian's ocserv, the site's VPN server in the DMZ (tcp+udp 443)",
+            str(lab.run_dir / "ocserv.own.pid"),
+        )
+    )
     services += [
         Service(
             f"slurmd-{worker}",

@@ -17,7 +17,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import accounts, configs, faults, firewall, services, toolbox, topology, webroot
+from . import (
+    accounts,
+    configs,
+    faults,
+    firewall,
+    services,
+    toolbox,
+    topology,
+    vpn,
+    webroot,
+)
 from . import layout as L
 from .netns import in_namespace, pids_in_namespaces, pids_of_uids, terminate, user_env
 
@@ -93,6 +103,35 @@ class Lab:
     def services(self) -> list[str]:
         return list(services.service_table(self.layout))
 
+    # the DMZ's VPN server (issue 13) -----------------------------------------
+    @property
+    def vpn_pin(self) -> str:
+        """`pin-sha256:...` of ocserv's certificate, for `openconnect --servercert`."""
+        return vpn.pin(self.layout)
+
+    @property
+    def vpn_user(self) -> str:
+        """The VPN login: the drone user (password or client certificate)."""
+        return self.layout.drone_user
+
+    @property
+    def vpn_password_file(self) -> Path:
+        """~drone/.tardis-netadapter/vpn.password (0600, the drone user's)."""
+        return self.layout.vpn_password_file
+
+    @property
+    def vpn_client_cert(self) -> Path:
+        return self.layout.vpn_client_cert
+
+    @property
+    def vpn_client_key(self) -> Path:
+        return self.layout.vpn_client_key
+
+    @property
+    def vpn_ca_cert(self) -> Path:
+        """The lab CA (`--cafile`: verification by CA instead of by pin)."""
+        return vpn.ca_cert(self.layout)
+
     # lifecycle --------------------------------------------------------------
     def is_up(self) -> bool:
         return (
@@ -136,6 +175,7 @@ class Lab:
         topology.create(lab)
         firewall.install(lab, self.idle_timeout)
         accounts.create(lab)
+        vpn.create(lab)
         self._write_configs()
         webroot.build(lab.www_dir)
         toolbox.install(lab.bin_dir)
@@ -371,6 +411,16 @@ class Lab:
         hosts["outside"]["addresses"].update(
             {"socks": L.OUTSIDE_SOCKS, "gateway": L.OUTSIDE_GATEWAY}
         )
+        vpn_status = {
+            "server": f"{L.DMZ_SITE}:{L.HTTPS_PORT}",
+            "pool": L.VPN_POOL,
+            "user": lab.drone_user,
+            "pin": vpn.pin(lab) if up else None,
+            "password_file": str(lab.vpn_password_file),
+            "client_cert": str(lab.vpn_client_cert),
+            "client_key": str(lab.vpn_client_key),
+            "ca_cert": str(vpn.ca_cert(lab)),
+        }
         return {
             "name": self.name,
             "up": up,
@@ -396,6 +446,7 @@ class Lab:
                 "partition": "batch",
                 "nodes": lab.worker_hosts,
             },
+            "vpn": vpn_status,
             "bin_dir": str(lab.bin_dir),
             "path": lab.default_path(),
             "log_dir": str(lab.log_dir),

@@ -29,11 +29,12 @@ def _ip(namespace: str, *args: str) -> None:
     check_call(["ip", "-n", namespace, *args])
 
 
-def _sysctls() -> list[str]:
+def _sysctls(host: str) -> list[str]:
+    """IPv6 off everywhere; only dmz forwards (VPN clients to the public net)."""
     settings = [
         "net.ipv6.conf.all.disable_ipv6=1",
         "net.ipv6.conf.default.disable_ipv6=1",
-        "net.ipv4.ip_forward=0",
+        f"net.ipv4.ip_forward={1 if host == 'dmz' else 0}",
     ]
     return ["sysctl", "-q", "-e", "-w", *settings]
 
@@ -46,7 +47,7 @@ def create(lab: L.LabLayout) -> None:
         list(
             pool.map(
                 lambda host: check_call(
-                    in_namespace(lab.namespace_path(host), _sysctls())
+                    in_namespace(lab.namespace_path(host), _sysctls(host))
                 ),
                 lab.hosts,
             )
@@ -75,6 +76,10 @@ def create(lab: L.LabLayout) -> None:
     _attach(
         login2, L.LOGIN_PUBLIC_IF, L.LOGIN2_PUBLIC, outside, "login2", L.PUBLIC_BRIDGE
     )
+    # the DMZ host (issue 13), dual-homed like login2: ocserv's side of the VPN
+    dmz = lab.namespace("dmz")
+    _attach(dmz, L.DMZ_SITE_IF, L.DMZ_SITE, login, "dmz", L.SITE_BRIDGE)
+    _attach(dmz, L.DMZ_PUBLIC_IF, L.DMZ_PUBLIC, outside, "dmz", L.PUBLIC_BRIDGE)
     for worker in lab.worker_hosts:
         _attach(
             lab.namespace(worker),
@@ -127,7 +132,8 @@ def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
     """(namespace, interface) of both ends of a host's uplink.
 
     A worker's uplink goes to login; login's, login2's and control's go to
-    the public bridge in outside.
+    the public bridge in outside; dmz's is its site leg (port `dmz` of br-site
+    in login), the one the workers' VPN traffic crosses.
     """
     if host.startswith("worker"):
         lab.namespace(host)
@@ -145,7 +151,14 @@ def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
             (lab.namespace("control"), L.HOST_IF),
             (lab.namespace("outside"), "control"),
         ]
-    raise ValueError(f"{host!r} has no single uplink (use login, control or a worker)")
+    if host == "dmz":
+        return [
+            (lab.namespace("dmz"), L.DMZ_SITE_IF),
+            (lab.namespace("login"), "dmz"),
+        ]
+    raise ValueError(
+        f"{host!r} has no single uplink (use login, login2, control, dmz or a worker)"
+    )
 
 
 def set_link(lab: L.LabLayout, host: str, up: bool) -> None:
