@@ -1,0 +1,355 @@
+"""Issue 13: a drone in mode `vpn` through the lab's DMZ ocserv.
+
+One lab for the module (its own name, one worker, torn down at the end). A
+vpn drone is submitted with sbatch like the other lab tests' drones
+(test_chain_support.Drone): openconnect runs in its private namespace on
+worker1, through pasta to dmz (10.66.1.3) on tcp/udp 443, and the payload
+(`vpncheck.sh`, then the condor_master stand-in) reaches the pool on the
+outside through tun0. Checked:
+
+  * tun0 has a 10.66.8.x address, DTLS is in use (heartbeat `vpn` object);
+    the payload registers with the pool, and so does a static busybox client;
+    the pool sees them from dmz's public address (masquerade), not the worker;
+  * the lab's other user on worker1 has no tun0, cannot enter the drone's
+    namespace and reaches nothing outside;
+  * the password (the file's content) is in no rendered script, no `ps`
+    line, no /proc/PID/environ of the drone user's processes, not in the
+    job's log or heartbeat;
+  * a wrong pin ends the drone in stage vpn with exit 25 and a line naming
+    the pin the server has;
+  * ocserv restarted mid-run: the VPN and a registration through it are back
+    within 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tardis_netadapter_lab import Lab, dronens, teardown
+from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.daemon import wait_for
+from test_chain_support import COLLECTOR, Drone, processes
+
+from tardis_netadapter.config import load_profile
+from tardis_netadapter.keepalive import derive_budget
+from tardis_netadapter.render import render_drone_script
+
+pytestmark = pytest.mark.lab
+
+LAB_NAME = "vpnbash"
+NODE = "worker1"
+NEEDED = ("ocserv", "ocpasswd", "openconnect", "certtool", "pasta", "nft", "slurmd")
+OK = re.compile(r'"ok":\s*true')
+POOL_PREFIX = L.VPN_POOL.rsplit(".", 1)[0] + "."  # "10.66.8."
+
+# The payload: what its own clients see, then the startd stand-in.
+VPNCHECK = r"""#!/bin/bash
+# vpncheck.sh UUID: the payload's view of the VPN
+uuid=$1
+out=$HOME/vpncheck-$uuid.out
+{
+  echo "uid=$(id -u)"
+  echo "ld_preload=${LD_PRELOAD:-none}"
+  echo "tun0=$(ip -4 -o addr show dev tun0 2>&1 | awk '{print $4}')"
+  printf '{"op":"register","uuid":"%s","name":"%s","host":"vpncheck","cpus":1,"memory":1,"heartbeat_interval":600}\n' \
+    "$uuid-busybox" "$uuid-busybox" >"$HOME/vpncheck-$uuid.req"
+  echo "busybox_nc=$(timeout 5 /usr/bin/busybox nc -w 3 __POOL_ADDR__ __POOL_PORT__ <"$HOME/vpncheck-$uuid.req" 2>&1 | head -n 1)"
+  rm -f "$HOME/vpncheck-$uuid.req"
+  echo "done"
+} >"$out" 2>&1
+exec condor_master -f
+"""
+
+REGISTER = r"""
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
+s.sendall((json.dumps({"op": "register", "uuid": sys.argv[3], "name": sys.argv[3],
+    "host": "vpn", "cpus": 1, "memory": 1, "heartbeat_interval": 600}) + "\n").encode())
+print(s.makefile().readline().strip())
+"""
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    """This module's own one-worker lab with the DMZ, always torn down."""
+    if os.geteuid() != 0:
+        pytest.skip("lab tests need root")
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [name for name in NEEDED if not shutil.which(name, path=path)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}: run scripts/install-system-deps")
+    teardown(LAB_NAME)
+    instance = Lab(name=LAB_NAME, workers=1, idle_timeout=30)
+    try:
+        instance.up()
+        yield instance
+    finally:
+        instance.down()
+        teardown(LAB_NAME)
+
+
+@pytest.fixture(scope="module")
+def vpncheck(lab: Lab) -> Path:
+    path = lab.layout.home(lab.drone_user) / "vpncheck.sh"
+    path.write_text(
+        VPNCHECK.replace("__POOL_ADDR__", L.OUTSIDE_HTTP).replace(
+            "__POOL_PORT__", str(L.COLLECTOR_PORT)
+        )
+    )
+    os.chmod(path, 0o755)
+    entry = pwd.getpwnam(lab.drone_user)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return path
+
+
+def vpn_profile(lab: Lab, **vpn: Any) -> dict[str, Any]:
+    return {
+        "mode": "vpn",
+        "firewall": {"idle_timeout": 30},
+        "vpn": {
+            "server": L.DMZ_SITE,
+            "servercert": lab.vpn_pin,
+            "user": lab.vpn_user,
+            "password_file": str(lab.vpn_password_file),
+            **vpn,
+        },
+        "pool": {"collector": COLLECTOR},
+        "monitoring": {"heartbeat_interval": 5},
+    }
+
+
+def rendered(profile: dict[str, Any]) -> str:
+    parsed = load_profile(json.loads(json.dumps(profile)))
+    return render_drone_script(
+        parsed,
+        derive_budget(parsed),
+        site_name="NetLab",
+        machine_type="cpu1",
+        job_id_variable="SLURM_JOB_ID",
+    )
+
+
+def work_dir(drone: Drone) -> Path:
+    found = sorted(Path("/tmp").glob(f"tardis-drone.{drone.uuid}.*"))
+    assert found, f"no work directory of {drone.uuid}"
+    return found[0]
+
+
+def vpncheck_result(lab: Lab, drone: Drone, timeout: float = 30) -> dict[str, str]:
+    path = lab.layout.home(lab.drone_user) / f"vpncheck-{drone.uuid}.out"
+    wait_for(
+        f"{drone.uuid}'s vpncheck",
+        lambda: path.exists() and "done" in path.read_text(),
+        timeout,
+        lambda: path.read_text() if path.exists() else drone.output,
+        0.2,
+    )
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value
+    return values
+
+
+def pool_records(lab: Lab) -> dict[str, dict[str, Any]]:
+    state = json.loads((lab.layout.state_dir / "pool" / "state.json").read_text())
+    return {record.get("uuid"): record for record in state.get("drones", {}).values()}
+
+
+def heartbeat(lab: Lab, drone: Drone) -> dict[str, Any]:
+    path = lab.layout.home(lab.drone_user) / ".tardis-netadapter" / "heartbeats"
+    try:
+        return json.loads((path / f"{drone.uuid}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def register_inside(init: int, tag: str) -> str:
+    """One registration from inside the drone's network namespace (root)."""
+    result = subprocess.run(
+        ["nsenter", "-t", str(init), "-n", "--", "/usr/bin/python3", "-c", REGISTER]
+        + [L.OUTSIDE_HTTP, str(L.COLLECTOR_PORT), tag],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def wait_gone(drone: Drone, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = drone.lab.run(
+            "login", ["squeue", "-h", "-j", drone.job_id], user=drone.lab.drone_user
+        )
+        if not queue.stdout.strip():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{drone.uuid} still queued:\n{drone.output}")
+
+
+@pytest.fixture(scope="module")
+def vpn_drone(lab: Lab, vpncheck: Path) -> Iterator[Drone]:
+    tag = f"vpnbash-{uuid.uuid4().hex[:8]}"
+    profile = vpn_profile(lab)
+    profile["payload"] = {"command": ["bash", str(vpncheck), tag]}
+    drone = Drone(lab, tag, profile, sbatch_options=("-w", NODE)).submit()
+    try:
+        drone.wait_registered(timeout=60)
+        yield drone
+    finally:
+        drone.cancel()
+        deadline = time.monotonic() + 10
+        while drone.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # processes only: the work directory may be left when Slurm's KillWait
+        # (2 s in the lab) ends the keeper first (test_capture_namespace.py)
+        left = [entry for entry in drone.leftovers() if not entry.startswith("/tmp/")]
+        assert not left, left
+
+
+def test_vpn_address_registration_and_static_client(lab: Lab, vpn_drone: Drone) -> None:
+    result = vpncheck_result(lab, vpn_drone)
+    print(f"vpn payload: {result}")
+    assert result["uid"] == str(pwd.getpwnam(lab.drone_user).pw_uid), result
+    assert result["ld_preload"] == "none", result
+    assert result["tun0"].startswith(POOL_PREFIX), result
+    assert OK.search(result["busybox_nc"]), result  # a static client, no preload
+    records = pool_records(lab)
+    for name in (vpn_drone.uuid, f"{vpn_drone.uuid}-busybox"):
+        record = records.get(name)
+        assert record, f"pool has no {name}: {sorted(records)}"
+        # dmz masquerades the VPN pool onto the public net
+        assert record["remote"].startswith(f"{L.DMZ_PUBLIC}:"), record
+    output = vpn_drone.output
+    assert "stage isolation ready after" in output, output
+    match = re.search(
+        r"stage vpn ready after ([\d.]+)s \(([\d.]+)s since start\)", output
+    )
+    assert match, output
+    print(f"stage vpn ready after {match.group(1)} s ({match.group(2)} s since start)")
+    assert re.search(rf"vpn: tun0 {re.escape(POOL_PREFIX)}\d+ through ", output)
+    wait_for(
+        "a heartbeat with the vpn object",
+        lambda: (heartbeat(lab, vpn_drone).get("vpn") or {}).get("address"),
+        15,
+        lambda: json.dumps(heartbeat(lab, vpn_drone)),
+        0.5,
+    )
+    beat = heartbeat(lab, vpn_drone)
+    print(f"heartbeat vpn: {beat['vpn']}, failing_stage {beat.get('failing_stage')}")
+    assert beat["vpn"]["address"] == result["tun0"].split("/")[0], beat
+    assert beat["vpn"]["transport"] == "dtls", beat
+    assert beat["isolation"]["method"] == "namespace", beat
+
+
+def test_other_user_cannot_use_the_vpn(lab: Lab, vpn_drone: Drone) -> None:
+    links = lab.run(NODE, ["ip", "-o", "link"], user=lab.other_user)
+    assert links.returncode == 0 and "tun0" not in links.stdout, links.stdout
+    init = dronens.ns_init_pid(work_dir(vpn_drone))
+    assert init, f"no namespace init of {vpn_drone.uuid}"
+    entered = lab.run(
+        NODE, ["nsenter", "-t", str(init), "-U", "-n", "true"], user=lab.other_user
+    )
+    assert entered.returncode != 0
+    assert re.search(r"Operation not permitted|Permission denied", entered.stderr)
+    reach = lab.run(
+        NODE,
+        ["/usr/bin/python3", "-c", REGISTER, L.OUTSIDE_HTTP, str(L.COLLECTOR_PORT)]
+        + ["other-user"],
+        user=lab.other_user,
+        timeout=15,
+    )
+    print(f"other user: nsenter {entered.returncode}, pool {reach.returncode}")
+    assert reach.returncode != 0, reach.stdout
+
+
+def test_no_credential_in_script_ps_environ_or_log(lab: Lab, vpn_drone: Drone) -> None:
+    secret = lab.vpn_password_file.read_text().strip()
+    assert len(secret) >= 12
+    assert secret not in rendered(vpn_drone.profile)
+    ps = subprocess.run(
+        ["ps", "-eo", "pid,user,args"], capture_output=True, text=True, check=True
+    )
+    assert secret not in ps.stdout
+    uid = pwd.getpwnam(lab.drone_user).pw_uid
+    scanned = 0
+    openconnect = False
+    for pid, argv in processes():
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        scanned += 1
+        openconnect |= os.path.basename(argv[0]) == "openconnect"
+        assert secret.encode() not in environ, (pid, argv)
+        assert secret not in " ".join(argv), (pid, argv)
+    print(f"scanned {scanned} processes of {lab.drone_user}")
+    assert openconnect, "openconnect of the drone not found"
+    assert secret not in vpn_drone.output
+    assert secret not in json.dumps(heartbeat(lab, vpn_drone))
+
+
+def test_ocserv_restart_heals_within_10_s(lab: Lab, vpn_drone: Drone) -> None:
+    ns = work_dir(vpn_drone) / "ns"
+    init = dronens.ns_init_pid(ns.parent)
+    assert init
+    assert register_inside(init, f"{vpn_drone.uuid}-before"), "no registration before"
+    restarts_before = (
+        (ns / "vpn.restarts").read_text() if (ns / "vpn.restarts").exists() else ""
+    )
+    started = time.monotonic()
+    lab.restart_service("ocserv")
+    listening = time.monotonic() - started
+    healed = None
+    n = 0
+    while time.monotonic() - started < 30:
+        state = (ns / "vpn.state").read_text().split()
+        restarts = (
+            (ns / "vpn.restarts").read_text() if (ns / "vpn.restarts").exists() else ""
+        )
+        if state[:1] == ["up"] and restarts != restarts_before:
+            n += 1
+            if register_inside(init, f"{vpn_drone.uuid}-after{n}"):
+                healed = time.monotonic() - started
+                break
+        time.sleep(0.1)
+    print(
+        f"ocserv restarted (listening after {listening:.2f} s): VPN and a"
+        f" registration through it back after {healed} s"
+    )
+    assert healed is not None, vpn_drone.output
+    assert healed < 10, vpn_drone.output
+    vpn_drone.wait_registered(timeout=15)  # the payload's own registration
+
+
+def test_wrong_pin_fails_in_stage_vpn_with_25(lab: Lab, vpncheck: Path) -> None:
+    wrong = "pin-sha256:" + "A" * 43 + "="
+    tag = f"vpnbash-pin-{uuid.uuid4().hex[:8]}"
+    profile = vpn_profile(lab, servercert=wrong)
+    profile["payload"] = {"command": ["bash", str(vpncheck), tag]}
+    drone = Drone(lab, tag, profile, sbatch_options=("-w", NODE)).submit()
+    started = time.monotonic()
+    wait_gone(drone, 40)
+    output = drone.output
+    print(f"wrong pin: job ended after {time.monotonic() - started:.1f} s")
+    line = re.search(r"stage vpn failed: server certificate mismatch: (.*)", output)
+    assert line, output
+    assert lab.vpn_pin in line.group(1) and wrong in line.group(1), line.group(0)
+    assert re.search(r"exiting with status 25\s*$", output), output
+    assert not drone.leftovers(), drone.leftovers()
