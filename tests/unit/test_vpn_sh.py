@@ -17,6 +17,7 @@ exercise the bash alone.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import pytest
 from procs import leftovers
+
+from tardis_netadapter.connectivity.heartbeat import parse_record
 
 ROOT = Path(__file__).resolve().parents[2]
 LIB = ROOT / "drone_scripts" / "lib"
@@ -62,7 +65,8 @@ def _why_not() -> str:
 
 
 WHY_NOT = _why_not()
-pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "runs")
+#: the tests that run a real ocserv and drone (the watchdog's tests need nothing)
+real = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "runs")
 
 # the vpn guard as modes/vpn.py renders it through write_capture_nft
 NFT = """table inet tna_guard {
@@ -430,6 +434,7 @@ def run_harness(
     return {p.name: p.read_text(errors="replace") for p in out.iterdir() if p.is_file()}
 
 
+@real
 def test_vpn_up_through_pasta_with_dtls(
     root: Path, vpn_files: tuple[Path, str, str]
 ) -> None:
@@ -469,6 +474,7 @@ def test_vpn_up_through_pasta_with_dtls(
     assert time.monotonic() - started < 60
 
 
+@real
 def test_no_dtls_runs_over_tls(root: Path, vpn_files: tuple[Path, str, str]) -> None:
     found = run_harness(root, drone_script(vpn_files[1], VPN_DTLS="0"))
     log = found.get("log", "")
@@ -479,6 +485,7 @@ def test_no_dtls_runs_over_tls(root: Path, vpn_files: tuple[Path, str, str]) -> 
     assert "--no-dtls" in found["procs"]
 
 
+@real
 def test_wrong_pin_fails_stage_vpn_with_25(
     root: Path, vpn_files: tuple[Path, str, str]
 ) -> None:
@@ -496,6 +503,7 @@ def test_wrong_pin_fails_stage_vpn_with_25(
     assert "alive" not in found, found["alive"]
 
 
+@real
 def test_readable_password_file_is_refused(
     root: Path, vpn_files: tuple[Path, str, str]
 ) -> None:
@@ -512,6 +520,7 @@ def test_readable_password_file_is_refused(
     assert "user logged in" not in found.get("ocserv.log.end", "")
 
 
+@real
 def test_ocserv_restart_heals_within_10_s(
     root: Path, vpn_files: tuple[Path, str, str]
 ) -> None:
@@ -536,3 +545,63 @@ def test_ocserv_restart_heals_within_10_s(
     assert "openconnect reconnects now" in log  # woken, not its 10 s sleep
     assert found["vpn.state.end"].startswith("up "), found["vpn.state.end"]
     assert "vpn.restarts" in found, log
+
+
+# -- the watchdog's side (lib/watchdog.sh): the record's vpn object ---------------
+
+WATCHDOG = LIB / "watchdog.sh"
+
+
+def watchdog_round(tmp_path: Path, state: str | None, stage: str = "ok") -> dict:
+    """One watchdog round of a vpn drone whose ns/vpn.state holds STATE
+    (None: no file yet), its stage vpn STAGE, the pool unreachable."""
+    ns = tmp_path / "ns"
+    ns.mkdir(exist_ok=True)
+    if state is not None:
+        (ns / "vpn.state").write_text(state + "\n")
+    script = (
+        "set -euo pipefail\n"
+        f"source {WATCHDOG}\n"
+        f"TNA_DRONE_UUID=u1 TNA_HEARTBEAT_DIR={tmp_path}/hb TNA_RUN_DIR={tmp_path}/run\n"
+        "TNA_POOL_ENDPOINTS=127.0.0.1:1 TNA_PROBE_TIMEOUT=2 TNA_CONDOR_PING=off\n"
+        f"TNA_VPN_STATE_FILE={ns}/vpn.state\n"
+        "TNA_STAGES=(cvmfs isolation vpn payload)\n"
+        f"tna_stage cvmfs ok\ntna_stage isolation ok\ntna_stage vpn {stage}\n"
+        "tna_watchdog_once\n"
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "hb" / "u1.json").read_text()
+    assert parse_record(text) is not None, text
+    return json.loads(text)
+
+
+def test_record_vpn_object_while_up(tmp_path: Path) -> None:
+    data = watchdog_round(tmp_path, f"up {POOL}.7 dtls")
+    assert data["vpn"] == {"transport": "dtls", "address": f"{POOL}.7"}
+    assert data["stages"]["vpn"] == "ok"
+    assert data["failing_stage"] == "chain"  # up, but the pool does not answer
+    record = parse_record(json.dumps(data))
+    assert record.vpn.transport == "dtls" and record.vpn.address == f"{POOL}.7"
+
+
+def test_vpn_down_is_blamed_on_stage_vpn(tmp_path: Path) -> None:
+    data = watchdog_round(tmp_path, "down connection refused")
+    assert data["vpn"] == {"transport": None, "address": None}
+    assert data["stages"]["vpn"] == "restarting"
+    assert data["failing_stage"] == "vpn"
+    assert data["last_error"] == "vpn down: connection refused"
+
+
+def test_vpn_not_up_yet_is_blamed_while_pending(tmp_path: Path) -> None:
+    data = watchdog_round(tmp_path, None, stage="pending")
+    assert data["stages"]["vpn"] == "pending"
+    assert data["failing_stage"] == "vpn"
+    assert data["last_error"] == "vpn down: starting"
+
+
+def test_garbage_in_the_state_file_stays_out_of_the_record(tmp_path: Path) -> None:
+    data = watchdog_round(tmp_path, 'up 10.0.0.1"} evil "x')
+    assert data["vpn"] == {"transport": None, "address": None}
