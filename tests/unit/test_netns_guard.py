@@ -10,6 +10,10 @@ the published port. Another uid's connections to the drone's ports from the
 worker's network namespace are refused as shipped (and reach them when
 weakened and unguarded: the check can fail).
 
+Also: SIGKILL of the keeper leaves no process behind (its reaper), and a
+worker without a default route still gets its outer link (pasta -i DEV -g GW,
+design 1, item 4).
+
 Same setup as test_netns_sh.py: a throwaway network + mount namespace made
 here as root, documentation addresses only, a 0666 tun node bind-mounted over
 /dev/net/tun in that mount namespace only, the drone as nobody.
@@ -254,6 +258,29 @@ def test_other_user_cannot_reach_the_drone(root: Path, weakened: bool) -> None:
         assert "127.0.0.1:20000 reached" in attempts, (attempts, found["worker"])
         assert "192.0.2.1:20000 reached" in attempts, attempts
         assert "tcp 20000" in found["worker"].split("\n")
+
+
+def test_keeper_sigkill_leaves_nothing_behind(root: Path) -> None:
+    """SIGKILL of the batch job's shell: the reaper ends init and pasta."""
+    found = run(root, guarded_script(), action="kill")
+    log = found.get("log", "")
+    processes = found["processes"].split("\n")[:-1]
+    # keeper, reaper, unshare, init, drone, pasta's supervisor and pasta, ...
+    assert len(processes) >= 6, found["processes"]
+    assert found["alive"] == "", found["alive"]
+    assert int(found["gone.ms"]) < 5000, found["gone.ms"]
+    assert "stage isolation ready after" in log
+
+
+def test_worker_without_default_route_names_the_hop_interface(root: Path) -> None:
+    """No default route on the worker: pasta gets -i DEV -g GW of the first hop."""
+    found = run(root, guarded_script(), route="hop")
+    log = found.get("log", "")
+    assert "ready" in found, log
+    assert " -i d0 -g 192.0.2.254 " in found["outer.cmdline"], found["outer.cmdline"]
+    assert found["outer.state"].strip() == "up"
+    assert "stage chain ready after" in log
+    assert found["keeper.status"].strip() == "143", log
 
 
 PUBLISHED = r"""set -u
