@@ -372,9 +372,10 @@ netns_outer_classify() {
 # flags a pasta version reads differently), which would hand the drone's
 # tunnel and proxies to every user of the node. Two checks of the worker's
 # /proc/net/{tcp,udp}{,6}, any hit fails the drone:
-#  1. a listener (or bound UDP socket) among the tool's own sockets, from
-#     /proc/PID/fd: exact, but pasta makes itself non-dumpable, so its fd
-#     directory is root's and the drone user reads nothing there;
+#  1. a TCP listener among the tool's own sockets (from /proc/PID/fd), or
+#     one of its bound UDP sockets on a port bound inside too: exact, but
+#     pasta makes itself non-dumpable, so its fd directory is root's and the
+#     drone user reads nothing there;
 #  2. a listener of the drone's uid on the wildcard address (0.0.0.0 or ::,
 #     where pasta's forwards bind) with a port that also listens inside the
 #     namespace: what pasta's forwarding publishes, found without its fds.
@@ -427,8 +428,11 @@ netns_published() {
             split($2, bound, ":")
             port = hex(bound[2])
             if (index(FILENAME, inside) == 1) { ports[proto ":" port] = 1; next }
-            if (index(inodes, " " $10 " ") ||
-                ($8 == uid && bound[1] ~ /^0+$/ && ((proto ":" port) in ports))) {
+            inner = (proto ":" port) in ports
+            # (a UDP socket of the tool on a port unused inside is a NAT
+            # flow of slirp4netns, e.g. to a direct resolver: not published)
+            if ((index(inodes, " " $10 " ") && (proto == "tcp" || inner)) ||
+                ($8 == uid && bound[1] ~ /^0+$/ && inner)) {
                 found = found (found == "" ? "" : ", ") proto " " address(bound[1]) ":" port
             }
         }

@@ -288,13 +288,18 @@ source "$1/common.sh"
 source "$1/netns.sh"
 inside=$2
 # a pasta-style forward: nobody's wildcard listener on a port bound inside
-listen() {
+listen() { # UID ADDRESS PORT [udp]
     setpriv --reuid="$1" --regid="$1" --clear-groups /usr/bin/python3 -c '
 import socket, sys, time
-s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+udp = len(sys.argv) > 3
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET,
+                  socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
 s.bind((sys.argv[1], int(sys.argv[2])))
-s.listen()
-time.sleep(30)' "$2" "$3" &
+udp or s.listen()
+time.sleep(30)' "$2" "$3" ${4:+"$4"} &
+}
+inode() { # FILE PORT: the socket inode bound to PORT
+    awk -v port="$(printf %04X "$2")" 'FNR > 1 && $2 ~ ":" port "$" { print $10 }' "$1"
 }
 ip link set lo up
 listen 65534 0.0.0.0 7778
@@ -305,15 +310,24 @@ listen 65534 127.0.0.1 7779
 listen 65533 0.0.0.0 7780
 # the drone's uid on a port nothing inside uses
 listen 65534 0.0.0.0 7782
+# as the tool's own sockets (rule 1, another uid so that rule 2 is silent):
+# a TCP listener on any port, a UDP socket on a port bound inside, and a
+# UDP socket on a port unused inside (slirp4netns' NAT flow: not published)
+listen 65532 127.0.0.1 7783
+listen 65532 0.0.0.0 7784 udp
+listen 65532 0.0.0.0 7785 udp
 sleep 0.5
 echo "own: [$(netns_published 65534 "$inside" "")]"
 echo "other: [$(netns_published 65533 "$inside" "")]"
+tool="$(inode /proc/net/tcp 7783) $(inode /proc/net/udp 7784) $(inode /proc/net/udp 7785)"
+echo "tool: [$(netns_published 65534 /nonexistent "$tool")]"
+echo "tool+inside: [$(netns_published 65531 "$inside" "$tool")]"
 kill $(jobs -p)
 """
 
 
 def test_published_ports_found_without_the_tools_fds(tmp_path: Path) -> None:
-    """netns_published's rule 2 (pasta is non-dumpable) on hand-made listeners."""
+    """netns_published's two rules on hand-made listeners (rule 2: pasta's case)."""
     inside = tmp_path / "net"
     inside.mkdir()
     header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when"
@@ -328,6 +342,8 @@ def test_published_ports_found_without_the_tools_fds(tmp_path: Path) -> None:
         f"   0: {'0' * 24}0100007F:{7781:04X} {'0' * 32}:0000 0A 0:0 0:0 0 65534 0 20 1"
     )
     (inside / "tcp6").write_text(f"{header}\n{v6}\n")
+    udp = f"   0: 0100007F:{7784:04X} 00000000:0000 07 0:0 0:0 0 65534 0 30 2"
+    (inside / "udp").write_text(f"{header}\n{udp}\n")
     (tmp_path / "published.sh").write_text(PUBLISHED)
     result = subprocess.run(
         ["unshare", "-n", "--", "bash", str(tmp_path / "published.sh")]
@@ -340,3 +356,6 @@ def test_published_ports_found_without_the_tools_fds(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "own: [tcp 0.0.0.0:7778, tcp [::]:7781]\n" in result.stdout, result
     assert "other: [tcp 0.0.0.0:7780]\n" in result.stdout, result
+    assert "tool: [tcp 127.0.0.1:7783]\n" in result.stdout, result
+    assert "tool+inside: [tcp 127.0.0.1:7783, udp 0.0.0.0:7784]\n" in result.stdout
+    assert "7785" not in result.stdout
