@@ -34,6 +34,7 @@ NS_LEAKS_PID=""     # init: the ns/leaks writer
 NS_HOPS=()          # keeper: first hops as resolved "ADDR PORT"
 NS_HOST_LINES=()    # keeper: "ADDR NAME" of first hops given by name
 NS_OUTER_STATE=""   # keeper: last state written to ns/outer.state
+NS_GUARD_EVERY_MS=5000 # keeper: how often netns_outer_guard looks again
 
 isolation_stage() {
     NS_DIR=$DRONE_DIR/ns
@@ -366,8 +367,18 @@ netns_outer_classify() {
     printf 'exited\t%s\n' "${last:-exit status $status}"
 }
 
-# The outer link must bind nothing on the worker: no socket of its process
-# may be a TCP listener or a bound UDP socket in the worker's /proc/net.
+# The outer link must publish nothing on the worker: pasta forwards ports
+# bound inside to the worker's 0.0.0.0 unless told not to (its defaults, or
+# flags a pasta version reads differently), which would hand the drone's
+# tunnel and proxies to every user of the node. Two checks of the worker's
+# /proc/net/{tcp,udp}{,6}, any hit fails the drone:
+#  1. a TCP listener among the tool's own sockets (from /proc/PID/fd), or
+#     one of its bound UDP sockets on a port bound inside too: exact, but
+#     pasta makes itself non-dumpable, so its fd directory is root's and the
+#     drone user reads nothing there;
+#  2. a listener of the drone's uid on the wildcard address (0.0.0.0 or ::,
+#     where pasta's forwards bind) with a port that also listens inside the
+#     namespace: what pasta's forwarding publishes, found without its fds.
 netns_outer_guard() {
     local pid="" link inodes=() inode found
     # the supervisor writes the file as it starts the tool, before it is up
@@ -381,30 +392,66 @@ netns_outer_guard() {
         inode=${link#socket:[}
         inodes+=("${inode%]}")
     done
-    ((${#inodes[@]})) || return 0
-    found=$(awk -v inodes=" ${inodes[*]} " '
-        FNR == 1 { next }
-        index(inodes, " " $10 " ") && (FILENAME ~ /udp/ ? $4 == "07" : $4 == "0A") {
-            print FILENAME, $2; exit }' \
-        /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null)
+    found=$(netns_published "$(id -u)" "/proc/$NS_UNSHARE_PID/net" "${inodes[*]}")
     if [[ -n $found ]]; then
-        fail isolation "$EXIT_ISOLATION" "$NS_TOOL (pid $pid) published a port on" \
-            "$(hostname) ($found): refusing"
+        fail isolation "$EXIT_ISOLATION" "$NS_TOOL (pid $pid) published the drone's" \
+            "ports on $(hostname): $found; refusing (every user of the node could" \
+            "use them)"
     fi
+}
+
+# netns_published UID INSIDE_NET INODES: the worker's sockets the outer link
+# published ("tcp 0.0.0.0:20000, udp 0.0.0.0:5300"), by netns_outer_guard's
+# two rules; INSIDE_NET is the namespace's /proc/PID/net. Empty when none.
+netns_published() {
+    local inside=$2 files=() file
+    # only those that exist (no IPv6: no tcp6), or mawk stops at the first
+    for file in "$inside/"{tcp,tcp6,udp,udp6} /proc/net/{tcp,tcp6,udp,udp6}; do
+        [[ -r $file ]] && files+=("$file")
+    done
+    awk -v uid="$1" -v inodes=" $3 " -v inside="$inside/" '
+        function hex(text, value, i) {
+            value = 0
+            for (i = 1; i <= length(text); i++)
+                value = value * 16 + index("0123456789ABCDEF", toupper(substr(text, i, 1))) - 1
+            return value
+        }
+        function address(text) { # /proc/net hex to dotted IPv4, [::] or [hex]
+            if (text ~ /^0+$/) return length(text) == 8 ? "0.0.0.0" : "[::]"
+            if (length(text) != 8) return "[" text "]"
+            return hex(substr(text, 7, 2)) "." hex(substr(text, 5, 2)) "." \
+                hex(substr(text, 3, 2)) "." hex(substr(text, 1, 2))
+        }
+        FNR == 1 { proto = FILENAME ~ /udp/ ? "udp" : "tcp"; next }
+        $4 != (proto == "udp" ? "07" : "0A") { next } # listening / bound UDP
+        {
+            split($2, bound, ":")
+            port = hex(bound[2])
+            if (index(FILENAME, inside) == 1) { ports[proto ":" port] = 1; next }
+            inner = (proto ":" port) in ports
+            # (a UDP socket of the tool on a port unused inside is a NAT
+            # flow of slirp4netns, e.g. to a direct resolver: not published)
+            if ((index(inodes, " " $10 " ") && (proto == "tcp" || inner)) ||
+                ($8 == uid && bound[1] ~ /^0+$/ && inner)) {
+                found = found (found == "" ? "" : ", ") proto " " address(bound[1]) ":" port
+            }
+        }
+        END { if (found != "") print found }' "${files[@]}" 2>/dev/null
 }
 
 # Wait for the namespace to end (its init's status is the drone's), writing
 # ns/outer.state as the outer link goes down and up (the watchdog blames
 # stage isolation while it is down), and checking that the link publishes
-# no port: after every new start and every 30 s (pasta binds ports it
-# forwards as they appear inside, were its flags ever lost).
+# no port: after every new start and every NS_GUARD_EVERY_MS (pasta binds
+# the ports it forwards about 1 s after they appear inside, were its flags
+# ever lost or read differently).
 netns_keeper_wait() {
     local status restarts=0 count checked=0 now
     while kill -0 "$NS_UNSHARE_PID" 2>/dev/null; do
         if netns_outer_up; then
             count=$(netns_lines "$NS_DIR/outer.restarts")
             clock_us now
-            if ((count != restarts || now - checked >= 30000000)); then
+            if ((count != restarts || now - checked >= NS_GUARD_EVERY_MS * 1000)); then
                 if ((count != restarts)); then
                     netns_kick_tunnel
                 fi
