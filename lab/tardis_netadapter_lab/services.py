@@ -19,6 +19,38 @@ from .netns import in_namespace, is_alive, is_listening, reap, start_time, termi
 PYTHON = "/usr/bin/python3"
 READY_TIMEOUT = 15.0
 
+# Real EL/Debian compute nodes have a /dev/net/tun every user may open (0666);
+# this machine's is 0600 root, and unprivileged pasta/slirp4netns (the outer
+# link of a drone's private network namespace, issue 12) need it. The machine's
+# node is never touched: each worker's slurmd runs in a private mount namespace
+# whose /dev/net is a small tmpfs holding its own 0666 tun node. Jobs inherit
+# that mount namespace from slurmd; everything outside it keeps the real one.
+TUN_NODE_SCRIPT = (
+    "set -e; mount -t tmpfs -o mode=0755,size=16k,nosuid lab-tun /dev/net; "
+    'mknod -m 0666 /dev/net/tun c 10 200; exec "$@"'
+)
+
+
+def with_tun_node(argv: tuple[str, ...]) -> tuple[str, ...]:
+    """`argv` run in a private mount namespace with a 0666 /dev/net/tun.
+
+    unshare without --fork and `exec` keep the pid: the recorded pid is still
+    the daemon's own, and the mount namespace dies with it and its children.
+    """
+    return (
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        TUN_NODE_SCRIPT,
+        "lab-tun",
+        *argv,
+    )
+
+
 # Popen objects of the daemons this process started, so we can reap them.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -142,10 +174,10 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         Service(
             f"slurmd-{worker}",
             worker,
-            ("slurmd", "-D", "-N", worker, "-f", str(lab.slurm_conf)),
+            with_tun_node(("slurmd", "-D", "-N", worker, "-f", str(lab.slurm_conf))),
             "0.0.0.0",
             L.SLURMD_PORT,
-            f"Slurm node daemon of {worker}",
+            f"Slurm node daemon of {worker} (jobs see a 0666 /dev/net/tun)",
         )
         for worker in lab.worker_hosts
     ]

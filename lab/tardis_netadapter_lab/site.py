@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -18,7 +19,7 @@ from typing import Any
 
 from . import accounts, configs, faults, firewall, services, toolbox, topology, webroot
 from . import layout as L
-from .netns import in_namespace, pids_in_namespaces, terminate, user_env
+from .netns import in_namespace, pids_in_namespaces, pids_of_uids, terminate, user_env
 
 log = logging.getLogger(__name__)
 
@@ -415,9 +416,18 @@ def teardown(name: str) -> dict[str, list[str]]:
     lab = L.LabLayout(name=name)
     namespaces = topology.lab_namespaces(name)
     paths = [topology.netns_path(ns) for ns in namespaces]
+    # the lab's users exist for this lab only: what runs as them is the lab's
+    # (also drones in private namespaces of their own, which are in none of ours)
+    uids = [
+        pwd.getpwnam(user).pw_uid for user in lab.users if accounts.user_exists(user)
+    ]
     stopped: list[int] = []
     for _ in range(3):  # daemons may fork while we stop them: sweep again
-        pids = set(pids_in_namespaces(paths)) | set(_recorded_pids(lab))
+        pids = (
+            set(pids_in_namespaces(paths))
+            | set(_recorded_pids(lab))
+            | set(pids_of_uids(uids))
+        )
         if not pids:
             break
         terminate(sorted(pids), grace=0.5 if not stopped else 0.2)

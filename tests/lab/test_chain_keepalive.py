@@ -8,6 +8,10 @@ collector), their pool connection otherwise idle for 120 s:
     firewall has forgotten the flows, the first heartbeat dies, the payload
     has lost the pool and registers anew.
 The watchdog is off in both, so only the budget differs.
+A third drone, budgeted like the first, runs with `chain.capture: namespace`
+(issue 12) in the same window: its ssh runs inside the drone's namespace and
+leaves through pasta, whose flows the budget's keepalives must carry too. It
+uses the same SOCKS port as the first (ports are private to its namespace).
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ def twenty_second_firewall(lab: Lab) -> Iterator[int]:
         lab.set_idle_timeout(before)
 
 
-def profile(socks_port: int, keepalive: dict) -> dict:
+def profile(socks_port: int, keepalive: dict, capture: str = "preload") -> dict:
+    chain = {"proxies": [DANTE], "localnet": ["127.0.0.0/8", L.SITE_NET]}
+    if capture != "preload":
+        chain["capture"] = capture
     return {
         "firewall": {"idle_timeout": IDLE_TIMEOUT},
         "tunnel": {"hops": [LOGIN], "socks_port": socks_port},
-        "chain": {"proxies": [DANTE], "localnet": ["127.0.0.0/8", L.SITE_NET]},
+        "chain": chain,
         "keepalive": keepalive,
         "pool": {"collector": COLLECTOR},
         "monitoring": {"enabled": False},
@@ -53,6 +60,7 @@ def test_idle_pool_connection_survives_only_with_the_budget(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     budgeted = Drone(lab, f"netlab-ka-{tag}", profile(1080, {}))
+    namespaced = Drone(lab, f"netlab-ka-ns-{tag}", profile(1080, {}, "namespace"))
     control = Drone(
         lab,
         f"netlab-nokeepalive-{tag}",
@@ -62,18 +70,21 @@ def test_idle_pool_connection_survives_only_with_the_budget(
         ),
     )
     try:
-        for drone in (budgeted, control):
+        for drone in (budgeted, control, namespaced):
             drone.submit()
-        first = {d.uuid: d.wait_registered() for d in (budgeted, control)}
+        first = {d.uuid: d.wait_registered() for d in (budgeted, control, namespaced)}
         assert first[budgeted.uuid]["heartbeat_interval"] == IDLE_TIMEOUT // 2
+        assert first[namespaced.uuid]["heartbeat_interval"] == IDLE_TIMEOUT // 2
         assert first[control.uuid]["heartbeat_interval"] == IDLE + 5
         time.sleep(IDLE + 5 + 10)  # the control's first heartbeat and its ack timeout
         kept, lost = budgeted.record(), control.record()
+        kept_ns = namespaced.record()
         # read before scancel: Slurm signals every process of the job at once,
         # so the tunnel may close under the payload before it handles SIGTERM
         budgeted_log = budgeted.output
+        namespaced_log = namespaced.output
     finally:
-        for drone in (budgeted, control):
+        for drone in (budgeted, control, namespaced):
             drone.cancel()
     print(
         f"budgeted: conn {first[budgeted.uuid]['conn']} -> {kept['conn']}, "
@@ -84,5 +95,14 @@ def test_idle_pool_connection_survives_only_with_the_budget(
     assert kept["connect_count"] == 1
     assert kept["heartbeats"] >= IDLE // (IDLE_TIMEOUT // 2) - 1
     assert "lost the pool" not in budgeted_log
+    print(
+        f"namespace: conn {first[namespaced.uuid]['conn']} -> {kept_ns['conn']}, "
+        f"{kept_ns['heartbeats']} heartbeats"
+    )
+    assert kept_ns["connected"] and kept_ns["conn"] == first[namespaced.uuid]["conn"]
+    assert kept_ns["connect_count"] == 1
+    assert kept_ns["heartbeats"] >= IDLE // (IDLE_TIMEOUT // 2) - 1
+    assert "lost the pool" not in namespaced_log
+    assert "stage isolation ready" in namespaced_log, namespaced_log
     assert "lost the pool" in control.output, control.output
     assert lost["connect_count"] >= 2 or not lost["connected"], lost
