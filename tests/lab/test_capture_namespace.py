@@ -29,6 +29,7 @@ import pwd
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -641,3 +642,8 @@ def test_namespace_drone_leaves_nothing_on_scancel(lab: Lab, ns_drone: Drone) ->
     assert not dronens.ns_processes(directory)
     assert not left, left
     assert "exiting with status" in ns_drone.output, ns_drone.output
+    # cvmfsexec inside the namespace had time to clean up after itself
+    uid = pwd.getpwnam(lab.drone_user).pw_uid
+    scaffolds = Path(tempfile.gettempdir()).glob("cvmfsexec-root-*")
+    left = [path for path in scaffolds if path.stat().st_uid == uid]
+    assert not left, f"{left}\n{ns_drone.output}"
