@@ -339,13 +339,27 @@ def start_drone(
             if capture == NAMESPACE:
                 init, payload = namespace_pids(drone.work)
                 drone = replace(
-                    drone, capture=capture, outer=outer, ns_init=init, ns_drone=payload
+                    drone,
+                    capture=capture,
+                    outer=_outer_tool(drone.work, outer),
+                    ns_init=init,
+                    ns_drone=payload,
                 )
             return drone
         time.sleep(0.2)
     raise RuntimeError(
         f"drone did not start:\n{output.read_text() if output.exists() else ''}"
     )
+
+
+def _outer_tool(work: str, asked: str) -> str:
+    """The outer link the drone chose (ns/isolation: METHOD TAB TOOL TAB
+    REASON), so that rows of ``auto`` name the tool."""
+    try:
+        fields = Path(work, "ns", "isolation").read_text().split("\t")
+    except OSError:
+        return asked
+    return fields[1].strip() if len(fields) > 1 and fields[1].strip() else asked
 
 
 def namespace_pids(work: str) -> tuple[int, int]:
