@@ -101,8 +101,26 @@ PRELOAD, NAMESPACE = CAPTURES
 NS_CHAINS = ("b",)
 #: the table's capture column for direct rows (no chain, nothing captured)
 NO_CAPTURE = "-"
-#: direct from inside a namespace drone: worker -> pasta -> login, no tunnel
+#: namespace.outer values to measure (``--outer``); auto = the product's choice
+OUTERS = ("auto",)
+#: direct from inside a namespace drone: worker -> outer link -> login, no tunnel
 DIRECT_NS = "direct via pasta (no tunnel)"
+
+
+def direct_ns(outer: str) -> str:
+    """The path label of direct-from-inside rows for a namespace.outer value."""
+    return (
+        DIRECT_NS if outer in ("auto", "pasta") else f"direct via {outer} (no tunnel)"
+    )
+
+
+def capture_label(capture: str, outer: str) -> str:
+    """The table's capture column: namespace rows name a chosen outer link."""
+    return (
+        capture if capture != NAMESPACE or outer == "auto" else f"{capture} ({outer})"
+    )
+
+
 #: the drone's log line naming the local ports it chose (drone_scripts/lib/tunnel.sh)
 LOCAL_PORTS = re.compile(r"tunnel: local ports socks 127\.0\.0\.1:(\d+)")
 DANTE = {"type": "socks5", "host": L.OUTSIDE_SOCKS, "port": L.HTTPS_PORT}
@@ -191,6 +209,8 @@ class Drone:
     chain: str
     parallel: int
     capture: str = PRELOAD
+    #: namespace.outer of the profile (namespace capture only)
+    outer: str = "auto"
     #: namespace capture: host pid of the namespace's init (its root userns)
     #: and the payload role's pid as the namespace sees it (nested userns)
     ns_init: int = 0
@@ -207,7 +227,12 @@ class Results:
 
 
 def profile_data(
-    idle_timeout: int, chain: str = "a", parallel: int = 1, capture: str = PRELOAD
+    idle_timeout: int,
+    chain: str = "a",
+    parallel: int = 1,
+    capture: str = PRELOAD,
+    outer: str = "auto",
+    mtu: Optional[int] = None,
 ) -> dict:
     """The drone's profile for a chain; socks_port stays ``auto`` as on a real site."""
     hops = [LOGIN, GATEWAY] if chain == "c" else [LOGIN]
@@ -229,6 +254,10 @@ def profile_data(
     }
     if capture == NAMESPACE:
         data["isolation"] = "required"
+        namespace: dict[str, Any] = {"outer": outer}
+        if mtu:
+            namespace["mtu"] = mtu
+        data["namespace"] = namespace
     return data
 
 
@@ -266,11 +295,18 @@ def echo_server(lab: Lab, stack: ExitStack, host: str, address: str, port: int):
 
 
 def start_drone(
-    lab: Lab, stack: ExitStack, chain: str, parallel: int, capture: str = PRELOAD
+    lab: Lab,
+    stack: ExitStack,
+    chain: str,
+    parallel: int,
+    capture: str = PRELOAD,
+    outer: str = "auto",
+    mtu: Optional[int] = None,
 ) -> Drone:
     """Submit the drone; return it once its tunnel is up and the payload runs."""
     drone_uuid = f"bench-{uuid.uuid4().hex[:8]}"
-    profile = load_profile(profile_data(lab.idle_timeout, chain, parallel, capture))
+    data = profile_data(lab.idle_timeout, chain, parallel, capture, outer, mtu)
+    profile = load_profile(data)
     script = render_drone_script(
         profile,
         derive_budget(profile),
@@ -302,12 +338,28 @@ def start_drone(
             drone = Drone(work.group(1), job_id, int(port.group(1)), chain, parallel)
             if capture == NAMESPACE:
                 init, payload = namespace_pids(drone.work)
-                drone = replace(drone, capture=capture, ns_init=init, ns_drone=payload)
+                drone = replace(
+                    drone,
+                    capture=capture,
+                    outer=_outer_tool(drone.work, outer),
+                    ns_init=init,
+                    ns_drone=payload,
+                )
             return drone
         time.sleep(0.2)
     raise RuntimeError(
         f"drone did not start:\n{output.read_text() if output.exists() else ''}"
     )
+
+
+def _outer_tool(work: str, asked: str) -> str:
+    """The outer link the drone chose (ns/isolation: METHOD TAB TOOL TAB
+    REASON), so that rows of ``auto`` name the tool."""
+    try:
+        fields = Path(work, "ns", "isolation").read_text().split("\t")
+    except OSError:
+        return asked
+    return fields[1].strip() if len(fields) > 1 and fields[1].strip() else asked
 
 
 def namespace_pids(work: str) -> tuple[int, int]:
@@ -387,8 +439,9 @@ def path_processes(lab: Lab, drone: Drone) -> dict[int, str]:
     the drone's ssh (and a ProxyJump's ssh -W: both read the drone's
     ssh_config), the drone user's sshd sessions on login and on the gateway,
     and every dante process; with namespace capture also the namespace's
-    redsocks and its outer link (pasta, in the worker's network namespace,
-    named by the pid of the namespace's unshare as its last argument)."""
+    redsocks and its outer link (pasta or slirp4netns, role "pasta", in the
+    worker's network namespace, named by the pid of the namespace's unshare
+    among its last two arguments)."""
     import pwd
 
     uid = pwd.getpwnam(lab.drone_user).pw_uid
@@ -403,8 +456,9 @@ def path_processes(lab: Lab, drone: Drone) -> dict[int, str]:
         unshare = _parent(drone.ns_init)
         for pid in worker:
             argv = _argv(pid)
+            # pasta names the pid last, slirp4netns before the tap device
             if _comm(pid).startswith(("pasta", "passt", "slirp4netns")) and (
-                argv and argv[-1] == str(unshare)
+                str(unshare) in argv[-2:]
             ):
                 roles[pid] = "pasta"
     else:
@@ -601,6 +655,8 @@ def measure(
     short: int = SHORT,
     captures: Sequence[str] = (PRELOAD,),
     ns_chains: Sequence[str] = NS_CHAINS,
+    outers: Sequence[str] = OUTERS,
+    mtu: Optional[int] = None,
 ) -> Results:
     """The whole matrix on a running lab. The tbf limit is removed again at the
     end, so a lab shared with other tests is left as found. `captures` as
@@ -632,12 +688,18 @@ def measure(
             direct_ms = direct_short()
             results.shorts.append(Short(DIRECT, 1, direct_ms, direct_ms))
         for key in chains:
-            for capture in captures:
-                if capture == NAMESPACE and key not in ns_chains:
-                    continue
+            variants = [
+                (capture, outer)
+                for capture in captures
+                for outer in (outers if capture == NAMESPACE else ("auto",))
+                if capture != NAMESPACE or key in ns_chains
+            ]
+            for capture, outer in variants:
                 for connections in parallel:
                     with ExitStack() as drone_stack:
-                        drone = start_drone(lab, drone_stack, key, connections, capture)
+                        drone = start_drone(
+                            lab, drone_stack, key, connections, capture, outer, mtu
+                        )
                         # short connections first: a throughput run that
                         # breaks the chain (seen: namespace, 10 streams)
                         # must not take them down too
@@ -708,7 +770,8 @@ def _measure_drone(
     results.cipher = ciphers[-1].split(",")[0] if ciphers else "default"
     paths = [(name, address, port)]
     if drone.capture == NAMESPACE:
-        paths.append((DIRECT_NS, L.LOGIN_SITE, DIRECT_PORT))
+        paths.append((direct_ns(drone.outer), L.LOGIN_SITE, DIRECT_PORT))
+    label = capture_label(drone.capture, drone.outer)
     with ExitStack() as stack:
         if drone.chain == "a":  # login may open 443 only: a server there for a
             iperf3_server(lab, stack, "outside", address, port)
@@ -724,7 +787,7 @@ def _measure_drone(
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
                         # a path that fails or hangs is a result (0 bit/s),
                         # not the end of a run that measures the others
-                        _log(f"{path} {drone.capture} {count} streams failed: {error}")
+                        _log(f"{path} {label} {count} streams failed: {error}")
                         bps, carried, iperf_cpu, used = 0.0, 0.0, {}, {}
                     used.update(iperf_cpu)
                     per_gb = (
@@ -732,7 +795,7 @@ def _measure_drone(
                         if carried
                         else {}
                     )
-                    if path == DIRECT_NS:  # no tunnel: only pasta and iperf3
+                    if path == direct_ns(drone.outer):  # no tunnel: outer link, iperf3
                         keep = ("pasta", "iperf3 client", "iperf3 server")
                         per_gb = {r: v for r, v in per_gb.items() if r in keep}
                     results.rows.append(
@@ -744,11 +807,11 @@ def _measure_drone(
                             bps,
                             direct[rate, count],
                             per_gb,
-                            drone.capture,
+                            label,
                         )
                     )
                     _log(
-                        f"{rate or 'none':>6} {count:>2} {path:<24} {drone.capture}"
+                        f"{rate or 'none':>6} {count:>2} {path:<24} {label}"
                         f" x{drone.parallel} {bps / 1e6:8.1f} Mbit/s, CPU s/GB "
                         + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
                     )
@@ -767,8 +830,9 @@ def _short_through(lab: Lab, drone: Drone, count: int, direct_ms: float) -> Shor
             echo_server(lab, stack, "outside", address, port)
         median = short_connections(lab, _chain_prefix(drone), address, port, count)
     name = CHAINS[drone.chain]
-    _log(f"short {name} {drone.capture} x{drone.parallel}: {median:.2f} ms")
-    return Short(name, drone.parallel, median, direct_ms, drone.capture)
+    label = capture_label(drone.capture, drone.outer)
+    _log(f"short {name} {label} x{drone.parallel}: {median:.2f} ms")
+    return Short(name, drone.parallel, median, direct_ms, label)
 
 
 def _short_direct_ns(lab: Lab, drone: Drone, count: int, direct_ms: float) -> Short:
@@ -776,8 +840,9 @@ def _short_direct_ns(lab: Lab, drone: Drone, count: int, direct_ms: float) -> Sh
     echo server (localnet: through pasta, no tunnel): the outer link's share."""
     prefix = _chain_prefix(drone)
     median = short_connections(lab, prefix, L.LOGIN_SITE, ECHO_DIRECT_PORT, count)
-    _log(f"short {DIRECT_NS}: {median:.2f} ms")
-    return Short(DIRECT_NS, drone.parallel, median, direct_ms, drone.capture)
+    path, label = direct_ns(drone.outer), capture_label(drone.capture, drone.outer)
+    _log(f"short {path}: {median:.2f} ms")
+    return Short(path, drone.parallel, median, direct_ms, label)
 
 
 # -- the report -----------------------------------------------------------------
@@ -861,6 +926,17 @@ def _capture_list(text: str) -> tuple[str, ...]:
     return values
 
 
+def _outer_list(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    allowed = ("auto", "pasta", "slirp4netns")
+    if not values or any(value not in allowed for value in values):
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; expected namespace.outer values among "
+            f"{', '.join(allowed)}, comma-separated"
+        )
+    return values
+
+
 def _rate_list(text: str) -> tuple[Optional[str], ...]:
     values = tuple(part.strip() for part in text.split(",") if part.strip())
     bad = [v for v in values if v != "none" and not re.fullmatch(r"\d+[kmg]bit", v)]
@@ -920,6 +996,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=NS_CHAINS,
         help="chains also measured with capture namespace (default b)",
     )
+    parser.add_argument(
+        "--outer",
+        type=_outer_list,
+        default=OUTERS,
+        help="namespace.outer values the namespace rows are measured with, "
+        "comma-separated (default auto: the product's choice; e.g. pasta,slirp4netns)",
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=None,
+        help="namespace.mtu of namespace drones (default: the product's, 65520)",
+    )
     parser.add_argument("--name", default=f"bch{os.getpid() % 1000}", help="lab name")
     args = parser.parse_args(argv)
     if args.seconds < 1:
@@ -945,6 +1034,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             short=args.short,
             captures=args.capture,
             ns_chains=args.ns_chains,
+            outers=args.outer,
+            mtu=args.mtu,
         )
     print(table(results, args.seconds, args.short))
     return 0

@@ -35,6 +35,16 @@ NS_HOPS=()          # keeper: first hops as resolved "ADDR PORT"
 NS_HOST_LINES=()    # keeper: "ADDR NAME" of first hops given by name
 NS_OUTER_STATE=""   # keeper: last state written to ns/outer.state
 NS_GUARD_EVERY_MS=5000 # keeper: how often netns_outer_guard looks again
+# slirp4netns (libslirp 4.7) above this MTU carried 0.26-0.31 Gbit/s of a
+# 1 Gbit/s link with one stream, 0.96 at 9000-16384 (docs/benchmarks.md)
+NS_SLIRP_MTU_MAX=16384
+# tcp_retries2 inside the namespace: a connection whose data goes unacked
+# for ~25 s (RTO 0.2 s doubling 6 times) ends with ETIMEDOUT instead of
+# backing off for 15 min. Seen with pasta: after a burst of 10 streams the
+# tunnel's ssh connection sat at RTO 52 s, backoff 8, for 100 s, and the
+# login's occasional replies kept ssh's ServerAlive from ever firing; ssh
+# must fail so that its supervisor reconnects.
+NS_TCP_RETRIES2=6
 
 isolation_stage() {
     NS_DIR=$DRONE_DIR/ns
@@ -97,11 +107,13 @@ netns_write_isolation() {
         mv -f -- "$DRONE_DIR/ns/isolation.tmp" "$DRONE_DIR/ns/isolation"
 }
 
-# pasta or slirp4netns as NS_OUTER asks (auto: pasta first), or nothing.
+# pasta or slirp4netns as NS_OUTER asks (auto: slirp4netns first: bookworm's
+# pasta stalls behind a rate limit and collapses with many streams, see
+# docs/benchmarks.md "Namespace capture"), or nothing.
 netns_outer_tool() {
     local tool
     case ${NS_OUTER:-auto} in
-    auto) for tool in pasta slirp4netns; do
+    auto) for tool in slirp4netns pasta; do
         if command -v "$tool" >/dev/null; then
             printf '%s' "$tool"
             return 0
@@ -309,9 +321,10 @@ netns_outer_start() {
 # The outer link's command: every port-forwarding feature off (pasta's
 # defaults publish every port bound inside on the worker's 0.0.0.0), IPv4.
 netns_outer_command() {
-    local route
+    local route mtu=$NS_MTU
     if [[ $NS_TOOL == slirp4netns ]]; then
-        printf '%s\0' slirp4netns --configure "--mtu=$NS_MTU" --disable-host-loopback \
+        ((mtu <= NS_SLIRP_MTU_MAX)) || mtu=$NS_SLIRP_MTU_MAX
+        printf '%s\0' slirp4netns --configure "--mtu=$mtu" --disable-host-loopback \
             --disable-dns "--cidr=$NS_CIDR" "$NS_UNSHARE_PID" tap0
         return
     fi
@@ -583,6 +596,11 @@ netns_init_plumbing() {
     done
     if ! output=$(nft -f "$NS_DIR/rules.nft" 2>&1); then
         fail isolation "$EXIT_ISOLATION" "nft refused $NS_DIR/rules.nft: ${output//$'\n'/; }"
+    fi
+    # per network namespace; a kernel that refuses it keeps its default
+    if ! printf '%s\n' "$NS_TCP_RETRIES2" 2>/dev/null >/proc/sys/net/ipv4/tcp_retries2; then
+        log "isolation: cannot set tcp_retries2 in the namespace; a stalled tunnel" \
+            "connection may take minutes to fail"
     fi
 }
 
