@@ -45,6 +45,14 @@ NS_SLIRP_MTU_MAX=16384
 # login's occasional replies kept ssh's ServerAlive from ever firing; ssh
 # must fail so that its supervisor reconnects.
 NS_TCP_RETRIES2=6
+# Nested stop graces, each longer than the one inside it, so that no role
+# kills what it started while that is still stopping what it started: the
+# drone role waits for the payload (PAYLOAD_STOP_TIMEOUT_MS), init for the
+# drone role (2 s more: tunnel, chain) and then for the rest of its PID
+# namespace (1 s more), the keeper (and its reaper) for init (1 s more).
+NS_DRONE_GRACE_MS=$((${PAYLOAD_STOP_TIMEOUT_MS:-20000} + 2000))
+NS_INIT_GRACE_MS=$((NS_DRONE_GRACE_MS + 1000))
+NS_KEEPER_GRACE_MS=$((NS_INIT_GRACE_MS + 1000))
 
 isolation_stage() {
     NS_DIR=$DRONE_DIR/ns
@@ -291,7 +299,7 @@ netns_reaper() {
         pause_ms 1000
     done
     if ! kill -0 "$keeper" 2>/dev/null; then
-        stop_process "$NS_INIT_PID" 5000
+        stop_process "$NS_INIT_PID" "$NS_KEEPER_GRACE_MS"
     fi
     [[ -z $NS_OUTER_PID ]] || stop_process "$NS_OUTER_PID" 2000
 }
@@ -535,8 +543,9 @@ netns_outer_state() {
         mv -f -- "$NS_DIR/outer.state.tmp" "$NS_DIR/outer.state"
 }
 
-# Cleanup of the keeper: the reaper, then TERM to the init's pid (5 s, then
-# KILL; the kernel ends the rest of its PID namespace), then the outer link.
+# Cleanup of the keeper: the reaper, then TERM to the init's pid (it ends
+# once nothing else is left in its PID namespace; KILL after
+# NS_KEEPER_GRACE_MS, and the kernel ends the rest), then the outer link.
 netns_keeper_stop() {
     local child=""
     if [[ -n $NS_REAPER_PID ]]; then
@@ -544,7 +553,7 @@ netns_keeper_stop() {
         NS_REAPER_PID=""
     fi
     if [[ -n $NS_INIT_PID ]]; then
-        stop_process "$NS_INIT_PID" 5000
+        stop_process "$NS_INIT_PID" "$NS_KEEPER_GRACE_MS"
         NS_INIT_PID=""
     fi
     if [[ -n $NS_UNSHARE_PID ]]; then
@@ -629,10 +638,16 @@ netns_counter() {
 }
 
 # Cleanup of the init role: TERM to the drone role, which stops the payload
-# and the tunnel; 4 s (within the keeper's 5), then KILL.
+# and the tunnel (KILL after NS_DRONE_GRACE_MS); then TERM to whatever else
+# is still in the PID namespace, and wait until nothing is (up to
+# NS_INIT_GRACE_MS since the stop began, within the keeper's grace): when
+# init ends, the kernel SIGKILLs every process left in its PID namespace, in
+# the middle of its own cleanup (cvmfsexec's unmount and scaffold removal).
 netns_init_stop() {
+    local started now left
+    clock_us started
     if [[ -n $NS_DRONE_PID ]]; then
-        stop_process "$NS_DRONE_PID" 4000
+        stop_process "$NS_DRONE_PID" "$NS_DRONE_GRACE_MS"
         NS_DRONE_PID=""
     fi
     if [[ -n $NS_LEAKS_PID ]]; then
@@ -640,6 +655,29 @@ netns_init_stop() {
         stop_process "$NS_LEAKS_PID" 1000
         NS_LEAKS_PID=""
     fi
+    netns_alone && return 0
+    kill -TERM -1 2>/dev/null # in a PID namespace: all of it but init
+    clock_us now
+    left=$((NS_INIT_GRACE_MS - (now - started) / 1000))
+    if ! wait_until "$((left > 200 ? left : 200))" netns_alone; then
+        log "isolation: processes still in the namespace after" \
+            "$(seconds_since "$started")s: its end kills them"
+    fi
+}
+
+# True when init (this shell) is the only live process of its PID namespace
+# (its own /proc, from --mount-proc; zombies are gone, init reaps them).
+netns_alone() {
+    local entry pid stat
+    for entry in /proc/[0-9]*/stat; do
+        pid=${entry#/proc/}
+        pid=${pid%/stat}
+        ((pid == BASHPID)) && continue
+        IFS= read -r stat 2>/dev/null <"$entry" || continue
+        stat=${stat##*") "}
+        [[ ${stat%% *} == Z ]] || return 1
+    done
+    return 0
 }
 
 # -- drone ------------------------------------------------------------------------
