@@ -16,6 +16,21 @@ parallel streams along each path:
            reached through login (ProxyJump) -> iperf3 on outside:5201
   b4       (only when asked for) b with dante spoken to as SOCKS4
 
+Each chain is captured as the profile's ``chain.capture`` says (``--capture``):
+``preload`` (proxychains, LD_PRELOAD, in the worker's own network) and, for
+the chains in ``--ns-chains`` (default b), ``namespace`` (issue 12): the
+drone's ssh and payload in a private user + network namespace whose only
+link to the worker is pasta, every TCP connection redirected by nft to
+redsocks and on into the tunnel. Namespace rows run iperf3 and the
+short-connection client INSIDE that namespace, as the drone user in the
+payload's own (nested) user namespace, with no LD_PRELOAD: ``nsenter
+--preserve-credentials -U -n -m -t INIT`` (the namespace's root userns,
+owned by the drone user: the payload's nested one does not own the netns,
+so it cannot be entered through), then ``nsenter --preserve-credentials
+-U -t DRONE`` into the payload's userns. A ``direct`` row from inside the
+namespace (worker -> pasta -> login, no tunnel: the site net is localnet)
+shows what the outer link alone costs.
+
 For every run the CPU time of each process on the path is read from
 /proc/PID/stat (ssh on the worker, sshd on login and on the gateway, dante)
 and from iperf3's own report (client and server), and given as CPU-seconds
@@ -26,10 +41,11 @@ Everything runs inside a lab of its own, torn down at the end.
 
     python benchmarks/chain_throughput.py [--rates 1gbit,10gbit,none]
         [--streams 1,8] [--chains a,b,c] [--parallel 1,2] [--seconds 5]
-        [--short 200]
+        [--short 200] [--capture preload,namespace] [--ns-chains b]
 
 Short form (what tests/lab/test_chain_benchmark.py runs, so this cannot rot;
-every chain once, through two parallel connections):
+every chain once, through two parallel connections, and chain b once more
+in namespace capture):
 
     python benchmarks/chain_throughput.py --rates 1gbit --streams 1
         --parallel 2 --seconds 1 --short 20
@@ -48,11 +64,11 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from tardis_netadapter_lab import Lab
+from tardis_netadapter_lab import Lab, dronens
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.netns import is_listening
 
@@ -79,6 +95,32 @@ CHAINS = {
 }
 DEFAULT_CHAINS = ("a", "b", "c")
 DIRECT = "direct"
+#: chain.capture methods; namespace only for NS_CHAINS (issue 12)
+CAPTURES = ("preload", "namespace")
+PRELOAD, NAMESPACE = CAPTURES
+NS_CHAINS = ("b",)
+#: the table's capture column for direct rows (no chain, nothing captured)
+NO_CAPTURE = "-"
+#: namespace.outer values to measure (``--outer``); auto = the product's choice
+OUTERS = ("auto",)
+#: direct from inside a namespace drone: worker -> outer link -> login, no tunnel
+DIRECT_NS = "direct via pasta (no tunnel)"
+
+
+def direct_ns(outer: str) -> str:
+    """The path label of direct-from-inside rows for a namespace.outer value."""
+    return (
+        DIRECT_NS if outer in ("auto", "pasta") else f"direct via {outer} (no tunnel)"
+    )
+
+
+def capture_label(capture: str, outer: str) -> str:
+    """The table's capture column: namespace rows name a chosen outer link."""
+    return (
+        capture if capture != NAMESPACE or outer == "auto" else f"{capture} ({outer})"
+    )
+
+
 #: the drone's log line naming the local ports it chose (drone_scripts/lib/tunnel.sh)
 LOCAL_PORTS = re.compile(r"tunnel: local ports socks 127\.0\.0\.1:(\d+)")
 DANTE = {"type": "socks5", "host": L.OUTSIDE_SOCKS, "port": L.HTTPS_PORT}
@@ -87,6 +129,8 @@ GATEWAY = {"host": L.OUTSIDE_GATEWAY, "port": L.HTTPS_PORT}
 #: process roles on the path, in table order
 ROLES = (
     "iperf3 client",
+    "redsocks",
+    "pasta",
     "ssh (worker)",
     "sshd (login)",
     "sshd (gateway)",
@@ -141,6 +185,7 @@ class Row:
     bps: float
     direct_bps: float
     cpu: dict[str, float] = field(default_factory=dict)
+    capture: str = NO_CAPTURE
 
 
 @dataclass(frozen=True)
@@ -151,6 +196,7 @@ class Short:
     parallel: int
     median_ms: float
     direct_ms: float
+    capture: str = NO_CAPTURE
 
 
 @dataclass(frozen=True)
@@ -162,6 +208,13 @@ class Drone:
     socks_port: int
     chain: str
     parallel: int
+    capture: str = PRELOAD
+    #: namespace.outer of the profile (namespace capture only)
+    outer: str = "auto"
+    #: namespace capture: host pid of the namespace's init (its root userns)
+    #: and the payload role's pid as the namespace sees it (nested userns)
+    ns_init: int = 0
+    ns_drone: int = 0
 
 
 @dataclass
@@ -173,18 +226,39 @@ class Results:
     load: list[str] = field(default_factory=list)
 
 
-def profile_data(idle_timeout: int, chain: str = "a", parallel: int = 1) -> dict:
+def profile_data(
+    idle_timeout: int,
+    chain: str = "a",
+    parallel: int = 1,
+    capture: str = PRELOAD,
+    outer: str = "auto",
+    mtu: Optional[int] = None,
+) -> dict:
     """The drone's profile for a chain; socks_port stays ``auto`` as on a real site."""
     hops = [LOGIN, GATEWAY] if chain == "c" else [LOGIN]
     proxies = {"b": [DANTE], "b4": [{**DANTE, "type": "socks4"}]}.get(chain, [])
-    return {
+    section: dict[str, Any] = {
+        "localnet": ["127.0.0.0/8", L.SITE_NET],
+        "proxies": proxies,
+    }
+    if capture == NAMESPACE:
+        # required: a fallback to preload would measure the wrong thing
+        section["capture"] = NAMESPACE
+    data = {
         "firewall": {"idle_timeout": idle_timeout},
         "tunnel": {"hops": hops, "parallel": parallel},
-        "chain": {"localnet": ["127.0.0.0/8", L.SITE_NET], "proxies": proxies},
+        "chain": section,
         "pool": {"collector": ""},  # nothing to probe: iperf3 is the payload's peer
         "monitoring": {"enabled": False},
         "payload": {"command": ["sleep", "3600"]},
     }
+    if capture == NAMESPACE:
+        data["isolation"] = "required"
+        namespace: dict[str, Any] = {"outer": outer}
+        if mtu:
+            namespace["mtu"] = mtu
+        data["namespace"] = namespace
+    return data
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -220,10 +294,19 @@ def echo_server(lab: Lab, stack: ExitStack, host: str, address: str, port: int):
     return start_server(lab, stack, host, address, port, argv)
 
 
-def start_drone(lab: Lab, stack: ExitStack, chain: str, parallel: int) -> Drone:
+def start_drone(
+    lab: Lab,
+    stack: ExitStack,
+    chain: str,
+    parallel: int,
+    capture: str = PRELOAD,
+    outer: str = "auto",
+    mtu: Optional[int] = None,
+) -> Drone:
     """Submit the drone; return it once its tunnel is up and the payload runs."""
     drone_uuid = f"bench-{uuid.uuid4().hex[:8]}"
-    profile = load_profile(profile_data(lab.idle_timeout, chain, parallel))
+    data = profile_data(lab.idle_timeout, chain, parallel, capture, outer, mtu)
+    profile = load_profile(data)
     script = render_drone_script(
         profile,
         derive_budget(profile),
@@ -252,11 +335,51 @@ def start_drone(lab: Lab, stack: ExitStack, chain: str, parallel: int) -> Drone:
         work = re.search(r"work directory (\S+)", text)
         port = LOCAL_PORTS.search(text)
         if started and work and port:
-            return Drone(work.group(1), job_id, int(port.group(1)), chain, parallel)
+            drone = Drone(work.group(1), job_id, int(port.group(1)), chain, parallel)
+            if capture == NAMESPACE:
+                init, payload = namespace_pids(drone.work)
+                drone = replace(
+                    drone,
+                    capture=capture,
+                    outer=_outer_tool(drone.work, outer),
+                    ns_init=init,
+                    ns_drone=payload,
+                )
+            return drone
         time.sleep(0.2)
     raise RuntimeError(
         f"drone did not start:\n{output.read_text() if output.exists() else ''}"
     )
+
+
+def _outer_tool(work: str, asked: str) -> str:
+    """The outer link the drone chose (ns/isolation: METHOD TAB TOOL TAB
+    REASON), so that rows of ``auto`` name the tool."""
+    try:
+        fields = Path(work, "ns", "isolation").read_text().split("\t")
+    except OSError:
+        return asked
+    return fields[1].strip() if len(fields) > 1 and fields[1].strip() else asked
+
+
+def namespace_pids(work: str) -> tuple[int, int]:
+    """(host pid of the namespace's init, the payload role's pid inside).
+
+    The payload role is the first process of the namespace whose environment
+    says TNA_NS_ROLE=drone (netns.sh starts it under ``unshare -U
+    --map-user``): its user namespace is the payload's.
+    """
+    init = dronens.ns_init_pid(work)
+    if init is None:
+        raise RuntimeError(f"no namespace init carries {work}")
+    for process in dronens.ns_processes(work):
+        try:
+            environ = Path(f"/proc/{process.host_pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"TNA_NS_ROLE=drone" in environ.split(b"\0"):
+            return init, process.ns_pid
+    raise RuntimeError(f"no payload role in the namespace of {work}")
 
 
 def cancel(lab: Lab, job_id: str) -> None:
@@ -315,13 +438,32 @@ def path_processes(lab: Lab, drone: Drone) -> dict[int, str]:
     """pid -> role of every process of this lab that carries the chain's bytes:
     the drone's ssh (and a ProxyJump's ssh -W: both read the drone's
     ssh_config), the drone user's sshd sessions on login and on the gateway,
-    and every dante process."""
+    and every dante process; with namespace capture also the namespace's
+    redsocks and its outer link (pasta or slirp4netns, role "pasta", in the
+    worker's network namespace, named by the pid of the namespace's unshare
+    among its last two arguments)."""
     import pwd
 
     uid = pwd.getpwnam(lab.drone_user).pw_uid
     roles: dict[int, str] = {}
     marker = f"{drone.work}/ssh_config".encode()
-    for pid in _netns_pids(lab, NODE):
+    worker = _netns_pids(lab, NODE)
+    if drone.capture == NAMESPACE:
+        inside = [p.host_pid for p in dronens.ns_processes(drone.work)]
+        for pid in inside:
+            if _comm(pid) == "redsocks":
+                roles[pid] = "redsocks"
+        unshare = _parent(drone.ns_init)
+        for pid in worker:
+            argv = _argv(pid)
+            # pasta names the pid last, slirp4netns before the tap device
+            if _comm(pid).startswith(("pasta", "passt", "slirp4netns")) and (
+                str(unshare) in argv[-2:]
+            ):
+                roles[pid] = "pasta"
+    else:
+        inside = worker
+    for pid in inside:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
@@ -336,6 +478,23 @@ def path_processes(lab: Lab, drone: Drone) -> dict[int, str]:
         if _comm(pid) == "danted":
             roles[pid] = "dante"
     return roles
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.rstrip(b"\0").decode(errors="replace").split("\0") if raw else []
+
+
+def _parent(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    match = re.search(r"^PPid:\s*(\d+)", status, re.M)
+    return int(match.group(1)) if match else 0
 
 
 @contextmanager
@@ -385,7 +544,7 @@ def iperf3(
     iperf3's client and server)."""
     argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
     argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
-    result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 60)
+    result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 20)
     if result.returncode != 0:
         raise RuntimeError(
             f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
@@ -427,7 +586,46 @@ def short_connections(
 
 
 def _chain_prefix(drone: Drone) -> list[str]:
+    """How a client on the worker takes this drone's chain: under its
+    proxychains (preload), or inside its namespace as its payload would be,
+    with no LD_PRELOAD (namespace)."""
+    if drone.capture == NAMESPACE:
+        return namespace_prefix(drone)
     return ["proxychains4", "-q", "-f", f"{drone.work}/proxychains.conf"]
+
+
+def namespace_prefix(drone: Drone) -> list[str]:
+    """Into the drone's network + mount namespace, as the drone user in the
+    payload's own user namespace.
+
+    Two steps, because the payload's nested user namespace does not own the
+    network namespace (nsenter through it gets EPERM on -n): first the
+    namespace's root userns, which the drone user owns (--preserve-credentials:
+    it denies setgroups), with its network and mount namespaces (its /proc is
+    the drone's PID namespace); from there into the payload's userns by the
+    pid the namespace gives it. Processes started so run as the drone user
+    without capabilities, as the payload does.
+    """
+    return [
+        "nsenter",
+        "--preserve-credentials",
+        "-U",
+        "-n",
+        "-m",
+        "-p",  # its /proc is the drone's PID namespace: /proc/self must be there
+        "-t",
+        str(drone.ns_init),
+        "--",
+        "nsenter",
+        "--preserve-credentials",
+        "-U",
+        "-t",
+        str(drone.ns_drone),
+        "--",
+        "env",
+        "-u",
+        "LD_PRELOAD",
+    ]
 
 
 def _target(chain: str) -> tuple[str, int]:
@@ -455,9 +653,15 @@ def measure(
     chains: Sequence[str] = DEFAULT_CHAINS,
     parallel: Sequence[int] = PARALLEL,
     short: int = SHORT,
+    captures: Sequence[str] = (PRELOAD,),
+    ns_chains: Sequence[str] = NS_CHAINS,
+    outers: Sequence[str] = OUTERS,
+    mtu: Optional[int] = None,
 ) -> Results:
     """The whole matrix on a running lab. The tbf limit is removed again at the
-    end, so a lab shared with other tests is left as found."""
+    end, so a lab shared with other tests is left as found. `captures` as
+    ``--capture`` (namespace only for `ns_chains`); the default, preload only,
+    is what callers from before namespace capture expect."""
     results = Results(aes_gcm_s_per_gb=aes_gcm_seconds_per_gb())
     results.load.append(_load())
     direct: dict[tuple[Optional[str], int], float] = {}
@@ -484,13 +688,31 @@ def measure(
             direct_ms = direct_short()
             results.shorts.append(Short(DIRECT, 1, direct_ms, direct_ms))
         for key in chains:
-            for connections in parallel:
-                with ExitStack() as drone_stack:
-                    drone = start_drone(lab, drone_stack, key, connections)
-                    _measure_drone(lab, drone, results, direct, rates, streams, seconds)
-                    if short:
-                        results.shorts.append(
-                            _short_through(lab, drone, short, direct_short())
+            variants = [
+                (capture, outer)
+                for capture in captures
+                for outer in (outers if capture == NAMESPACE else ("auto",))
+                if capture != NAMESPACE or key in ns_chains
+            ]
+            for capture, outer in variants:
+                for connections in parallel:
+                    with ExitStack() as drone_stack:
+                        drone = start_drone(
+                            lab, drone_stack, key, connections, capture, outer, mtu
+                        )
+                        # short connections first: a throughput run that
+                        # breaks the chain (seen: namespace, 10 streams)
+                        # must not take them down too
+                        if short:
+                            results.shorts.append(
+                                _short_through(lab, drone, short, direct_short())
+                            )
+                            if capture == NAMESPACE:
+                                results.shorts.append(
+                                    _short_direct_ns(lab, drone, short, direct_short())
+                                )
+                        _measure_drone(
+                            lab, drone, results, direct, rates, streams, seconds
                         )
         if short and any(key.startswith("b") for key in chains):
             results.shorts.append(_short_dante_alone(lab, short, direct_short()))
@@ -526,7 +748,7 @@ def _short_dante_alone(lab: Lab, count: int, direct_ms: float) -> Short:
     finally:
         conf.unlink(missing_ok=True)
     _log(f"short {DANTE_ALONE}: {median:.2f} ms")
-    return Short(DANTE_ALONE, 1, median, direct_ms)
+    return Short(DANTE_ALONE, 1, median, direct_ms, PRELOAD)
 
 
 def _measure_drone(
@@ -538,40 +760,61 @@ def _measure_drone(
     streams: Sequence[int],
     seconds: int,
 ) -> None:
+    """The drone's chain at every rate and stream count; for a namespace drone
+    also direct from inside it (pasta alone, no tunnel)."""
     prefix = _chain_prefix(drone)
     address, port = _target(drone.chain)
     name = CHAINS[drone.chain]
     config = Path(drone.work, "ssh_config").read_text()
     ciphers = re.findall(r"^\s*Ciphers\s+(\S+)", config, re.M)
     results.cipher = ciphers[-1].split(",")[0] if ciphers else "default"
+    paths = [(name, address, port)]
+    if drone.capture == NAMESPACE:
+        paths.append((direct_ns(drone.outer), L.LOGIN_SITE, DIRECT_PORT))
+    label = capture_label(drone.capture, drone.outer)
     with ExitStack() as stack:
         if drone.chain == "a":  # login may open 443 only: a server there for a
             iperf3_server(lab, stack, "outside", address, port)
         for rate in rates:
             lab.limit_bandwidth(NODE, rate)
             for count in streams:
-                with cpu_meter(lab, drone) as used:
-                    bps, carried, iperf_cpu = iperf3(
-                        lab, prefix, address, port, count, seconds
+                for path, target, target_port in paths:
+                    try:
+                        with cpu_meter(lab, drone) as used:
+                            bps, carried, iperf_cpu = iperf3(
+                                lab, prefix, target, target_port, count, seconds
+                            )
+                    except (RuntimeError, subprocess.TimeoutExpired) as error:
+                        # a path that fails or hangs is a result (0 bit/s),
+                        # not the end of a run that measures the others
+                        _log(f"{path} {label} {count} streams failed: {error}")
+                        bps, carried, iperf_cpu, used = 0.0, 0.0, {}, {}
+                    used.update(iperf_cpu)
+                    per_gb = (
+                        {role: s / (carried / 1e9) for role, s in used.items()}
+                        if carried
+                        else {}
                     )
-                used.update(iperf_cpu)
-                per_gb = {role: s / (carried / 1e9) for role, s in used.items()}
-                results.rows.append(
-                    Row(
-                        rate,
-                        count,
-                        name,
-                        drone.parallel,
-                        bps,
-                        direct[rate, count],
-                        per_gb,
+                    if path == direct_ns(drone.outer):  # no tunnel: outer link, iperf3
+                        keep = ("pasta", "iperf3 client", "iperf3 server")
+                        per_gb = {r: v for r, v in per_gb.items() if r in keep}
+                    results.rows.append(
+                        Row(
+                            rate,
+                            count,
+                            path,
+                            drone.parallel,
+                            bps,
+                            direct[rate, count],
+                            per_gb,
+                            label,
+                        )
                     )
-                )
-                _log(
-                    f"{rate or 'none':>6} {count:>2} {name:<24} x{drone.parallel}"
-                    f" {bps / 1e6:8.1f} Mbit/s, CPU s/GB "
-                    + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
-                )
+                    _log(
+                        f"{rate or 'none':>6} {count:>2} {path:<24} {label}"
+                        f" x{drone.parallel} {bps / 1e6:8.1f} Mbit/s, CPU s/GB "
+                        + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
+                    )
         lab.limit_bandwidth(NODE, None)
 
 
@@ -586,8 +829,20 @@ def _short_through(lab: Lab, drone: Drone, count: int, direct_ms: float) -> Shor
             port = IPERF_PORT + 1
             echo_server(lab, stack, "outside", address, port)
         median = short_connections(lab, _chain_prefix(drone), address, port, count)
-    _log(f"short {CHAINS[drone.chain]} x{drone.parallel}: {median:.2f} ms")
-    return Short(CHAINS[drone.chain], drone.parallel, median, direct_ms)
+    name = CHAINS[drone.chain]
+    label = capture_label(drone.capture, drone.outer)
+    _log(f"short {name} {label} x{drone.parallel}: {median:.2f} ms")
+    return Short(name, drone.parallel, median, direct_ms, label)
+
+
+def _short_direct_ns(lab: Lab, drone: Drone, count: int, direct_ms: float) -> Short:
+    """Short connections from inside a namespace drone straight to login's
+    echo server (localnet: through pasta, no tunnel): the outer link's share."""
+    prefix = _chain_prefix(drone)
+    median = short_connections(lab, prefix, L.LOGIN_SITE, ECHO_DIRECT_PORT, count)
+    path, label = direct_ns(drone.outer), capture_label(drone.capture, drone.outer)
+    _log(f"short {path}: {median:.2f} ms")
+    return Short(path, drone.parallel, median, direct_ms, label)
 
 
 # -- the report -----------------------------------------------------------------
@@ -599,10 +854,10 @@ def table(results: Results, seconds: int, short: int) -> str:
         f"<!-- {platform.python_implementation()} {platform.python_version()}, "
         f"{platform.machine()}, {os.cpu_count()} CPUs, iperf3 -t {seconds} -O 1, "
         f"ssh cipher {results.cipher}, load before/after {results.load} -->",
-        "| link | streams | path | parallel | Gbit/s | vs direct "
+        "| link | streams | path | capture | parallel | Gbit/s | vs direct "
         + "".join(f"| {role} " for role in ROLES)
         + "| CPU s/GB total |",
-        "| --- | ---: | --- | ---: | ---: | ---: "
+        "| --- | ---: | --- | --- | ---: | ---: | ---: "
         + "| ---: " * len(ROLES)
         + "| ---: |",
     ]
@@ -612,7 +867,8 @@ def table(results: Results, seconds: int, short: int) -> str:
         )
         total = f"{sum(row.cpu.values()):.2f}" if row.cpu else ""
         lines.append(
-            f"| {row.rate or 'none'} | {row.streams} | {row.path} | {row.parallel} "
+            f"| {row.rate or 'none'} | {row.streams} | {row.path} | {row.capture} "
+            f"| {row.parallel} "
             f"| {row.bps / 1e9:.2f} | {row.bps / row.direct_bps:.0%} {cpu}| {total} |"
         )
     lines += [
@@ -623,14 +879,15 @@ def table(results: Results, seconds: int, short: int) -> str:
     if results.shorts:
         lines += [
             "",
-            f"| path | parallel | median of {short} short connections (ms, "
-            f"lowest of {SHORT_ROUNDS} rounds) "
+            f"| path | capture | parallel | median of {short} short connections "
+            f"(ms, lowest of {SHORT_ROUNDS} rounds) "
             "| direct just before (ms) | vs direct |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            "| --- | --- | ---: | ---: | ---: | ---: |",
         ]
         for item in results.shorts:
             lines.append(
-                f"| {item.path} | {item.parallel} | {item.median_ms:.2f} "
+                f"| {item.path} | {item.capture} | {item.parallel} "
+                f"| {item.median_ms:.2f} "
                 f"| {item.direct_ms:.2f} | {item.median_ms / item.direct_ms:.1f}x |"
             )
     return "\n".join(lines)
@@ -655,6 +912,27 @@ def _chain_list(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(
             f"got {text!r}; expected chains among {', '.join(CHAINS)}, "
             "comma-separated (direct is always measured)"
+        )
+    return values
+
+
+def _capture_list(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not values or any(value not in CAPTURES for value in values):
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; expected chain.capture methods among "
+            f"{', '.join(CAPTURES)}, comma-separated"
+        )
+    return values
+
+
+def _outer_list(text: str) -> tuple[str, ...]:
+    values = tuple(part.strip() for part in text.split(",") if part.strip())
+    allowed = ("auto", "pasta", "slirp4netns")
+    if not values or any(value not in allowed for value in values):
+        raise argparse.ArgumentTypeError(
+            f"got {text!r}; expected namespace.outer values among "
+            f"{', '.join(allowed)}, comma-separated"
         )
     return values
 
@@ -705,6 +983,32 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=SHORT,
         help="short connections per path (0: none; default 200)",
     )
+    parser.add_argument(
+        "--capture",
+        type=_capture_list,
+        default=CAPTURES,
+        help="chain.capture methods, comma-separated (default preload,namespace; "
+        "namespace only for the chains in --ns-chains)",
+    )
+    parser.add_argument(
+        "--ns-chains",
+        type=_chain_list,
+        default=NS_CHAINS,
+        help="chains also measured with capture namespace (default b)",
+    )
+    parser.add_argument(
+        "--outer",
+        type=_outer_list,
+        default=OUTERS,
+        help="namespace.outer values the namespace rows are measured with, "
+        "comma-separated (default auto: the product's choice; e.g. pasta,slirp4netns)",
+    )
+    parser.add_argument(
+        "--mtu",
+        type=int,
+        default=None,
+        help="namespace.mtu of namespace drones (default: the product's, 65520)",
+    )
     parser.add_argument("--name", default=f"bch{os.getpid() % 1000}", help="lab name")
     args = parser.parse_args(argv)
     if args.seconds < 1:
@@ -728,6 +1032,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             chains=args.chains,
             parallel=args.parallel,
             short=args.short,
+            captures=args.capture,
+            ns_chains=args.ns_chains,
+            outers=args.outer,
+            mtu=args.mtu,
         )
     print(table(results, args.seconds, args.short))
     return 0

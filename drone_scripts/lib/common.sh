@@ -205,10 +205,35 @@ process_gone() {
     [[ ${stat%% *} == Z ]]
 }
 
+# True when no process of process group PGID is left but zombies (a
+# wrapper such as cvmfsexec may leave helpers that clean up after the
+# command it ran; a zombie is gone, its parent reaps it).
+group_gone() {
+    local entry stat state
+    kill -0 -- "-$1" 2>/dev/null || return 0
+    for entry in /proc/[0-9]*/stat; do
+        IFS= read -r stat 2>/dev/null <"$entry" || continue
+        stat=${stat##*") "} # "STATE PPID PGRP ..."
+        state=${stat%% *}
+        stat=${stat#* }
+        stat=${stat#* }
+        if [[ ${stat%% *} == "$1" && $state != Z ]]; then
+            return 1
+        fi
+    done
+    return 0
+}
+
 # Undo everything in reverse order of setup; runs once, on any exit.
+# TERM, INT and HUP stay trapped (and do nothing) while it runs: scancel
+# signals every process of the job at once, so a role of lib/netns.sh gets
+# a TERM from Slurm and another from the role that started it; with the
+# default action back, the second would kill it in the middle of stopping
+# what it started (the payload's cvmfsexec then never cleaned up).
 drone_cleanup() {
     local status=$? index
-    trap - EXIT TERM INT HUP
+    trap - EXIT
+    trap : TERM INT HUP
     for ((index = ${#CLEANUP[@]} - 1; index >= 0; index--)); do
         "${CLEANUP[index]}"
     done
@@ -216,13 +241,13 @@ drone_cleanup() {
     if [[ -z ${TNA_NS_ROLE:-} && -n $DRONE_DIR && -d $DRONE_DIR ]]; then
         rm -rf -- "$DRONE_DIR"
     fi
-    log "exiting with status $status"
+    log "exiting with status $status${TNA_NS_ROLE:+ (namespace role $TNA_NS_ROLE)}"
     exit "$status"
 }
 
 drone_signalled() {
     local signal=$1 code=$2
-    log "received SIG$signal: stopping"
+    log "received SIG$signal: stopping${TNA_NS_ROLE:+ (namespace role $TNA_NS_ROLE)}"
     exit "$code"
 }
 

@@ -39,6 +39,25 @@ NS_LEAKS_PID=""     # init: the ns/leaks writer
 NS_HOPS=()          # keeper: first hops as resolved "ADDR PORT"
 NS_HOST_LINES=()    # keeper: "ADDR NAME" of first hops given by name
 NS_OUTER_STATE=""   # keeper: last state written to ns/outer.state
+NS_GUARD_EVERY_MS=5000 # keeper: how often netns_outer_guard looks again
+# slirp4netns (libslirp 4.7) above this MTU carried 0.26-0.31 Gbit/s of a
+# 1 Gbit/s link with one stream, 0.96 at 9000-16384 (docs/benchmarks.md)
+NS_SLIRP_MTU_MAX=16384
+# tcp_retries2 inside the namespace: a connection whose data goes unacked
+# for ~25 s (RTO 0.2 s doubling 6 times) ends with ETIMEDOUT instead of
+# backing off for 15 min. Seen with pasta: after a burst of 10 streams the
+# tunnel's ssh connection sat at RTO 52 s, backoff 8, for 100 s, and the
+# login's occasional replies kept ssh's ServerAlive from ever firing; ssh
+# must fail so that its supervisor reconnects.
+NS_TCP_RETRIES2=6
+# Nested stop graces, each longer than the one inside it, so that no role
+# kills what it started while that is still stopping what it started: the
+# drone role waits for the payload (PAYLOAD_STOP_TIMEOUT_MS), init for the
+# drone role (2 s more: tunnel, chain) and then for the rest of its PID
+# namespace (1 s more), the keeper (and its reaper) for init (1 s more).
+NS_DRONE_GRACE_MS=$((${PAYLOAD_STOP_TIMEOUT_MS:-20000} + 2000))
+NS_INIT_GRACE_MS=$((NS_DRONE_GRACE_MS + 1000))
+NS_KEEPER_GRACE_MS=$((NS_INIT_GRACE_MS + 1000))
 
 isolation_stage() {
     NS_DIR=$DRONE_DIR/ns
@@ -104,11 +123,13 @@ netns_write_isolation() {
         mv -f -- "$DRONE_DIR/ns/isolation.tmp" "$DRONE_DIR/ns/isolation"
 }
 
-# pasta or slirp4netns as NS_OUTER asks (auto: pasta first), or nothing.
+# pasta or slirp4netns as NS_OUTER asks (auto: slirp4netns first: bookworm's
+# pasta stalls behind a rate limit and collapses with many streams, see
+# docs/benchmarks.md "Namespace capture"), or nothing.
 netns_outer_tool() {
     local tool
     case ${NS_OUTER:-auto} in
-    auto) for tool in pasta slirp4netns; do
+    auto) for tool in slirp4netns pasta; do
         if command -v "$tool" >/dev/null; then
             printf '%s' "$tool"
             return 0
@@ -303,7 +324,7 @@ netns_reaper() {
         pause_ms 1000
     done
     if ! kill -0 "$keeper" 2>/dev/null; then
-        stop_process "$NS_INIT_PID" 5000
+        stop_process "$NS_INIT_PID" "$NS_KEEPER_GRACE_MS"
     fi
     [[ -z $NS_OUTER_PID ]] || stop_process "$NS_OUTER_PID" 2000
 }
@@ -333,9 +354,10 @@ netns_outer_start() {
 # The outer link's command: every port-forwarding feature off (pasta's
 # defaults publish every port bound inside on the worker's 0.0.0.0), IPv4.
 netns_outer_command() {
-    local route
+    local route mtu=$NS_MTU
     if [[ $NS_TOOL == slirp4netns ]]; then
-        printf '%s\0' slirp4netns --configure "--mtu=$NS_MTU" --disable-host-loopback \
+        ((mtu <= NS_SLIRP_MTU_MAX)) || mtu=$NS_SLIRP_MTU_MAX
+        printf '%s\0' slirp4netns --configure "--mtu=$mtu" --disable-host-loopback \
             --disable-dns "--cidr=$NS_CIDR" "$NS_UNSHARE_PID" tap0
         return
     fi
@@ -396,8 +418,18 @@ netns_outer_classify() {
     printf 'exited\t%s\n' "${last:-exit status $status}"
 }
 
-# The outer link must bind nothing on the worker: no socket of its process
-# may be a TCP listener or a bound UDP socket in the worker's /proc/net.
+# The outer link must publish nothing on the worker: pasta forwards ports
+# bound inside to the worker's 0.0.0.0 unless told not to (its defaults, or
+# flags a pasta version reads differently), which would hand the drone's
+# tunnel and proxies to every user of the node. Two checks of the worker's
+# /proc/net/{tcp,udp}{,6}, any hit fails the drone:
+#  1. a TCP listener among the tool's own sockets (from /proc/PID/fd), or
+#     one of its bound UDP sockets on a port bound inside too: exact, but
+#     pasta makes itself non-dumpable, so its fd directory is root's and the
+#     drone user reads nothing there;
+#  2. a listener of the drone's uid on the wildcard address (0.0.0.0 or ::,
+#     where pasta's forwards bind) with a port that also listens inside the
+#     namespace: what pasta's forwarding publishes, found without its fds.
 netns_outer_guard() {
     local pid="" link inodes=() inode found
     # the supervisor writes the file as it starts the tool, before it is up
@@ -411,30 +443,66 @@ netns_outer_guard() {
         inode=${link#socket:[}
         inodes+=("${inode%]}")
     done
-    ((${#inodes[@]})) || return 0
-    found=$(awk -v inodes=" ${inodes[*]} " '
-        FNR == 1 { next }
-        index(inodes, " " $10 " ") && (FILENAME ~ /udp/ ? $4 == "07" : $4 == "0A") {
-            print FILENAME, $2; exit }' \
-        /proc/net/tcp /proc/net/tcp6 /proc/net/udp /proc/net/udp6 2>/dev/null)
+    found=$(netns_published "$(id -u)" "/proc/$NS_UNSHARE_PID/net" "${inodes[*]}")
     if [[ -n $found ]]; then
-        fail isolation "$EXIT_ISOLATION" "$NS_TOOL (pid $pid) published a port on" \
-            "$(hostname) ($found): refusing"
+        fail isolation "$EXIT_ISOLATION" "$NS_TOOL (pid $pid) published the drone's" \
+            "ports on $(hostname): $found; refusing (every user of the node could" \
+            "use them)"
     fi
+}
+
+# netns_published UID INSIDE_NET INODES: the worker's sockets the outer link
+# published ("tcp 0.0.0.0:20000, udp 0.0.0.0:5300"), by netns_outer_guard's
+# two rules; INSIDE_NET is the namespace's /proc/PID/net. Empty when none.
+netns_published() {
+    local inside=$2 files=() file
+    # only those that exist (no IPv6: no tcp6), or mawk stops at the first
+    for file in "$inside/"{tcp,tcp6,udp,udp6} /proc/net/{tcp,tcp6,udp,udp6}; do
+        [[ -r $file ]] && files+=("$file")
+    done
+    awk -v uid="$1" -v inodes=" $3 " -v inside="$inside/" '
+        function hex(text, value, i) {
+            value = 0
+            for (i = 1; i <= length(text); i++)
+                value = value * 16 + index("0123456789ABCDEF", toupper(substr(text, i, 1))) - 1
+            return value
+        }
+        function address(text) { # /proc/net hex to dotted IPv4, [::] or [hex]
+            if (text ~ /^0+$/) return length(text) == 8 ? "0.0.0.0" : "[::]"
+            if (length(text) != 8) return "[" text "]"
+            return hex(substr(text, 7, 2)) "." hex(substr(text, 5, 2)) "." \
+                hex(substr(text, 3, 2)) "." hex(substr(text, 1, 2))
+        }
+        FNR == 1 { proto = FILENAME ~ /udp/ ? "udp" : "tcp"; next }
+        $4 != (proto == "udp" ? "07" : "0A") { next } # listening / bound UDP
+        {
+            split($2, bound, ":")
+            port = hex(bound[2])
+            if (index(FILENAME, inside) == 1) { ports[proto ":" port] = 1; next }
+            inner = (proto ":" port) in ports
+            # (a UDP socket of the tool on a port unused inside is a NAT
+            # flow of slirp4netns, e.g. to a direct resolver: not published)
+            if ((index(inodes, " " $10 " ") && (proto == "tcp" || inner)) ||
+                ($8 == uid && bound[1] ~ /^0+$/ && inner)) {
+                found = found (found == "" ? "" : ", ") proto " " address(bound[1]) ":" port
+            }
+        }
+        END { if (found != "") print found }' "${files[@]}" 2>/dev/null
 }
 
 # Wait for the namespace to end (its init's status is the drone's), writing
 # ns/outer.state as the outer link goes down and up (the watchdog blames
 # stage isolation while it is down), and checking that the link publishes
-# no port: after every new start and every 30 s (pasta binds ports it
-# forwards as they appear inside, were its flags ever lost).
+# no port: after every new start and every NS_GUARD_EVERY_MS (pasta binds
+# the ports it forwards about 1 s after they appear inside, were its flags
+# ever lost or read differently).
 netns_keeper_wait() {
     local status restarts=0 count checked=0 now
     while kill -0 "$NS_UNSHARE_PID" 2>/dev/null; do
         if netns_outer_up; then
             count=$(netns_lines "$NS_DIR/outer.restarts")
             clock_us now
-            if ((count != restarts || now - checked >= 30000000)); then
+            if ((count != restarts || now - checked >= NS_GUARD_EVERY_MS * 1000)); then
                 if ((count != restarts)); then
                     netns_kick_tunnel
                 fi
@@ -505,8 +573,9 @@ netns_outer_state() {
         mv -f -- "$NS_DIR/outer.state.tmp" "$NS_DIR/outer.state"
 }
 
-# Cleanup of the keeper: the reaper, then TERM to the init's pid (5 s, then
-# KILL; the kernel ends the rest of its PID namespace), then the outer link.
+# Cleanup of the keeper: the reaper, then TERM to the init's pid (it ends
+# once nothing else is left in its PID namespace; KILL after
+# NS_KEEPER_GRACE_MS, and the kernel ends the rest), then the outer link.
 netns_keeper_stop() {
     local child=""
     if [[ -n $NS_REAPER_PID ]]; then
@@ -514,7 +583,7 @@ netns_keeper_stop() {
         NS_REAPER_PID=""
     fi
     if [[ -n $NS_INIT_PID ]]; then
-        stop_process "$NS_INIT_PID" 5000
+        stop_process "$NS_INIT_PID" "$NS_KEEPER_GRACE_MS"
         NS_INIT_PID=""
     fi
     if [[ -n $NS_UNSHARE_PID ]]; then
@@ -570,6 +639,11 @@ netns_init_plumbing() {
     if ! output=$(nft -f "$NS_DIR/rules.nft" 2>&1); then
         fail isolation "$EXIT_ISOLATION" "nft refused $NS_DIR/rules.nft: ${output//$'\n'/; }"
     fi
+    # per network namespace; a kernel that refuses it keeps its default
+    if ! printf '%s\n' "$NS_TCP_RETRIES2" 2>/dev/null >/proc/sys/net/ipv4/tcp_retries2; then
+        log "isolation: cannot set tcp_retries2 in the namespace; a stalled tunnel" \
+            "connection may take minutes to fail"
+    fi
 }
 
 # Runs in the background: ns/leaks = "UDP OTHER" packets dropped so far,
@@ -597,10 +671,16 @@ netns_counter() {
 }
 
 # Cleanup of the init role: TERM to the drone role, which stops the payload
-# and the tunnel; 4 s (within the keeper's 5), then KILL.
+# and the tunnel (KILL after NS_DRONE_GRACE_MS); then TERM to whatever else
+# is still in the PID namespace, and wait until nothing is (up to
+# NS_INIT_GRACE_MS since the stop began, within the keeper's grace): when
+# init ends, the kernel SIGKILLs every process left in its PID namespace, in
+# the middle of its own cleanup (cvmfsexec's unmount and scaffold removal).
 netns_init_stop() {
+    local started now left
+    clock_us started
     if [[ -n $NS_DRONE_PID ]]; then
-        stop_process "$NS_DRONE_PID" 4000
+        stop_process "$NS_DRONE_PID" "$NS_DRONE_GRACE_MS"
         NS_DRONE_PID=""
     fi
     if [[ -n $NS_LEAKS_PID ]]; then
@@ -608,6 +688,29 @@ netns_init_stop() {
         stop_process "$NS_LEAKS_PID" 1000
         NS_LEAKS_PID=""
     fi
+    netns_alone && return 0
+    kill -TERM -1 2>/dev/null # in a PID namespace: all of it but init
+    clock_us now
+    left=$((NS_INIT_GRACE_MS - (now - started) / 1000))
+    if ! wait_until "$((left > 200 ? left : 200))" netns_alone; then
+        log "isolation: processes still in the namespace after" \
+            "$(seconds_since "$started")s: its end kills them"
+    fi
+}
+
+# True when init (this shell) is the only live process of its PID namespace
+# (its own /proc, from --mount-proc; zombies are gone, init reaps them).
+netns_alone() {
+    local entry pid stat
+    for entry in /proc/[0-9]*/stat; do
+        pid=${entry#/proc/}
+        pid=${pid%/stat}
+        ((pid == BASHPID)) && continue
+        IFS= read -r stat 2>/dev/null <"$entry" || continue
+        stat=${stat##*") "}
+        [[ ${stat%% *} == Z ]] || return 1
+    done
+    return 0
 }
 
 # -- drone ------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 # LOCAL_CONFIG_DIR (TARDIS_CONDOR_CONFIG_DIR names the directory).
 
 PAYLOAD_PID=""
+PAYLOAD_PGID="" # its process group (setsid): what payload_stop waits for
 PAYLOAD_ENV=()
 
 # The knobs of this drone: its identity from the environment sbatch exported,
@@ -138,13 +139,27 @@ payload_layers_done() {
     [[ -e $DRONE_DIR/stages/payload ]] || process_gone "$PAYLOAD_PID"
 }
 
+# Stop the payload's whole process group, not only its first process: a
+# wrapper (cvmfsexec) cleans up after its command ended, and its helpers
+# may outlive the wrapper's own process; a group member SIGKILLed, or left
+# for the namespace's end to kill, cleans nothing (a stale cvmfsexec scaffold
+# in /tmp). TERM, then up to PAYLOAD_STOP_TIMEOUT_MS until none is left, then
+# KILL to whatever still is.
 payload_stop() {
-    if [[ -n $PAYLOAD_PID ]] && ! process_gone "$PAYLOAD_PID"; then
-        log "stopping the payload (process group $PAYLOAD_PID)"
-        stop_process "-$PAYLOAD_PID" "$PAYLOAD_STOP_TIMEOUT_MS"
+    local pgid=$PAYLOAD_PGID
+    [[ -n $pgid ]] || return 0
+    if ! group_gone "$pgid"; then
+        log "stopping the payload (process group $pgid)"
+        kill -TERM -- "-$pgid" 2>/dev/null
+        if ! wait_until "$PAYLOAD_STOP_TIMEOUT_MS" group_gone "$pgid"; then
+            log "the payload's process group $pgid did not end within" \
+                "$((PAYLOAD_STOP_TIMEOUT_MS / 1000))s of SIGTERM: SIGKILL"
+            kill -KILL -- "-$pgid" 2>/dev/null
+        fi
     fi
-    kill -KILL -- "-$PAYLOAD_PID" 2>/dev/null
+    [[ -z $PAYLOAD_PID ]] || wait "$PAYLOAD_PID" 2>/dev/null
     PAYLOAD_PID=""
+    PAYLOAD_PGID=""
 }
 
 payload_stage() {
@@ -159,6 +174,7 @@ payload_stage() {
     launched=$(now_us)
     setsid "${argv[@]}" </dev/null &
     PAYLOAD_PID=$!
+    PAYLOAD_PGID=$PAYLOAD_PID # setsid does not fork: bash's & child leads no group
     CLEANUP+=(payload_stop)
     log "stage payload started: ${PAYLOAD_ARGV[*]} (pid $PAYLOAD_PID," \
         "$(seconds_since "$DRONE_START_US")s since start)"

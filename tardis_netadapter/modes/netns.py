@@ -419,7 +419,7 @@ def legs(
 
 def _outer_name(profile: NetworkProfile) -> str:
     outer = profile.namespace.outer
-    return "pasta, else slirp4netns" if outer == "auto" else outer
+    return "slirp4netns, else pasta" if outer == "auto" else outer
 
 
 #: where nft, ip and redsocks live when a user's PATH lacks the sbin directories
@@ -460,8 +460,9 @@ def probe_lines(profile: NetworkProfile, capture: Capture) -> list[str]:
     outer = profile.namespace.outer
     if outer == "auto":
         lines += [
-            f'p=$(PATH="$PATH:{_SBIN}" command -v pasta 2>/dev/null || '
-            f'PATH="$PATH:{_SBIN}" command -v slirp4netns 2>/dev/null)',
+            # the drone's order (lib/netns.sh netns_outer_tool)
+            f'p=$(PATH="$PATH:{_SBIN}" command -v slirp4netns 2>/dev/null || '
+            f'PATH="$PATH:{_SBIN}" command -v pasta 2>/dev/null)',
             'if [ -n "$p" ]; then nsmark outer ok "$p"; '
             'else nsmark outer fail "neither pasta nor slirp4netns found"; fi',
         ]

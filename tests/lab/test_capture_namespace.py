@@ -29,6 +29,7 @@ import pwd
 import re
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -61,6 +62,8 @@ PORTS = re.compile(
 UDP_DATAGRAMS = 5
 OUTER_LINKS = ("pasta", "passt", "slirp4netns")
 OK = re.compile(r'"ok":\s*true')
+#: the keeper's (the batch job's) last line; the namespace roles name theirs
+KEEPER_EXIT = re.compile(r"exiting with status \d+$", re.MULTILINE)
 
 # The payload: clients first (each bounded by a timeout), then the startd.
 NSCHECK = r"""#!/bin/bash
@@ -235,8 +238,24 @@ def preload_drone(lab: Lab, nscheck: Path, sink: Sink) -> Iterator[Drone]:
         stop_drone(drone)
 
 
+def cvmfs_scaffolds(uid: int) -> set[Path]:
+    """The cvmfsexec stand-in's /tmp/cvmfsexec-root-* of one uid."""
+    scaffolds = Path(tempfile.gettempdir()).glob("cvmfsexec-root-*")
+    return {path for path in scaffolds if path.stat().st_uid == uid}
+
+
 @pytest.fixture(scope="module")
-def ns_drone(lab: Lab, nscheck: Path, sink: Sink) -> Iterator[Drone]:
+def old_scaffolds(lab: Lab) -> set[Path]:
+    """Scaffolds already there before this module's drones ran: lab users'
+    uids are reused by later labs, so one left by an earlier lab may carry
+    this lab's drone uid."""
+    return cvmfs_scaffolds(pwd.getpwnam(lab.drone_user).pw_uid)
+
+
+@pytest.fixture(scope="module")
+def ns_drone(
+    lab: Lab, nscheck: Path, sink: Sink, old_scaffolds: set[Path]
+) -> Iterator[Drone]:
     drone = start_checked_drone(lab, "namespace", NS_NODE, nscheck, sink)
     try:
         drone.wait_registered(timeout=60)
@@ -630,7 +649,9 @@ def pool_through_chain(lab: Lab, init: int) -> bool:
     return result.returncode == 0 and bool(OK.search(result.stdout))
 
 
-def test_namespace_drone_leaves_nothing_on_scancel(lab: Lab, ns_drone: Drone) -> None:
+def test_namespace_drone_leaves_nothing_on_scancel(
+    lab: Lab, ns_drone: Drone, old_scaffolds: set[Path]
+) -> None:
     """Last: scancel (SIGTERM to every process of the job, SIGKILL after the
     lab's KillWait=2 s) ends the namespace, pasta and the work directory."""
     directory = drone_dir(ns_drone)
@@ -640,4 +661,12 @@ def test_namespace_drone_leaves_nothing_on_scancel(lab: Lab, ns_drone: Drone) ->
     print(f"{ns_drone.uuid}: scancel -> {took:.1f}s, left {left}")
     assert not dronens.ns_processes(directory)
     assert not left, left
-    assert "exiting with status" in ns_drone.output, ns_drone.output
+    # every role stopped what it started and said so, the keeper (which
+    # removes the work directory) last, inside Slurm's KillWait
+    assert KEEPER_EXIT.search(ns_drone.output), ns_drone.output
+    for role in ("init", "drone"):
+        assert f"exiting with status 143 (namespace role {role})" in ns_drone.output
+    # cvmfsexec inside the namespace had time to clean up after itself
+    uid = pwd.getpwnam(lab.drone_user).pw_uid
+    left = sorted(cvmfs_scaffolds(uid) - old_scaffolds)
+    assert not left, f"{left}\n{ns_drone.output}"

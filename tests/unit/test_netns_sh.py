@@ -80,6 +80,8 @@ unit_inside() {
     cp -- "$DRONE_DIR/ns/isolation" "$out/isolation" 2>/dev/null
     [[ $CAPTURE_METHOD == namespace ]] || exit 0
     id -u >"$out/uid"
+    cat /proc/sys/net/ipv4/tcp_retries2 >"$out/tcp_retries2"
+    ip -o link show >"$out/links"
     if nft flush ruleset 2>"$out/nft.err"; then
         echo flushed >"$out/nft"
     else
@@ -269,6 +271,12 @@ def test_roles_capture_and_isolate(root: Path, tool: str) -> None:
     udp, other = map(int, found["leaks"].split())
     assert udp >= 4, found["leaks"]
     assert found["isolation"] == f"namespace\t{tool}\t\n"
+    # a stalled tunnel connection fails in ~25 s, not 15 min (NS_TCP_RETRIES2)
+    assert found["tcp_retries2"].strip() == "6"
+    # slirp4netns is capped at 16384 (slower above it); pasta keeps 65520
+    mtu = re.search(r"^\d+: (?!lo:)\S+ .*? mtu (\d+)", found["links"], re.M)
+    wanted = 16384 if tool == "slirp4netns" else 65520
+    assert mtu and int(mtu.group(1)) == wanted, found["links"]
     assert found["outer.state"].strip() == "up"
     # nothing of the drone (nor the outer link) listens on the worker
     assert found["outer.tcp"] == "" and found["outer.udp"] == "", found
@@ -283,6 +291,35 @@ def test_roles_capture_and_isolate(root: Path, tool: str) -> None:
     seconds = [int(h) * 3600 + int(m) * 60 + float(s) for h, m, s, _ in stopping]
     assert seconds[-1] - seconds[0] < 3, stopping  # not a grace period run out
     assert time.monotonic() - started < 45
+
+
+def test_auto_prefers_slirp4netns() -> None:
+    """outer auto: slirp4netns first (bookworm's pasta collapses with many
+    streams behind a rate limit, docs/benchmarks.md), pasta when alone."""
+    lib = Path(__file__).resolve().parents[2] / "drone_scripts" / "lib" / "netns.sh"
+    script = f'source "{lib}"; NS_OUTER=auto; netns_outer_tool'
+    bin_dir = Path(tempfile.mkdtemp(prefix="tna-unit-outer."))
+    try:
+        found = {}
+        for present in (("pasta", "slirp4netns"), ("pasta",)):
+            for old in bin_dir.iterdir():
+                old.unlink()
+            for tool in present:
+                (bin_dir / tool).write_text("#!/bin/sh\n")
+                (bin_dir / tool).chmod(0o755)
+            result = subprocess.run(
+                ["/bin/bash", "-c", script],
+                env={"PATH": str(bin_dir)},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            found[present] = result.stdout
+    finally:
+        for old in bin_dir.iterdir():
+            old.unlink()
+        bin_dir.rmdir()
+    assert found == {("pasta", "slirp4netns"): "slirp4netns", ("pasta",): "pasta"}
 
 
 def run_fallback(root: Path, isolation: str) -> subprocess.CompletedProcess:

@@ -535,3 +535,124 @@ def test_shellcheck_is_clean():
         check=False,
     )
     assert result.returncode == 0, result.stdout
+
+
+# -- issue 12: the record's isolation object and the outer link's state ---------
+
+NS_CASES = {
+    # ns/isolation, ns/leaks (None: no file) -> the record's "isolation"
+    "namespace": (
+        "namespace\tpasta\t\n",
+        "3 4\n",
+        {"method": "namespace", "tool": "pasta", "reason": None, "leaks_blocked": 7},
+    ),
+    "namespace-no-leaks-yet": (
+        "namespace\tslirp4netns\t\n",
+        None,
+        {
+            "method": "namespace",
+            "tool": "slirp4netns",
+            "reason": None,
+            "leaks_blocked": None,
+        },
+    ),
+    "namespace-garbled-leaks": (
+        "namespace\tpasta\t\n",
+        "3 x\n",
+        {"method": "namespace", "tool": "pasta", "reason": None, "leaks_blocked": None},
+    ),
+    # preload cannot count leaks: a stale ns/leaks is not reported
+    "preload": (
+        "preload\tproxychains\t\n",
+        "5 5\n",
+        {
+            "method": "preload",
+            "tool": "proxychains",
+            "reason": None,
+            "leaks_blocked": None,
+        },
+    ),
+    "fallback": (
+        'preload\tproxychains\tunshare: "write" failed: No space left on device\n',
+        None,
+        {
+            "method": "preload",
+            "tool": "proxychains",
+            "reason": 'unshare: "write" failed: No space left on device',
+            "leaks_blocked": None,
+        },
+    ),
+    "no-file": (None, "1 1\n", None),
+    "not-three-fields": ("namespace pasta\n", "1 1\n", None),
+}
+
+
+@pytest.mark.parametrize("case", NS_CASES, ids=list(NS_CASES))
+def test_isolation_object_from_ns_files(site, listener, case):
+    line, leaks, expected = NS_CASES[case]
+    ns = site["tmp"] / "ns"
+    ns.mkdir()
+    if line is not None:
+        (ns / "isolation").write_text(line)
+    if leaks is not None:
+        (ns / "leaks").write_text(leaks)
+    result = bash(
+        site,
+        "tna_watchdog_once\n",
+        endpoints=f"127.0.0.1:{listener}",
+        TNA_ISOLATION_FILE=str(ns / "isolation"),
+        TNA_LEAKS_FILE=str(ns / "leaks"),
+    )
+    assert result.returncode == 0, result.stderr
+    data = read_record(site)
+    assert data["isolation"] == expected
+    # the adapter's parser reads back what the watchdog wrote
+    parsed = parse_record(json.dumps(data))
+    if expected is None:
+        assert parsed.isolation is None
+    else:
+        assert parsed.isolation is not None
+        assert parsed.isolation.method == expected["method"]
+        assert parsed.isolation.leaks_blocked == expected["leaks_blocked"]
+        assert parsed.isolation.fallback == (case == "fallback")
+
+
+def test_isolation_is_null_without_the_setting(site, listener):
+    """A preload-era script (no TNA_ISOLATION_FILE) still writes a valid record."""
+    result = bash(site, "tna_watchdog_once\n", endpoints=f"127.0.0.1:{listener}")
+    assert result.returncode == 0, result.stderr
+    assert read_record(site)["isolation"] is None
+
+
+@pytest.mark.parametrize(
+    "state, blamed",
+    [("down exited\n", "isolation"), ("up\n", None), (None, None)],
+    ids=["down", "up", "no-file"],
+)
+def test_outer_link_down_blames_stage_isolation(site, listener, state, blamed):
+    """The keeper's ns/outer.state says the link is down: isolation, not the chain.
+
+    Every stage reports ok and the probe works (connections made before the
+    link went down live on a moment): only the outer state can blame it.
+    """
+    outer = site["tmp"] / "outer.state"
+    if state is not None:
+        outer.write_text(state)
+    result = bash(
+        site,
+        "for s in cvmfs isolation tunnel chain; do tna_stage $s ok; done\n"
+        "tna_watchdog_once\n",
+        endpoints=f"127.0.0.1:{listener}",
+        TNA_OUTER_STATE_FILE=str(outer),
+    )
+    assert result.returncode == 0, result.stderr
+    data = read_record(site)
+    assert data["failing_stage"] == blamed
+    if blamed:
+        assert data["stages"]["isolation"] == "restarting"
+        assert data["last_error"] == "outer link down: exited"
+        verdict = parse_record(json.dumps(data))
+        assert verdict.failing_stage == "isolation"
+    else:
+        assert data["stages"]["isolation"] == "ok"
+        assert data["last_error"] is None
