@@ -189,7 +189,12 @@ def _setting_line(name: str, value: Any) -> str:
         return f"{name}={shbool(value)}"
     if isinstance(value, (list, tuple)):
         return f"{name}=({shwords(value)})"
-    return f"{name}={shquote(value)}"
+    text = shquote(value)
+    if "=" in text and not text.startswith("'"):
+        # shlex leaves `pin-sha256:AB=` bare; shellcheck then reads the
+        # assignment as arithmetic (SC2100): quote it anyway
+        text = f"'{text}'"
+    return f"{name}={text}"
 
 
 def _settings_block(groups: Sequence[SettingsGroup]) -> list[list[str]]:

@@ -39,6 +39,7 @@ def test_status_describes_a_running_lab(lab: Lab) -> None:
     assert set(status["hosts"]) == {
         "login",
         "login2",
+        "dmz",
         "worker1",
         "worker2",
         "outside",
@@ -53,6 +54,10 @@ def test_status_describes_a_running_lab(lab: Lab) -> None:
         "public": L.LOGIN2_PUBLIC,
     }
     assert lab.endpoint("login2-sshd") == (L.LOGIN2_SITE, L.SSH_PORT)
+    assert status["hosts"]["dmz"]["addresses"] == {
+        "site": L.DMZ_SITE,
+        "public": L.DMZ_PUBLIC,
+    }
     dead = [name for name, info in status["services"].items() if not info["alive"]]
     assert dead == []
     assert lab.address("worker2") == "10.66.1.12"
