@@ -123,7 +123,7 @@ def test_the_vpn_settings_group_has_the_agreed_names_and_values() -> None:
     ]
     assert setting(script, "VPN_SERVER") == "10.66.1.3"
     assert setting(script, "VPN_PORT") == "443"
-    assert setting(script, "VPN_SERVERCERT") == PIN
+    assert setting(script, "VPN_SERVERCERT") == f"'{PIN}'"
     assert setting(script, "VPN_PASSWORD_FILE") == "'~/.tardis-netadapter/vpn.password'"
     assert setting(script, "VPN_DTLS") == "1"
     assert setting(script, "VPN_MTU") == "''"
