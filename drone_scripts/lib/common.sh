@@ -227,7 +227,7 @@ group_gone() {
 # Undo everything in reverse order of setup; runs once, on any exit.
 # TERM, INT and HUP stay trapped (and do nothing) while it runs: scancel
 # signals every process of the job at once, so a role of lib/netns.sh gets
-# a TERM from Slurm and another from the role that started it; with the
+# a TERM from the batch system and another from the role that started it; with the
 # default action back, the second would kill it in the middle of stopping
 # what it started (the payload's cvmfsexec then never cleaned up).
 drone_cleanup() {
