@@ -326,7 +326,7 @@ class Namespace:
     Common, because every mode that captures with a namespace (socks'
     ``chain.capture: namespace``, later vpn) reads it; a mode that does not
     use a namespace ignores it. ``outer`` is the one link out of the
-    namespace (pasta, else slirp4netns); ``cidr`` is slirp4netns' own
+    namespace (slirp4netns, else pasta); ``cidr`` is slirp4netns' own
     network (pasta copies the worker's address), ``ready_timeout`` how long
     the outer link may take to come up (s).
     """

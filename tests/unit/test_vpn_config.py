@@ -435,7 +435,7 @@ def test_legs_name_tls_dtls_the_outer_link_and_the_pool() -> None:
     assert [leg for leg, _ in legs[:4]] == [
         "worker -> VPN server, TLS (tcp/443)",
         "worker -> VPN server, DTLS (udp/443; UDP idle timeout 12s)",
-        "worker namespace -> outer link (pasta, else slirp4netns)",
+        "worker namespace -> outer link (slirp4netns, else pasta)",
         "VPN server -> pool (the payload's own flows, routed)",
     ]
     assert legs[1][1] == "openconnect DPD every 6s over DTLS"
