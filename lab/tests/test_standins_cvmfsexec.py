@@ -220,6 +220,8 @@ def test_missing_settings_exit_2(install):
 def test_cvmfsexec_runs_the_command_with_cvmfs_and_cleans_up(install, stratum, proxy):
     configure(install, proxy, stratum)
     host_had_cvmfs = os.path.exists("/cvmfs")
+    # /tmp is shared: only scaffolds this run makes count
+    before = set(Path(tempfile.gettempdir()).glob("cvmfsexec-root-*/cvmfs"))
     script = 'echo "dir=$CVMFS_MOUNT_DIR"; cat "$CVMFS_MOUNT_DIR/atlas.cern.ch/README"; exit 7'
     result = run(install, "cvmfsexec", REPO, "--", "sh", "-c", script)
     assert result.returncode == 7, result.stderr
@@ -229,7 +231,8 @@ def test_cvmfsexec_runs_the_command_with_cvmfs_and_cleans_up(install, stratum, p
     else:
         assert f"dir={install / 'dist/cvmfs'}" in result.stdout
     assert not (install / "dist/cvmfs" / REPO).exists(), "unmounted on exit"
-    assert not list(Path(tempfile.gettempdir()).glob("cvmfsexec-root-*/cvmfs"))
+    after = set(Path(tempfile.gettempdir()).glob("cvmfsexec-root-*/cvmfs"))
+    assert not after - before, "the scaffold is removed on exit"
 
 
 def test_cvmfsexec_shows_slash_cvmfs_in_a_namespace(install, stratum, proxy):
