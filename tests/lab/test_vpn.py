@@ -18,7 +18,13 @@ outside through tun0. Checked:
   * a wrong pin ends the drone in stage vpn with exit 25 and a line naming
     the pin the server has;
   * ocserv restarted mid-run: the VPN and a registration through it are back
-    within 10 s.
+    within 10 s;
+  * the drone mounts the stand-in CVMFS with cvmfsexec (nested in its
+    namespace) through the outside's squid, reached only through the VPN:
+    squid logs the request from dmz's public address.
+
+TNA_VPN_LAB names the module's lab (default `vpnbash`), so that two
+checkouts can run this module at once without tearing down each other's lab.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import pytest
 from tardis_netadapter_lab import Lab, dronens, teardown
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
-from test_chain_support import COLLECTOR, Drone, processes
+from test_chain_support import COLLECTOR, Drone, cvmfs_section, processes
 
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
@@ -47,11 +53,14 @@ from tardis_netadapter.render import render_drone_script
 
 pytestmark = pytest.mark.lab
 
-LAB_NAME = "vpnbash"
+LAB_NAME = os.environ.get("TNA_VPN_LAB", "vpnbash")
 NODE = "worker1"
 NEEDED = ("ocserv", "ocpasswd", "openconnect", "certtool", "pasta", "nft", "slurmd")
 OK = re.compile(r'"ok":\s*true')
 POOL_PREFIX = L.VPN_POOL.rsplit(".", 1)[0] + "."  # "10.66.8."
+#: the outside's squid (numeric: cvmfs resolves names itself), which a vpn
+#: drone reaches only through the VPN (dmz masquerades onto the public net)
+VPN_SQUID = f"http://{L.OUTSIDE_HTTP}:{L.SQUID_PORT}"
 
 # The payload: what its own clients see, then the startd stand-in.
 VPNCHECK = r"""#!/bin/bash
@@ -206,6 +215,9 @@ def vpn_drone(lab: Lab, vpncheck: Path) -> Iterator[Drone]:
     tag = f"vpnbash-{uuid.uuid4().hex[:8]}"
     profile = vpn_profile(lab)
     profile["payload"] = {"command": ["bash", str(vpncheck), tag]}
+    # cvmfsexec nests its own namespace in the drone's, and fetches through
+    # the squid on the outside: only the VPN leads there
+    profile["cvmfs"] = {**cvmfs_section("cvmfsexec"), "http_proxy": VPN_SQUID}
     drone = Drone(lab, tag, profile, sbatch_options=("-w", NODE)).submit()
     try:
         drone.wait_registered(timeout=60)
@@ -254,6 +266,27 @@ def test_vpn_address_registration_and_static_client(lab: Lab, vpn_drone: Drone) 
     assert beat["vpn"]["address"] == result["tun0"].split("/")[0], beat
     assert beat["vpn"]["transport"] == "dtls", beat
     assert beat["isolation"]["method"] == "namespace", beat
+
+
+def test_cvmfs_mounts_through_the_vpn(lab: Lab, vpn_drone: Drone) -> None:
+    output = vpn_drone.output
+    stages = re.findall(r"stage (\w+) ready after", output)
+    assert "cvmfs" in stages, output
+    # the VPN comes first: cvmfs fetches through it
+    assert stages.index("vpn") < stages.index("cvmfs"), stages
+    match = re.search(r"stage cvmfs ready after ([\d.]+)s", output)
+    assert match, output
+    log = lab.layout.state_dir / "squid" / "outside" / "access.log"
+    fetches = [
+        line
+        for line in (log.read_text().splitlines() if log.exists() else [])
+        if ".cvmfspublished" in line and "lab.cern.ch" in line
+    ]
+    print(f"stage cvmfs ready after {match.group(1)} s; squid: {fetches[-1:]}")
+    # squid's client column: dmz's public address (the VPN's masquerade),
+    # never the worker (which cannot reach the outside at all)
+    assert any(line.split()[2] == L.DMZ_PUBLIC for line in fetches), fetches
+    assert "lost the pool" not in output, output
 
 
 def test_other_user_cannot_use_the_vpn(lab: Lab, vpn_drone: Drone) -> None:
