@@ -40,31 +40,42 @@ def product_source() -> Path:
     return Path(tardis_netadapter.__file__).resolve().parent.parent
 
 
-def lab_config() -> Path:
-    """configs/lab.yml of the checkout, else the copy shipped in the product wheel."""
-    checkout = product_source() / "configs" / "lab.yml"
+def lab_config(name: str = "lab.yml") -> Path:
+    """configs/NAME of the checkout, else the copy shipped in the product wheel."""
+    checkout = product_source() / "configs" / name
     if checkout.is_file():
         return checkout
-    return Path(tardis_netadapter.__file__).resolve().parent / "configs" / "lab.yml"
+    return Path(tardis_netadapter.__file__).resolve().parent / "configs" / name
 
 
 #: the product's source root: the checkout, or site-packages
 SOURCE = product_source()
 #: the repository's lab configuration; ``${lab}`` stands for the lab's name
 LAB_CONFIG = lab_config()
+#: the same in mode vpn (issue 13): the drones' network is the DMZ's VPN
+LAB_VPN_CONFIG = lab_config("lab-vpn.yml")
+#: stands for the lab's ocserv pin in configs/lab-vpn.yml (a valid-looking
+#: pin, so that `check` accepts the file as it is in the repository)
+VPN_PIN_PLACEHOLDER = "pin-sha256:tardisnetadapterLabPinFilledInByWriteConfig="
 POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
 
 
 def write_config(
     lab: Lab, directory: Path, source: Path = LAB_CONFIG, replace: Optional[dict] = None
 ) -> Path:
-    """``configs/lab.yml`` for this lab in ``directory``; ``replace`` edits the text."""
+    """``configs/lab.yml`` (or ``source``) for this lab in ``directory``.
+
+    ``${lab}`` becomes the lab's name and VPN_PIN_PLACEHOLDER its ocserv's
+    pin; ``replace`` edits the text further.
+    """
     if not source.is_file():
         raise FileNotFoundError(
             f"{source} not found: install tardis-netadapter from a checkout "
             "(pip install -e . -e ./lab) or pass the configuration's path"
         )
     text = source.read_text().replace("${lab}", lab.name)
+    if VPN_PIN_PLACEHOLDER in text:
+        text = text.replace(VPN_PIN_PLACEHOLDER, lab.vpn_pin)
     for old, new in (replace or {}).items():
         if old not in text:
             raise ValueError(f"{old!r} does not occur in {source}")
