@@ -1,10 +1,14 @@
-"""``tardis-netadapter demo [--minutes N]``: the whole path, live, in the lab.
+"""``tardis-netadapter demo [--minutes N] [--mode socks|vpn]``: the whole path, live, in the lab.
 
 Brings a lab up (a restricted site on this machine), runs the real COBalD
 daemon with the NetSlurm adapter against it, keeps the pool busy so TARDIS
 wants drones, shows drones by TARDIS state and connectivity verdict refreshed
 in place, kills one drone's tunnel half-way so the healing is visible, then
 tears everything down and prints a summary. Ctrl-C tears down cleanly.
+``--mode vpn`` (issue 13) runs configs/lab-vpn.yml instead: one drone in mode
+vpn (openconnect to the DMZ's ocserv), shown with its tun address and
+transport; half-way the DMZ's ocserv is restarted, and the demo shows the
+drone's supervisor log in again and the payload's registration going on.
 Needs root (network namespaces); every daemon runs inside the lab. Part of the
 lab distribution: the product CLI finds it through the
 ``tardis_netadapter.commands`` entry-point group.
@@ -42,6 +46,14 @@ def add_parser(subparsers: Any) -> None:
         help="how long to run once the first drone is up (default 4)",
     )
     parser.add_argument("--name", default=DEMO_LAB, help="lab name (default tnademo)")
+    parser.add_argument(
+        "--mode",
+        choices=("socks", "vpn"),
+        default="socks",
+        help="socks: configs/lab.yml, the ssh tunnel of a drone is killed half-way; "
+        "vpn: configs/lab-vpn.yml, the DMZ's ocserv is restarted half-way "
+        "(default socks)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,6 +70,7 @@ class Events:
     lines: list[str] = field(default_factory=list)
     first_available: Optional[float] = None
     peak_available: int = 0
+    mode: str = "socks"
     fault: Optional[tuple[str, str, int]] = None  # drone, host, killed pid
     fault_at: Optional[float] = None
     detected_at: Optional[float] = None
@@ -108,6 +121,82 @@ def tunnel_ssh(lab: Any, drone_uuid: str) -> Optional[tuple[str, int]]:
     return None
 
 
+def vpn_files(drone_uuid: str) -> tuple[str, str]:
+    """(ns/vpn.state, ns/vpn.restarts) of a vpn drone ('' when absent).
+
+    Files in the drone's work directory (the lab's workers share this
+    machine's /tmp): read as files, no packet is sent to a lab address.
+    """
+    found = sorted(Path("/tmp").glob(f"tardis-drone.{drone_uuid}.*/ns"))
+    if not found:
+        return "", ""
+    texts = []
+    for name in ("vpn.state", "vpn.restarts"):
+        try:
+            texts.append((found[0] / name).read_text().strip())
+        except OSError:
+            texts.append("")
+    return texts[0], texts[1]
+
+
+def vpn_up(state: str) -> bool:
+    return state.split()[:1] == ["up"]
+
+
+def restart_ocserv(lab: Any, drone_uuid: str, events: Events) -> None:
+    """The vpn fault: restart dmz's ocserv, then watch the drone heal closely.
+
+    The VPN is back within seconds (the supervisor logs in anew), faster than
+    the view's refresh, so this watches ns/vpn.state and the pool every
+    0.2 s for up to 30 s and records when the VPN and the registration were
+    back.
+    """
+    state, restarts = vpn_files(drone_uuid)
+    before = pool_drones(lab).get(drone_uuid, {})
+    events.fault_at = time.monotonic()
+    pid = lab.restart_service("ocserv")
+    events.fault = (drone_uuid, "dmz", pid)
+    events.say(
+        f"FAULT: restarted dmz's ocserv (new pid {pid}, listening after "
+        f"{events.since_fault():.1f}s); {drone_uuid}'s VPN was {state!r}"
+    )
+    vpn_back = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and events.healed_at is None:
+        now_state, now_restarts = vpn_files(drone_uuid)
+        if events.detected_at is None and (
+            now_restarts != restarts or not vpn_up(now_state)
+        ):
+            events.detected_at = time.monotonic()
+            events.say(
+                f"detected after {events.since_fault():.1f}s: the drone's supervisor "
+                f"restarts openconnect (VPN {now_state or '?'!r})"
+            )
+        if vpn_back is None and now_restarts != restarts and vpn_up(now_state):
+            vpn_back = time.monotonic()
+            words = now_state.split()
+            events.say(
+                f"VPN back after {events.since_fault():.1f}s: tun0 "
+                f"{words[1] if len(words) > 1 else '?'} over "
+                f"{words[2] if len(words) > 2 else '?'} (a fresh login)"
+            )
+        if vpn_back is not None:
+            record = pool_drones(lab).get(drone_uuid, {})
+            progressed = record.get("heartbeats", 0) > before.get(
+                "heartbeats", 0
+            ) or record.get("connect_count", 0) > before.get("connect_count", 0)
+            if record.get("connected") and progressed:
+                events.healed_at = time.monotonic()
+                kept = record.get("connect_count") == before.get("connect_count")
+                events.say(
+                    f"healed: {drone_uuid} heard from through the VPN again after "
+                    f"{events.since_fault():.1f}s ("
+                    + ("the same pool connection" if kept else "registered anew")
+                    + ")"
+                )
+        time.sleep(0.2)
+
+
 # --------------------------------------------------------------------------
 # the live view
 # --------------------------------------------------------------------------
@@ -124,9 +213,14 @@ def render_view(
     by_uuid = {row.uuid: row for row in rows}
     states = Counter(state for _, state in drones.values())
     verdicts = Counter(row.verdict for row in rows)
+    path = (
+        "openconnect -> dmz's ocserv -> pool"
+        if events.mode == "vpn"
+        else "ssh/proxychains/dante -> pool"
+    )
     lines = [
         f"tardis-netadapter demo: {elapsed:5.0f}s  "
-        "(COBalD + TARDIS + NetSlurm -> lab Slurm -> ssh/proxychains/dante -> pool)",
+        f"(COBalD + TARDIS + NetSlurm -> lab Slurm -> {path})",
         "",
         "TARDIS states : "
         + (", ".join(f"{k} {v}" for k, v in sorted(states.items())) or "-"),
@@ -134,7 +228,8 @@ def render_view(
         + (", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())) or "-"),
         "",
         f"{'DRONE':<22} {'JOB':>5} {'TARDIS':<18} {'SLURM':<10} {'VERDICT':<16} "
-        f"{'HB AGE':>6} {'RESTARTS':>8} {'POOL CONN':>9}",
+        f"{'HB AGE':>6} {'RESTARTS':>8} {'POOL CONN':>9}"
+        + ("  TUN0 / VPN" if events.mode == "vpn" else ""),
     ]
     for uuid, (job, state) in sorted(drones.items()):
         row = by_uuid.get(uuid)
@@ -150,9 +245,19 @@ def render_view(
             f"{(row.verdict if row else '-'):<16} {age:>6} "
             f"{(row.restarts if row else 0):>8} "
             f"{'yes' if record.get('connected') else 'no':>5} #{record.get('connect_count', 0)}"
+            + (f"  {vpn_column(uuid)}" if events.mode == "vpn" else "")
         )
     lines += ["", "events:"] + [f"  {line}" for line in events.lines[-8:]]
     return "\n".join(lines) + "\n"
+
+
+def vpn_column(drone_uuid: str) -> str:
+    """tun0's address and the transport, as the drone's ns/vpn.state says."""
+    state, _ = vpn_files(drone_uuid)
+    words = state.split()
+    if words[:1] == ["up"] and len(words) >= 3:
+        return f"{words[1]} {words[2]}"
+    return " ".join(words) or "-"
 
 
 def show(frame: str, tty: bool) -> None:
@@ -190,7 +295,13 @@ def step(
         answer = pool_request(lab, {"op": "set_load", "uuid": uuid, "load": 1.0})
         if answer.get("ok"):
             busy.add(uuid)
-            events.say(f"{uuid} registered with the pool through its chain")
+            how = (
+                f"through the VPN (pool sees {pool[uuid].get('remote', '?')}; "
+                f"tun0 {vpn_column(uuid)})"
+                if events.mode == "vpn"
+                else "through its chain"
+            )
+            events.say(f"{uuid} registered with the pool {how}")
     rows = connectivity_rows(lab, settings)
     available = [u for u, (_, s) in drones.items() if s == "AvailableState"]
     if available and events.first_available is None:
@@ -198,7 +309,17 @@ def step(
         events.say(f"{available[0]} is Available in TARDIS")
     events.peak_available = max(events.peak_available, len(available))
     if (
-        events.fault is None
+        events.mode == "vpn"
+        and events.fault_at is None
+        and events.first_available is not None
+        and time.monotonic() - events.first_available >= half
+        and available
+    ):
+        restart_ocserv(lab, available[0], events)
+        return drones, rows, pool
+    if (
+        events.mode == "socks"
+        and events.fault is None
         and events.first_available is not None
         and time.monotonic() - events.first_available >= half
     ):
@@ -212,7 +333,7 @@ def step(
                     f"FAULT: killed the tunnel ssh of {uuid} on {host} (pid {pid})"
                 )
                 break
-    if events.fault is not None and events.healed_at is None:
+    if events.mode == "socks" and events.fault is not None and events.healed_at is None:
         uuid = events.fault[0]
         row = next((r for r in rows if r.uuid == uuid), None)
         found = tunnel_ssh(lab, uuid)
@@ -250,15 +371,21 @@ def summary(events: Events, drones_seen: set[str]) -> str:
     def at(moment: Optional[float]) -> str:
         return "never" if moment is None else f"{moment - events.started:.0f}s"
 
+    fault, healed = (
+        ("ocserv restarted              ", "healed (VPN + pool again)     ")
+        if events.mode == "vpn"
+        else ("tunnel killed                 ", "healed (tunnel + pool again)  ")
+    )
+
     lines = [
         "",
         "demo summary",
         f"  drones started by TARDIS      : {len(drones_seen)}",
         f"  most drones Available at once : {events.peak_available}",
         f"  first drone Available after   : {at(events.first_available)}",
-        f"  tunnel killed                 : {at(events.fault_at)}",
+        f"  {fault}: {at(events.fault_at)}",
         f"  fault detected                : {at(events.detected_at)}",
-        f"  healed (tunnel + pool again)  : {at(events.healed_at)}",
+        f"  {healed}: {at(events.healed_at)}",
     ]
     ok = (
         events.peak_available >= 1
@@ -274,7 +401,7 @@ def run(args: argparse.Namespace) -> int:
     from tardis_netadapter.siteconfig import load_site_from_file
 
     from . import Lab, teardown
-    from .daemon import CobaldDaemon, write_config
+    from .daemon import LAB_CONFIG, LAB_VPN_CONFIG, CobaldDaemon, write_config
 
     if os.geteuid() != 0:
         print(
@@ -282,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     teardown(args.name)  # a demo lab left by a crashed run
-    events = Events()
+    events = Events(mode=args.mode)
     tty = sys.stdout.isatty()
     seen: set[str] = set()
     print(f"bringing lab {args.name} up ...", flush=True)
@@ -290,10 +417,14 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tna-demo-"))
     daemon = None
     try:
-        config = write_config(lab, workdir)
+        source = LAB_VPN_CONFIG if args.mode == "vpn" else LAB_CONFIG
+        config = write_config(lab, workdir, source=source)
         settings = load_site_from_file(config, SITE).settings
         daemon = CobaldDaemon(lab, workdir, config).start()
-        events.say(f"lab up; cobald running on control (pid {daemon.process.pid})")
+        events.say(
+            f"lab up; cobald running on control (pid {daemon.process.pid}), "
+            f"mode {args.mode} ({source.name})"
+        )
         busy: set[str] = set()
         run_for = args.minutes * 60
         deadline = time.monotonic() + run_for + 300  # plus time to the first drone
