@@ -23,7 +23,9 @@
 # server), else TUNNEL_FIRST_HOPS (mode socks).
 #
 # Mode vpn (lib/vpn.sh): the init role also starts openconnect (vpn_init_start)
-# before the drone role, and needs openconnect instead of redsocks.
+# before the drone role, and needs openconnect instead of redsocks; without a
+# namespace the keeper's fallback is vpn.fallback (ocproxy: lib/vpn.sh's
+# vpn_fallback_stage, in the keeper).
 
 # this script's own file, copied to ns/drone.sh for the init and drone roles
 # (captured when the library is read: inside a function BASH_SOURCE differs)
@@ -110,8 +112,13 @@ netns_keeper_role() {
     netns_keeper_wait
 }
 
-# The preload tool the chain stage uses (ns/isolation's TOOL of a preload drone).
+# The preload tool the chain stage uses (ns/isolation's TOOL of a preload drone);
+# mode vpn: its fallback (ocproxy, with the preload chain to it; lib/vpn.sh).
 netns_preload_tool() {
+    if [[ ${NETWORK_MODE:-} == vpn ]]; then
+        printf '%s' "${VPN_FALLBACK:-none}"
+        return
+    fi
     printf '%s' "${CHAIN_TOOL:-none}"
 }
 

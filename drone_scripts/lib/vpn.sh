@@ -18,6 +18,14 @@
 #   drone  (the real uid, no capabilities) vpn_stage: waits for ns/vpn.state
 #          up and a TCP connection to VPN_PROBE_HOST:VPN_PROBE_PORT through
 #          the tun, then the rest of main() runs (cvmfs, payload ...).
+# Without a namespace (the keeper's fallback, isolation: preferred, vpn.fallback
+# ocproxy) stage vpn runs in the keeper itself: openconnect (no tun:
+# --script-tun) hands its packets to ocproxy, openconnect's userspace stack, a
+# SOCKS5 server on 127.0.0.1:VPN_SOCKS_PORT (chosen per drone from
+# VPN_SOCKS_PORT_RANGE), supervised the same way; the payload reaches it with
+# the preload chain (lib/chain.sh's library lookup and environment, the
+# rendered write_proxychains_conf). Not isolated: other users of the node can
+# use that port; static binaries and UDP are not captured (docs/vpn.md).
 # Credentials never reach a command line, the environment or a log: the
 # password is fed from its file with --passwd-on-stdin (a redirection made by
 # bash), a client certificate and key are given by path; the files must be the
@@ -29,7 +37,9 @@
 # hop is NS_FIRST_HOPS.
 
 VPN_DEVICE=${VPN_INTERFACE:-tun0}
-VPN_SUPERVISOR_PID="" # init: openconnect's supervisor
+VPN_SUPERVISOR_PID="" # init (fallback: keeper): openconnect's supervisor
+VPN_SOCKS_PORT=""     # fallback: ocproxy's SOCKS port on 127.0.0.1
+VPN_SOCKS_ATTEMPTS=3  # fallback: ports tried when another process takes ours
 # failure classes a start cannot heal by trying again: stage vpn fails at once
 VPN_FATAL_CLASSES="|credentials|server certificate mismatch|server certificate untrusted|auth failed|"
 
@@ -55,6 +65,13 @@ vpn_init_start() {
         vpn_state "down script"
         return 0
     }
+    vpn_supervisor_start
+    log "vpn: ${VPN_ROUTE:-openconnect to $VPN_SERVER:$VPN_PORT} started (supervisor pid" \
+        "$VPN_SUPERVISOR_PID; $(vpn_auth_text); DTLS $( ((VPN_DTLS)) && echo on || echo off))"
+}
+
+# openconnect under lib/supervise.sh (label vpn), in the background.
+vpn_supervisor_start() {
     CLEANUP+=(vpn_init_stop)
     (
         # shellcheck disable=SC2034  # the SUPERVISE_* inputs are read by lib/supervise.sh
@@ -71,8 +88,6 @@ vpn_init_start() {
         supervise_run vpn_command vpn_up vpn_classify
     ) </dev/null &
     VPN_SUPERVISOR_PID=$!
-    log "vpn: ${VPN_ROUTE:-openconnect to $VPN_SERVER:$VPN_PORT} started (supervisor pid" \
-        "$VPN_SUPERVISOR_PID; $(vpn_auth_text); DTLS $( ((VPN_DTLS)) && echo on || echo off))"
 }
 
 # The server's first hop for the supervisor's probe: the address the keeper
@@ -154,9 +169,15 @@ vpn_private_file_problem() {
 # openconnect's words for the supervisor (NUL-terminated): vpn_exec (below)
 # first, so the password file is opened by bash as openconnect's stdin.
 vpn_command() {
-    local words=(vpn_exec openconnect --non-inter "--protocol=${VPN_PROTOCOL:-anyconnect}"
-        "--interface=$VPN_DEVICE" "--script=/bin/bash $(printf '%q' "$NS_DIR/vpn.script")"
-        "--reconnect-timeout=${VPN_RECONNECT_TIMEOUT:-30}")
+    local words=(vpn_exec openconnect --non-inter "--protocol=${VPN_PROTOCOL:-anyconnect}")
+    if [[ -n $VPN_SOCKS_PORT ]]; then
+        # the fallback: no tun; ocproxy (started by openconnect's --script-tun,
+        # through our wrapper that records the address) is the stack
+        words+=(--script-tun "--script=/bin/bash $(printf '%q' "$NS_DIR/vpn.fallback")")
+    else
+        words+=("--interface=$VPN_DEVICE" "--script=/bin/bash $(printf '%q' "$NS_DIR/vpn.script")")
+    fi
+    words+=("--reconnect-timeout=${VPN_RECONNECT_TIMEOUT:-30}")
     [[ -z ${VPN_SERVERCERT:-} ]] || words+=("--servercert=$VPN_SERVERCERT")
     [[ -z ${VPN_USER:-} ]] || words+=("--user=$VPN_USER")
     [[ -z ${VPN_AUTHGROUP:-} ]] || words+=("--authgroup=$VPN_AUTHGROUP")
@@ -244,7 +265,8 @@ vpn_set_transport() {
 vpn_up() {
     local state=""
     IFS= read -r state 2>/dev/null <"$NS_DIR/vpn.state"
-    [[ $state == "up "* ]]
+    [[ $state == "up "* ]] || return 1
+    [[ -z $VPN_SOCKS_PORT ]] || port_open "$VPN_SOCKS_PORT"
 }
 
 # vpn_classify STATUS ERRFILE WAS_UP: "CLASS<TAB>DETAIL" from openconnect's
@@ -280,6 +302,8 @@ vpn_classify() {
         *"timed out"*) [[ -n $class ]] || { class=timeout && detail=$line; } ;;
         *"getaddrinfo failed"* | *"Failed to resolve"*) [[ -n $class ]] || { class="name unknown" && detail=$line; } ;;
         *"Failed to open tun device"* | *"TUNSETIFF"*) class="tun failed" && detail=$line ;;
+        *"ocproxy"*"ddress already in use"* | *"bind"*"ddress already in use"*)
+            class="socks port taken" && detail=$line ;;
         esac
         last=$line
     done <"$file"
@@ -387,8 +411,9 @@ vpn_script_state() {
         mv -f -- "$VPN_SCRIPT_DIR/vpn.state.tmp.$$" "$VPN_SCRIPT_DIR/vpn.state"
 }
 
-# Cleanup of the init role, after the drone role ended: TERM to the
-# supervisor, which ends openconnect (its BYE frees the server's session).
+# Cleanup of the init role (the fallback: of the keeper), after the drone
+# role ended: TERM to the supervisor, which ends openconnect (its BYE frees
+# the server's session).
 vpn_init_stop() {
     local child=""
     if [[ -n $VPN_SUPERVISOR_PID ]]; then
@@ -399,6 +424,14 @@ vpn_init_stop() {
         fi
         VPN_SUPERVISOR_PID=""
     fi
+    # the fallback: ocproxy ends once openconnect closed its socket (it is
+    # openconnect's child, not the supervisor's): wait, KILL after 1 s
+    child=""
+    IFS= read -r child 2>/dev/null <"$NS_DIR/vpn.ocproxy"
+    if [[ $child =~ ^[0-9]+$ ]] && ! wait_until 1000 process_gone "$child"; then
+        kill -KILL "$child" 2>/dev/null
+    fi
+    rm -f -- "$NS_DIR/vpn.ocproxy"
 }
 
 # -- drone role -------------------------------------------------------------------
@@ -419,10 +452,15 @@ vpn_stage() {
         PATH_PROBE_PREFIX=()
     }
     if [[ ${CAPTURE_METHOD:-} != namespace || ${TNA_NS_ROLE:-} != drone ]]; then
-        fail vpn "$EXIT_VPN" "no private namespace for the VPN (capture" \
-            "${CAPTURE_METHOD:-unset}), and the fallback (vpn.fallback" \
-            "${VPN_FALLBACK:-none}) is not built yet: set isolation: required to" \
-            "say so in stage isolation"
+        if [[ ${VPN_FALLBACK:-none} != ocproxy ]]; then
+            fail vpn "$EXIT_VPN" "no private namespace for the VPN (capture" \
+                "${CAPTURE_METHOD:-unset}) and vpn.fallback is" \
+                "${VPN_FALLBACK:-none}: set vpn.fallback: ocproxy (openconnect's" \
+                "userspace SOCKS with the preload chain, not isolated), or" \
+                "isolation: required to fail in stage isolation"
+        fi
+        vpn_fallback_stage "$started"
+        return
     fi
     if ! wait_until "$VPN_READY_TIMEOUT_MS" vpn_ready_or_fatal; then
         if vpn_fatal class detail; then
@@ -470,4 +508,205 @@ vpn_fatal() {
     [[ $VPN_FATAL_CLASSES == *"|$__class|"* ]] || return 1
     printf -v "$1" '%s' "$__class"
     printf -v "$2" '%s' "$__detail"
+}
+
+# -- the fallback without a namespace (keeper) ---------------------------------------
+
+# Stage vpn where the keeper could not make a namespace (isolation: preferred,
+# vpn.fallback ocproxy): openconnect with --script-tun and ocproxy as its
+# stack, a SOCKS5 server on 127.0.0.1:VPN_SOCKS_PORT, supervised as inside;
+# the payload's connections reach it through the preload chain. The same
+# credential rules, pin, failure classes and exit code as the namespace's.
+vpn_fallback_stage() {
+    local started=$1 problem library attempt class="" detail="" state
+    NS_DIR=$DRONE_DIR/ns
+    mkdir -p -- "$NS_DIR" || fail vpn "$EXIT_VPN" "cannot create $NS_DIR"
+    vpn_state "down starting"
+    rm -f -- "$NS_DIR/vpn.transport" "$NS_DIR/vpn.error"
+    for problem in openconnect ocproxy; do
+        command -v "$problem" >/dev/null ||
+            fail vpn "$EXIT_VPN" "$problem not found in PATH on $(hostname): the" \
+                "fallback without a namespace needs it (install it, or set" \
+                "isolation: required)"
+    done
+    if problem=$(vpn_credentials_problem); then
+        fail vpn "$EXIT_VPN" "credentials: $problem"
+    fi
+    library=$(CHAIN_TOOL=proxychains chain_library) ||
+        fail vpn "$EXIT_VPN" "no proxychains preload library found on $(hostname)" \
+            "for the fallback without a namespace; install proxychains4 or set" \
+            "vpn.library"
+    [[ -f $library ]] || fail vpn "$EXIT_VPN" "preload library $library not found (vpn.library)"
+    if [[ $CONTAINER_RUNTIME != none && -z $CHAIN_LIBRARY ]]; then
+        # the container sees the work directory (bound) but not the host's /usr
+        if ! { mkdir -p "$DRONE_DIR/lib" && cp -- "$library" "$DRONE_DIR/lib/"; }; then
+            fail vpn "$EXIT_VPN" "cannot copy $library into $DRONE_DIR/lib"
+        fi
+        library=$DRONE_DIR/lib/${library##*/}
+    fi
+    for ((attempt = 1; ; attempt++)); do
+        vpn_fallback_pick_port ||
+            fail vpn "$EXIT_VPN" "no free port in vpn.port_range" \
+                "${VPN_SOCKS_PORT_RANGE[*]} on 127.0.0.1 for ocproxy: widen it"
+        vpn_fallback_start "$library"
+        wait_until "$VPN_READY_TIMEOUT_MS" vpn_fallback_ready_or_fatal
+        vpn_fatal class detail && fail vpn "$EXIT_VPN" "$class: $detail"
+        if [[ $(vpn_fallback_port_owner) == foreign ]]; then
+            # another process took the port before ocproxy did: never use
+            # it (it may be another user's); a new port
+            vpn_init_stop
+            ((attempt < VPN_SOCKS_ATTEMPTS)) ||
+                fail vpn "$EXIT_VPN" "socks port taken: another process listens on" \
+                    "127.0.0.1:$VPN_SOCKS_PORT, the port chosen for ocproxy ($attempt" \
+                    "ports tried); choose another vpn.port_range"
+            log "vpn: 127.0.0.1:$VPN_SOCKS_PORT was taken by another process;" \
+                "ocproxy gets another port"
+            continue
+        fi
+        vpn_fallback_ready && break
+        IFS= read -r state 2>/dev/null <"$NS_DIR/vpn.state"
+        stage_unready vpn "$EXIT_VPN" vpn_fallback_ready \
+            "the VPN to $VPN_SERVER:$VPN_PORT (ocproxy 127.0.0.1:$VPN_SOCKS_PORT)" \
+            "is not up or the collector $VPN_PROBE_HOST:$VPN_PROBE_PORT does not" \
+            "answer through it within $((VPN_READY_TIMEOUT_MS / 1000))s" \
+            "(vpn ${state:-unknown}$(vpn_last_error))"
+        break
+    done
+    IFS= read -r state 2>/dev/null <"$NS_DIR/vpn.state"
+    read -r _ address transport _ <<<"$state"
+    log "vpn: ocproxy 127.0.0.1:$VPN_SOCKS_PORT, ${address:-?} through" \
+        "$VPN_SERVER:$VPN_PORT (${transport:-?}); the collector" \
+        "$VPN_PROBE_HOST:$VPN_PROBE_PORT answers through it (preload" \
+        "proxychains; not isolated: fallback without a namespace)"
+    stage_ready vpn "$started"
+}
+
+# Write the fallback's files (ns/vpn.fallback, the proxychains configuration
+# with the port) and start openconnect's supervisor; CHAIN_ENV is the
+# payload's preload (lib/chain.sh's chain_environment adds it).
+vpn_fallback_start() {
+    local library=$1 conf=$DRONE_DIR/proxychains.conf text
+    vpn_write_fallback ||
+        fail vpn "$EXIT_VPN" "cannot write $NS_DIR/vpn.fallback"
+    text=$(write_proxychains_conf)
+    printf '%s\n' "${text//"@TARDIS_PORT_0@"/$VPN_SOCKS_PORT}" >"$conf" ||
+        fail vpn "$EXIT_VPN" "cannot write $conf"
+    CHAIN_ENV=("LD_PRELOAD=$library" "PROXYCHAINS_CONF_FILE=$conf")
+    if ((${CHAIN_QUIET:-1})); then
+        CHAIN_ENV+=(PROXYCHAINS_QUIET_MODE=1)
+    fi
+    # shellcheck disable=SC2034  # for the watchdog (lib/monitoring.sh)
+    PATH_PROBE_PREFIX=(env "${CHAIN_ENV[@]}")
+    vpn_state "down starting"
+    vpn_supervisor_start
+    log "vpn: fallback without a namespace: openconnect to $VPN_SERVER:$VPN_PORT" \
+        "with ocproxy as its stack, SOCKS 127.0.0.1:$VPN_SOCKS_PORT (supervisor pid" \
+        "$VPN_SUPERVISOR_PID; $(vpn_auth_text); DTLS $( ((VPN_DTLS)) && echo on || echo off))"
+}
+
+# ns/vpn.fallback: openconnect's --script with --script-tun (run through
+# /bin/sh -c, the packets on the socket VPNFD): records the address in
+# ns/vpn.state, then becomes ocproxy (-D: SOCKS5 on 127.0.0.1 only; -k: TCP
+# keepalives on the payload's connections, within the firewall's timeout).
+vpn_write_fallback() {
+    {
+        printf '#!/bin/bash\n# openconnect --script-tun of tardis-netadapter (lib/vpn.sh)\n'
+        printf 'VPN_SCRIPT_DIR=%q\n' "$NS_DIR"
+        printf 'VPN_SCRIPT_PORT=%q\n' "$VPN_SOCKS_PORT"
+        printf 'VPN_SCRIPT_KEEPALIVE=%q\n' "${VPN_DPD:-15}"
+        declare -f vpn_fallback_script vpn_script_state
+        printf 'vpn_fallback_script\n'
+    } >"$NS_DIR/vpn.fallback.tmp" && mv -f -- "$NS_DIR/vpn.fallback.tmp" "$NS_DIR/vpn.fallback"
+}
+
+# (ns/vpn.fallback) the state, then exec ocproxy; no routes, no tun.
+vpn_fallback_script() {
+    local transport="" tries
+    # a restart: the last ocproxy lets go of the port as openconnect's end
+    # closes its socket; wait for that (up to 3 s) rather than fail to bind
+    for ((tries = 0; tries < 30; tries++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$VPN_SCRIPT_PORT") 2>/dev/null || break
+        sleep 0.1
+    done
+    IFS= read -r transport 2>/dev/null <"$VPN_SCRIPT_DIR/vpn.transport"
+    vpn_script_state "up ${INTERNAL_IP4_ADDRESS:-} ${transport:-tls}"
+    printf '%s\n' "$$" >"$VPN_SCRIPT_DIR/vpn.ocproxy" # the keeper's stop waits for it
+    exec ocproxy -D "$VPN_SCRIPT_PORT" -k "$VPN_SCRIPT_KEEPALIVE" </dev/null
+}
+
+# VPN_SOCKS_PORT: the next port of VPN_SOCKS_PORT_RANGE nothing listens on,
+# starting at one derived from the job id (or the drone's uuid), as socks'
+# auto ports: drones on one node spread over the range.
+vpn_fallback_pick_port() {
+    local low=${VPN_SOCKS_PORT_RANGE[0]:-20000} high=${VPN_SOCKS_PORT_RANGE[1]:-32767}
+    local count seed tries port id=${TNA_JOB_ID:-} taken char index
+    count=$((high - low + 1))
+    if [[ $id =~ ^[0-9]{1,15}$ ]]; then
+        seed=$((10#$id))
+    else
+        seed=5381
+        for ((index = 0; index < ${#DRONE_UUID}; index++)); do
+            printf -v char '%d' "'${DRONE_UUID:index:1}"
+            seed=$(((seed * 33 + char) % 2147483647))
+        done
+    fi
+    # a retry (another process took the port) moves on from the last one
+    [[ -z $VPN_SOCKS_PORT ]] || seed=$((VPN_SOCKS_PORT - low + 1))
+    taken=" $(vpn_listeners | while read -r port _ _; do printf '%s ' "$port"; done) "
+    for ((tries = 0; tries < count; tries++)); do
+        port=$((low + (seed + tries) % count))
+        if [[ $taken != *" $port "* ]] && ! port_open "$port"; then
+            VPN_SOCKS_PORT=$port
+            return 0
+        fi
+    done
+    return 1
+}
+
+# "PORT ADDRESS INODE" per listening TCP socket of this node (IPv4 and IPv6;
+# the address as /proc/net writes it), from /proc/net/tcp{,6}.
+vpn_listeners() {
+    local _ local_address state inode
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+        while read -r _ local_address _ state _ _ _ _ _ inode _; do
+            [[ $state == 0A ]] || continue
+            printf '%d %s %s\n' "$((16#${local_address##*:}))" "${local_address%:*}" "$inode"
+        done
+}
+
+# Who listens on 127.0.0.1:VPN_SOCKS_PORT: "ours" (a process of openconnect's
+# supervisor: ocproxy), "foreign" (anyone else: its SOCKS port must not be
+# used, it could be another user's), or "none".
+vpn_fallback_port_owner() {
+    local port address inode link pid
+    while read -r port address inode; do
+        ((port == VPN_SOCKS_PORT)) || continue
+        case $address in
+        0100007F | 7F000001) ;;
+        *) printf foreign && return ;; # ocproxy binds 127.0.0.1 only
+        esac
+        while IFS= read -r link; do
+            pid=${link#/proc/}
+            if pid_descends "${pid%%/*}" "$VPN_SUPERVISOR_PID"; then
+                printf ours
+                return
+            fi
+        done < <(find /proc/[0-9]*/fd -maxdepth 1 -lname "socket:\[$inode\]" 2>/dev/null)
+        printf foreign
+        return
+    done < <(vpn_listeners)
+    printf none
+}
+
+vpn_fallback_ready_or_fatal() {
+    vpn_fatal _ _ || vpn_fallback_ready || [[ $(vpn_fallback_port_owner) == foreign ]]
+}
+
+# Ready: openconnect is up, ocproxy (ours) listens, and the collector answers
+# through it, as the payload connects (bash under the same LD_PRELOAD).
+vpn_fallback_ready() {
+    vpn_up && [[ $(vpn_fallback_port_owner) == ours ]] || return 1
+    # shellcheck disable=SC2016  # $1 and $2 expand in the probing bash
+    env "${CHAIN_ENV[@]}" timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/$2"' \
+        vpn-probe "$VPN_PROBE_HOST" "$VPN_PROBE_PORT" 2>/dev/null
 }

@@ -39,10 +39,10 @@ from ..profile import (
     check_port,
     check_positive,
 )
-from ..templates import template_dir
+from ..templates import render_template, template_dir
 from . import netns
 from .base import ConfigFile, Mode, SettingsGroup, Stage
-from .socks import SUPERVISOR, endpoint
+from .socks import DEFAULT_PORT_RANGE, SUPERVISOR, Proxy, endpoint
 
 if TYPE_CHECKING:
     from ..keepalive import KeepaliveBudget
@@ -55,6 +55,8 @@ __all__ = [
     "VpnProfile",
     "capture",
     "dpd_interval",
+    "fallback_proxychains_conf_text",
+    "falls_back",
     "reconnect_bound",
 ]
 
@@ -104,6 +106,11 @@ class Vpn:
     #: ``ocproxy``: without a namespace (isolation: preferred), openconnect's
     #: userspace stack as a SOCKS server and the preload chain; ``none``
     fallback: Literal["ocproxy", "none"] = "ocproxy"
+    #: the fallback's SOCKS port (ocproxy -D, on 127.0.0.1) is chosen per drone
+    #: from this range, as socks' auto ports are
+    port_range: tuple[int, ...] = DEFAULT_PORT_RANGE
+    #: the fallback's proxychains-ng preload library; null: the usual places
+    library: Optional[str] = None
     #: IPv4 networks the namespace reaches through the outer link, not the VPN
     localnet: tuple[str, ...] = ()
     #: how long the VPN may take to come up and reach the collector (s)
@@ -138,6 +145,7 @@ class Vpn:
         problems += check_positive(
             f"{path}.ready_timeout", self.ready_timeout, "a time in seconds"
         )
+        problems += self._check_fallback(path)
         for index, net in enumerate(self.localnet):
             try:
                 parsed = ipaddress.ip_network(net, strict=False)
@@ -148,6 +156,25 @@ class Vpn:
                     f"{path}.localnet[{index}]: got {net!r}; expected an IPv4 "
                     "network such as 10.0.0.0/8 (the namespace is IPv4 only)"
                 )
+        return problems
+
+    def _check_fallback(self, path: str) -> list[str]:
+        """The fallback's port range (room for a retry) and library path."""
+        problems = []
+        got = f"{path}.port_range: got {list(self.port_range)!r}"
+        if len(self.port_range) != 2:
+            problems.append(f"{got}; expected [LOW, HIGH], e.g. [20000, 32767]")
+        elif not 1024 <= self.port_range[0] < self.port_range[1] <= 65535:
+            problems.append(
+                f"{got}; expected 1024 <= LOW < HIGH <= 65535 (ports below "
+                "1024 need root)"
+            )
+        if self.library is not None:
+            problems += check_path(
+                f"{path}.library",
+                self.library,
+                "libproxychains4.so on the workers (the fallback's preload)",
+            )
         return problems
 
     def _check_server(self, path: str) -> list[str]:
@@ -312,6 +339,44 @@ def capture(profile: VpnProfile) -> netns.Capture:
     )
 
 
+def falls_back(profile: VpnProfile) -> bool:
+    """True when a drone without a namespace uses the ocproxy fallback
+    (``isolation: preferred`` with ``fallback: ocproxy``): only then does the
+    script carry the preload chain (lib/chain.sh) and its configuration."""
+    return profile.isolation != "required" and profile.vpn.fallback == "ocproxy"
+
+
+#: the fallback's SOCKS port in its proxychains configuration, put in by
+#: lib/vpn.sh once the drone chose it (the placeholder socks' port 0 has)
+FALLBACK_PORT = "@TARDIS_PORT_0@"
+
+
+def fallback_proxychains_conf_text(profile: VpnProfile) -> str:
+    """proxychains-ng configuration of the fallback: strict chain to ocproxy's
+    SOCKS port on 127.0.0.1; names go to ocproxy (proxy_dns), which resolves
+    them with the DNS servers the VPN hands out; localnet stays direct."""
+    nets = [ipaddress.IPv4Network("127.0.0.0/8")]
+    for text in profile.vpn.localnet:
+        try:
+            net = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            continue
+        if isinstance(net, ipaddress.IPv4Network) and net not in nets:
+            nets.append(net)
+    return render_template(
+        "conf/proxychains.conf.j2",
+        route=(
+            f"fallback without a namespace: ocproxy (openconnect's userspace "
+            f"stack) to {endpoint(profile.vpn.server, profile.vpn.port)}"
+        ),
+        spread=False,
+        quiet=True,
+        remote_dns=True,
+        localnet=[f"{n.network_address}/{n.netmask}" for n in nets],
+        proxies=[Proxy("socks5", "127.0.0.1", FALLBACK_PORT)],  # type: ignore[arg-type]
+    )
+
+
 def vpn_route(profile: VpnProfile) -> str:
     """Human wording of the VPN for log lines and headers."""
     vpn = profile.vpn
@@ -394,10 +459,15 @@ class VpnMode(Mode):
     # -- the drone script --------------------------------------------------------
 
     def libraries(self, profile: NetworkProfile) -> list[Path]:
-        # no capture.sh/chain.sh: inside the namespace nothing is redirected
-        # or preloaded; the ocproxy fallback's preload is lib/vpn.sh's own
+        # no capture.sh: inside the namespace nothing is redirected or
+        # preloaded; chain.sh (its library lookup and the payload's preload
+        # environment) only for the ocproxy fallback
+        assert isinstance(profile, VpnProfile)
+        names = ["supervise.sh", "netns.sh", "vpn.sh"]
+        if falls_back(profile):
+            names.insert(2, "chain.sh")
         lib = template_dir() / "lib"
-        return [lib / name for name in ("supervise.sh", "netns.sh", "vpn.sh")]
+        return [lib / name for name in names]
 
     def settings(
         self, profile: NetworkProfile, budget: KeepaliveBudget
@@ -452,13 +522,35 @@ class VpnMode(Mode):
                 ),
             ),
             netns.settings(profile, capture(profile)),
+        ] + self._fallback_settings(profile)
+
+    def _fallback_settings(self, profile: VpnProfile) -> list[SettingsGroup]:
+        """The ocproxy fallback's port range and preload chain (lib/chain.sh)."""
+        if not falls_back(profile):
+            return []
+        return [
+            SettingsGroup(
+                "vpn fallback without a namespace: ocproxy's SOCKS port on "
+                "127.0.0.1 (chosen per drone from VPN_SOCKS_PORT_RANGE) and the "
+                "proxychains-ng preload chain to it (lib/vpn.sh, lib/chain.sh)",
+                (
+                    ("VPN_SOCKS_PORT_RANGE", list(profile.vpn.port_range)),
+                    ("CHAIN_TOOL", "proxychains"),
+                    ("CHAIN_LIBRARY", profile.vpn.library or ""),
+                    ("CHAIN_QUIET", True),
+                ),
+            )
         ]
 
     def config_files(
         self, profile: NetworkProfile, budget: KeepaliveBudget
     ) -> list[ConfigFile]:
         assert isinstance(profile, VpnProfile)
-        return netns.config_files(capture(profile))
+        files = netns.config_files(capture(profile))
+        if falls_back(profile):
+            text = fallback_proxychains_conf_text(profile)
+            files.append(ConfigFile("write_proxychains_conf", text))
+        return files
 
     # -- tardis-netadapter check -------------------------------------------------
 
@@ -500,6 +592,8 @@ class VpnMode(Mode):
         ]
         if vpn.fallback == "ocproxy" and not required:
             lines.append("have ocproxy")
+            if vpn.library is None:
+                lines.append("have proxychains4")
         lines += netns.probe_lines(profile, capture(profile))
         for key in ("password_file", "certificate", "key"):
             value = getattr(vpn, key)
@@ -562,6 +656,9 @@ _PROBE_FIXES = {
     "cmd:timeout": "install coreutils (timeout) on the workers",
     "cmd:ocproxy": "install ocproxy on the workers (the fallback without a "
     "namespace), or set Network.isolation: required",
+    "cmd:proxychains4": "install proxychains4 (proxychains-ng) on the workers "
+    "(the fallback's preload chain), set Network.vpn.library, or set "
+    "Network.isolation: required",
     "vpn-password-file": "create Network.vpn.password_file on the shared file "
     "system with the VPN password, mode 0600, owned by the drone user",
     "vpn-password-mode": "chmod 600 the password file (the drone refuses a file "

@@ -22,6 +22,11 @@ outside through tun0. Checked:
   * the drone mounts the stand-in CVMFS with cvmfsexec (nested in its
     namespace) through the outside's squid, reached only through the VPN:
     squid logs the request from dmz's public address.
+  * where user namespaces are unavailable (`dronens.userns_limited_job`),
+    isolation preferred falls back to ocproxy: openconnect without a tun,
+    ocproxy's SOCKS port on the worker's 127.0.0.1 and the payload's preload
+    chain; the payload registers through it (from dmz's address), and the
+    heartbeat says `preload`/`ocproxy` with the reason.
 
 TNA_VPN_LAB names the module's lab (default `vpnbash`), so that two
 checkouts can run this module at once without tearing down each other's lab.
@@ -45,6 +50,7 @@ import pytest
 from tardis_netadapter_lab import Lab, dronens, teardown
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
+from tardis_netadapter_lab.services import pool_state
 from test_chain_support import COLLECTOR, Drone, cvmfs_section, processes
 
 from tardis_netadapter.config import load_profile
@@ -386,3 +392,87 @@ def test_wrong_pin_fails_in_stage_vpn_with_25(lab: Lab, vpncheck: Path) -> None:
     assert lab.vpn_pin in line.group(1) and wrong in line.group(1), line.group(0)
     assert re.search(r"exiting with status 25\s*$", output), output
     assert not drone.leftovers(), drone.leftovers()
+
+
+class LimitedDrone(Drone):
+    """A drone whose job runs where user namespaces are unavailable to it
+    (`dronens.userns_limited_job`, as tests/lab/test_capture_namespace.py)."""
+
+    def submit(self) -> Drone:
+        entry = pwd.getpwnam(self.lab.drone_user)
+        job = dronens.userns_limited_job(
+            rendered(self.profile), entry.pw_uid, entry.pw_gid
+        )
+        exports = (
+            f"ALL,TardisDroneUuid={self.uuid},TardisDroneCores=1,TardisDroneMemory=200"
+        )
+        result = self.lab.run(
+            "login",
+            ["sbatch", "--parsable", "-o", f"drone-{self.uuid}.out"]
+            + ["--export", exports, *self.sbatch_options],
+            user=self.lab.drone_user,
+            input=job,
+            timeout=30,
+        )
+        assert result.returncode == 0, result.stderr
+        self.job_id = result.stdout.strip().split(";")[0]
+        self.state = pool_state(self.lab.layout)
+        return self
+
+
+def test_fallback_without_namespaces_registers_through_ocproxy(
+    lab: Lab, vpncheck: Path
+) -> None:
+    machine = Path("/proc/sys/user/max_user_namespaces").read_text()
+    tag = f"vpnfb-{uuid.uuid4().hex[:8]}"
+    profile = vpn_profile(lab)
+    profile["payload"] = {"command": ["bash", str(vpncheck), tag]}
+    drone = LimitedDrone(lab, tag, profile, sbatch_options=("-w", NODE))
+    started = time.monotonic()
+    seen: dict[str, Any] = {}
+    try:
+        drone.submit()
+        record = drone.wait_registered(timeout=60)
+        registered = time.monotonic() - started
+        result = vpncheck_result(lab, drone)
+
+        def reported() -> bool:
+            seen.update(heartbeat(lab, drone))
+            return bool((seen.get("vpn") or {}).get("address")) and bool(
+                (seen.get("isolation") or {}).get("reason")
+            )
+
+        wait_for(
+            "the fallback in the heartbeat", reported, 20, lambda: json.dumps(seen), 0.5
+        )
+    finally:
+        drone.cancel()
+        deadline = time.monotonic() + 10
+        while drone.leftovers() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [entry for entry in drone.leftovers() if not entry.startswith("/tmp/")]
+        assert not left, left
+    output = drone.output
+    print(f"fallback: registered {registered:.1f} s after submit; payload {result}")
+    print(f"heartbeat isolation {seen['isolation']}, vpn {seen['vpn']}")
+    # through the VPN: dmz masquerades the pool's view of it
+    assert record["remote"].startswith(f"{L.DMZ_PUBLIC}:"), record
+    assert re.search(
+        r"stage isolation skipped: unprivileged network namespace not possible: "
+        r".*; capture falls back to preload \(ocproxy\)",
+        output,
+    ), output
+    match = re.search(r"vpn: ocproxy 127\.0\.0\.1:(\d+), (\S+) through ", output)
+    assert match and match.group(2).startswith(POOL_PREFIX), output
+    assert "stage vpn ready after" in output, output
+    # the payload runs under the preload chain, without a tun device; a static
+    # client is not captured (the fallback's documented limit)
+    assert "libproxychains" in result["ld_preload"], result
+    assert not result["tun0"].startswith(POOL_PREFIX), result
+    assert not OK.search(result["busybox_nc"]), result
+    isolation = seen["isolation"]
+    assert (isolation["method"], isolation["tool"]) == ("preload", "ocproxy"), isolation
+    assert "unshare" in isolation["reason"], isolation
+    assert seen["vpn"]["address"] == match.group(2), seen
+    assert seen["vpn"]["transport"] == "dtls", seen
+    assert Path("/proc/sys/user/max_user_namespaces").read_text() == machine

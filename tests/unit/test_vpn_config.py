@@ -187,6 +187,7 @@ def test_stages_and_libraries() -> None:
         "cvmfs.sh",
         "supervise.sh",
         "netns.sh",
+        "chain.sh",  # the ocproxy fallback's preload (isolation preferred)
         "vpn.sh",
         "container.sh",
         "payload.sh",
@@ -686,3 +687,68 @@ def test_every_probe_item_has_a_fix() -> None:
     assert {"vpn-pin", "vpn-password-file", "vpn-certificate", "vpn-key"} <= names
     for name in names:
         assert vpn_module.MODE.probe_fix(name), name
+
+
+# -- the fallback without a namespace (ocproxy + the preload chain) ---------------
+
+
+def test_fallback_renders_its_chain_only_when_it_can_be_used() -> None:
+    script = script_for(network({"localnet": ["10.1.0.0/16"]}))
+    assert group_names(script, "vpn fallback without a namespace") == [
+        "VPN_SOCKS_PORT_RANGE",
+        "CHAIN_TOOL",
+        "CHAIN_LIBRARY",
+        "CHAIN_QUIET",
+    ]
+    assert setting(script, "VPN_SOCKS_PORT_RANGE") == "(20000 32767)"
+    assert setting(script, "CHAIN_TOOL") == "proxychains"
+    conf = config_text(script, "write_proxychains_conf")
+    # one strict hop: ocproxy's port (put in by lib/vpn.sh); names to ocproxy
+    assert conf.endswith("[ProxyList]\nsocks5 127.0.0.1 @TARDIS_PORT_0@\n"), conf
+    assert "strict_chain\n" in conf and "proxy_dns\n" in conf
+    assert "localnet 127.0.0.0/255.0.0.0\nlocalnet 10.1.0.0/255.255.0.0\n" in conf
+    assert "ocproxy" in conf.splitlines()[0]
+    # isolation required, or no fallback: nothing of it in the script
+    for data in (
+        network(isolation="required"),
+        network({"fallback": "none"}, isolation="required"),
+    ):
+        script = script_for(data)
+        assert "write_proxychains_conf() {" not in script
+        assert "chain.sh" not in libraries(script)
+        assert "\nVPN_SOCKS_PORT_RANGE=" not in script
+
+
+def test_fallback_keys_are_checked() -> None:
+    found = problems_of(
+        network({"port_range": [80, 90], "library": "lib/x.so"}),
+    )
+    assert any(
+        p.startswith("Site.Network.vpn.port_range: got [80, 90]; expected 1024")
+        for p in found
+    ), found
+    assert any(p.startswith("Site.Network.vpn.library: got 'lib/x.so'") for p in found)
+    script = script_for(
+        network({"port_range": [40000, 40099], "library": "~/lib/libproxychains4.so"})
+    )
+    assert setting(script, "VPN_SOCKS_PORT_RANGE") == "(40000 40099)"
+    assert setting(script, "CHAIN_LIBRARY") == "'~/lib/libproxychains4.so'"
+
+
+def test_socks_proxychains_rendering_is_unchanged() -> None:
+    """The fallback reuses socks' template: socks' own file stays as it was."""
+    socks = {
+        "tunnel": {"hops": [{"host": "login.example.org", "user": "d"}]},
+        "pool": POOL,
+    }
+    conf = config_text(script_for(socks), "write_proxychains_conf")
+    assert conf == (
+        "# proxychains-ng configuration of the drone chain (socks5 "
+        "127.0.0.1:@TARDIS_PORT_0@ (ssh tunnel)),\n"
+        "# rendered by tardis-netadapter.\n"
+        "# Every hop must work: strict_chain.\nstrict_chain\nquiet_mode\n"
+        "proxy_dns\nremote_dns_subnet 224\n"
+        "tcp_read_time_out 15000\ntcp_connect_time_out 8000\n"
+        "localnet 127.0.0.0/255.0.0.0\n\n[ProxyList]\n"
+        "socks5 127.0.0.1 @TARDIS_PORT_0@\n"
+    ), conf

@@ -547,6 +547,229 @@ def test_ocserv_restart_heals_within_10_s(
     assert "vpn.restarts" in found, log
 
 
+# -- the fallback without a namespace (ocproxy + the preload chain) ----------------
+
+FALLBACK_MAIN = r"""main() {
+    drone_setup
+    isolation_stage
+    vpn_stage
+    unit_fallback
+}
+
+unit_fallback() {
+    local out=$UNIT_OUT line
+    PAYLOAD_ENV=()
+    chain_environment
+    printf '%s\n' "${PAYLOAD_ENV[@]}" >"$out/payload.env"
+    cp -- "$DRONE_DIR/ns/isolation" "$DRONE_DIR/ns/vpn.state" "$out/"
+    cp -- "$DRONE_DIR/proxychains.conf" "$out/"
+    printf '%s\n' "$VPN_SOCKS_PORT" >"$out/port"
+    # as the payload connects: under the preload, to the collector's address
+    env "${PAYLOAD_ENV[@]}" bash -c 'exec 3<>/dev/tcp/203.0.113.5/9618 &&
+        read -r -t 5 line <&3 && printf "%s\n" "$line"' >"$out/tcp" 2>&1
+    # and without it: nothing routes the worker to the VPN's pool
+    ip -4 -o addr >"$out/addrs"
+    echo ready >"$out/ready"
+    while :; do sleep 1; done
+}
+"""
+
+# Runs as root in a throwaway network + mount namespace (as HARNESS): ocserv
+# and the collector, then the drone as nobody in a user namespace that allows
+# no further one (tests/unit/test_netns_sh.py's fallback wrapper).
+FALLBACK_HARNESS = r"""set -u
+root=$1 out=$2 uid=$3
+ip link set lo up
+ip link add d0 type veth peer name d1
+ip addr add 192.0.2.1/24 dev d0
+ip addr add 198.51.100.1/32 dev d1
+ip addr add 203.0.113.5/32 dev d1
+ip link set d0 up
+ip link set d1 up
+ip route add default via 192.0.2.254 dev d0
+mkdir -p "$root/tun"
+mount -t tmpfs -o mode=755 tmpfs "$root/tun"
+mknod -m 666 "$root/tun/tun" c 10 200
+mount --bind "$root/tun/tun" /dev/net/tun
+ocserv -f -c "$root/vpn/ocserv.conf" >>"$out/ocserv.log" 2>&1 &
+ocserv_pid=$!
+for i in $(seq 100); do
+    awk 'FNR > 1 && $2 == "016433C6:01BB" && $4 == "0A"' /proc/net/tcp | grep -q . && break
+    sleep 0.05
+done
+python3 "$root/collector.py" 203.0.113.5 9618 &
+collector=$!
+wrapper='echo 1 >/proc/sys/user/max_user_namespaces || exit 99
+exec unshare -U --map-user="$1" --map-group="$1" -- bash "$2"'
+PATH=$PATH:/usr/sbin:/sbin setpriv --reuid="$uid" --regid="$uid" --clear-groups \
+    env -i PATH="$PATH:/usr/sbin:/sbin" HOME="$root/home" TMPDIR="$root/tmp" \
+    UNIT_OUT="$out" TardisDroneUuid=unit-vpnfb \
+    unshare -Ur sh -c "$wrapper" wrapper "$uid" "$root/drone.sh" 2>"$out/log" &
+keeper=$!
+for i in $(seq 400); do
+    [ -e "$out/ready" ] && break
+    kill -0 "$keeper" 2>/dev/null || break
+    sleep 0.1
+done
+if [ -e "$out/ready" ]; then
+    sleep 1
+    for p in /proc/[0-9]*; do
+        tr '\0' ' ' <"$p/cmdline"; echo
+        tr '\0' '\n' <"$p/environ"
+    done >"$out/procs" 2>/dev/null
+    awk 'FNR > 1 && $4 == "0A" { print $2, $8 }' /proc/net/tcp >"$out/listen.tcp"
+    kill -TERM "$keeper"
+fi
+for i in $(seq 200); do
+    kill -0 "$keeper" 2>/dev/null || break
+    sleep 0.1
+done
+wait "$keeper"
+echo $? >"$out/keeper.status"
+sleep 0.5
+cp "$out/ocserv.log" "$out/ocserv.log.end" 2>/dev/null
+kill -TERM "$ocserv_pid"
+for i in $(seq 100); do kill -0 "$ocserv_pid" 2>/dev/null || break; sleep 0.05; done
+kill -KILL "$ocserv_pid" 2>/dev/null
+wait "$ocserv_pid" 2>/dev/null
+kill -TERM "$collector"; wait "$collector" 2>/dev/null
+sleep 0.3
+here=$(readlink /proc/self/ns/net)
+for p in /proc/[0-9]*; do  # the drone's processes (in this network namespace): none left
+    [ "$(readlink "$p/ns/net")" = "$here" ] && [ "$(stat -c %u "$p")" = "$uid" ] &&
+        tr '\0' ' ' <"$p/cmdline" && echo
+done >"$out/alive" 2>/dev/null
+[ -s "$out/alive" ] || rm -f "$out/alive"
+exit 0
+"""
+
+
+def fallback_script(pin: str, **changes: str) -> str:
+    """The vpn drone as rendered for the fallback: settings, the guard and the
+    fallback's proxychains configuration (from modes/vpn.py), the libraries
+    with lib/chain.sh, the test's main."""
+    from tardis_netadapter.config import load_profile
+    from tardis_netadapter.modes.vpn import fallback_proxychains_conf_text
+
+    profile = load_profile(
+        {
+            "mode": "vpn",
+            "vpn": {"server": SERVER, "servercert": pin, "user": "drone"}
+            | {"password_file": "~/vpn.password"},
+            "pool": {"collector": f"{COLLECTOR}:9618"},
+        }
+    )
+    values = {
+        "CONTAINER_RUNTIME": "none",
+        "VPN_SOCKS_PORT_RANGE": "(20000 32767)",
+        "CHAIN_LIBRARY": "''",
+        "CHAIN_QUIET": "1",
+    }
+    values.update(changes)
+    parts = ["#!/bin/bash\nset -o pipefail\n", settings(**values).replace("@PIN@", pin)]
+    parts.append(f"write_capture_nft() {{\n    cat <<'EOF'\n{NFT}EOF\n}}\n")
+    conf = fallback_proxychains_conf_text(profile)
+    parts.append(f"write_proxychains_conf() {{\n    cat <<'EOF'\n{conf}EOF\n}}\n")
+    for name in ("common.sh", "supervise.sh", "netns.sh", "chain.sh", "vpn.sh"):
+        parts.append((LIB / name).read_text())
+    parts.append(FALLBACK_MAIN)
+    parts.append('if ! (return 0 2>/dev/null); then\n    main "$@"\nfi\n')
+    return "\n".join(parts)
+
+
+def run_fallback(root: Path, script: str, timeout: float = 90) -> dict[str, str]:
+    (root / "drone.sh").write_text(script)
+    (root / "harness.sh").write_text(FALLBACK_HARNESS)
+    out = root / "out"
+    subprocess.run(
+        ["unshare", "-n", "-m", "--propagation", "private", "--"]
+        + ["bash", str(root / "harness.sh"), str(root), str(out), str(NOBODY)],
+        timeout=timeout,
+        check=True,
+    )
+    return {p.name: p.read_text(errors="replace") for p in out.iterdir() if p.is_file()}
+
+
+fallback = pytest.mark.skipif(
+    bool(WHY_NOT) or shutil.which("ocproxy") is None,
+    reason=WHY_NOT or "needs ocproxy (scripts/install-system-deps)",
+)
+
+
+@fallback
+def test_fallback_reaches_the_collector_through_ocproxy(
+    root: Path, vpn_files: tuple[Path, str, str]
+) -> None:
+    _, pin, password = vpn_files
+    started = time.monotonic()
+    found = run_fallback(root, fallback_script(pin))
+    log = found.get("log", "")
+    assert "ready" in found, log + found.get("ocserv.log", "")
+    # reported like socks' fallback: the log line and ns/isolation
+    assert re.search(
+        r"stage isolation skipped: unprivileged network namespace not possible: "
+        r".*; capture falls back to preload \(ocproxy\)",
+        log,
+    ), log
+    method, tool, reason = found["isolation"].rstrip("\n").split("\t")
+    assert (method, tool) == ("preload", "ocproxy") and "unshare" in reason
+    # no tun: the VPN's address is ocproxy's (lwIP's), no interface has it
+    # (only ocserv's vpns0 names it, as its peer)
+    state = found["vpn.state"].split()
+    assert state[0] == "up" and state[1].startswith(f"{POOL}.") and state[2] == "dtls"
+    assert f"inet {state[1]}/" not in found["addrs"], found["addrs"]
+    assert "tun0" not in found["addrs"], found["addrs"]
+    # the payload's preload, to ocproxy's port on 127.0.0.1 only
+    port = int(found["port"])
+    assert 20000 <= port <= 32767
+    env = found["payload.env"].splitlines()
+    assert "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libproxychains.so.4" in env or any(
+        line.startswith("LD_PRELOAD=") and "proxychains" in line for line in env
+    ), env
+    assert f"socks5 127.0.0.1 {port}\n" in found["proxychains.conf"]
+    assert f"{port:04X}" in {
+        line.split()[0].split(":")[1] for line in found["listen.tcp"].splitlines()
+    }
+    assert f"0100007F:{port:04X} {NOBODY}" in found["listen.tcp"], found["listen.tcp"]
+    # the collector sees the VPN address: through ocproxy and ocserv
+    assert found["tcp"].strip() == f"peer {state[1]}", (found["tcp"], log)
+    assert "stage vpn ready after" in log
+    assert re.search(rf"vpn: ocproxy 127\.0\.0\.1:{port}, 10\.99\.8\.\d+ through", log)
+    assert "--script-tun" in found["procs"] and "ocproxy -D" in found["procs"]
+    assert password not in found["procs"] and password not in log
+    assert found["keeper.status"].strip() == "143", log
+    assert "alive" not in found, found["alive"]  # ocproxy too
+    assert "No such file" not in log, log  # nothing wrote after the cleanup
+    assert "user disconnected" in found["ocserv.log.end"]
+    print(
+        f"fallback: vpn up and the collector reached in {time.monotonic() - started:.1f} s"
+    )
+    assert time.monotonic() - started < 60
+
+
+@fallback
+def test_fallback_none_without_namespace_exits_25(
+    root: Path, vpn_files: tuple[Path, str, str]
+) -> None:
+    found = run_fallback(root, fallback_script(vpn_files[1], VPN_FALLBACK="none"))
+    log = found.get("log", "")
+    assert found["keeper.status"].strip() == "25", log
+    assert re.search(
+        r"stage vpn failed: no private namespace .*vpn\.fallback is none", log
+    )
+    assert "user logged in" not in found.get("ocserv.log.end", "")
+
+
+@fallback
+def test_fallback_required_exits_15(
+    root: Path, vpn_files: tuple[Path, str, str]
+) -> None:
+    found = run_fallback(root, fallback_script(vpn_files[1], ISOLATION="required"))
+    log = found.get("log", "")
+    assert found["keeper.status"].strip() == "15", log
+    assert "stage isolation failed: unprivileged network namespace" in log
+
+
 # -- the watchdog's side (lib/watchdog.sh): the record's vpn object ---------------
 
 WATCHDOG = LIB / "watchdog.sh"
