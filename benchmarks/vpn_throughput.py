@@ -44,6 +44,7 @@ one stream along each path, one second each):
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -112,6 +113,8 @@ class Row:
     #: DTLS datagrams dmz received during the run
     udp_in: int = 0
     detail: str = ""
+    #: the iperf3 sender's TCP retransmissions (packets lost on the path)
+    retransmits: int = 0
 
 
 @dataclass
@@ -256,6 +259,34 @@ def udp_counters(lab: Lab) -> tuple[int, int]:
     return values.get("InDatagrams", 0), values.get("RcvbufErrors", 0)
 
 
+def iperf3(
+    lab: Lab, prefix: list[str], address: str, port: int, streams: int, seconds: int
+) -> tuple[float, float, dict[str, float], int]:
+    """chain_throughput.iperf3 plus the sender's TCP retransmissions: through
+    the VPN they count the payload's packets lost on the way (dmz's socket
+    buffer before the lab's fix, tun0's queue when openconnect falls behind)."""
+    argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
+    argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
+    result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 20)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
+        )
+    report = json.loads(result.stdout)
+    end = report["end"]
+    intervals = [interval["sum"] for interval in report.get("intervals", [])]
+    received = end["sum_received"]
+    carried = sum(float(item["bytes"]) for item in intervals) or received["bytes"]
+    duration = sum(float(item["seconds"]) for item in intervals) or received["seconds"]
+    usage = end.get("cpu_utilization_percent", {})
+    cpu = {
+        "iperf3 client": usage.get("host_total", 0.0) / 100 * duration,
+        "iperf3 server": usage.get("remote_total", 0.0) / 100 * duration,
+    }
+    retransmits = int(end.get("sum_sent", {}).get("retransmits", 0))
+    return float(received["bits_per_second"]), carried, cpu, retransmits
+
+
 def _metered(
     lab: Lab,
     processes: Any,
@@ -264,18 +295,19 @@ def _metered(
     port: int,
     streams: int,
     seconds: int,
-) -> tuple[float, dict[str, float], int, int]:
-    """One iperf3 run: (bits/s, CPU-s per GB by role, dmz UDP in, rcvbuf errors)."""
+) -> tuple[float, dict[str, float], int, int, int]:
+    """One iperf3 run: (bits/s, CPU-s per GB by role, dmz UDP in, dmz rcvbuf
+    errors, TCP retransmissions)."""
     roles = processes()
     before = {pid: chain._cpu_seconds(pid) for pid in roles}
     udp_before = udp_counters(lab)
     try:
-        bps, carried, iperf_cpu = chain.iperf3(
+        bps, carried, iperf_cpu, retransmits = iperf3(
             lab, prefix, address, port, streams, seconds
         )
     except (RuntimeError, chain.subprocess.TimeoutExpired) as error:
         chain._log(f"iperf3 {streams} streams failed: {error}")
-        return 0.0, {}, 0, 0
+        return 0.0, {}, 0, 0, 0
     udp_after = udp_counters(lab)
     used: dict[str, float] = dict(iperf_cpu)
     for pid, role in processes().items():
@@ -288,6 +320,7 @@ def _metered(
         per_gb,
         udp_after[0] - udp_before[0],
         udp_after[1] - udp_before[1],
+        retransmits,
     )
 
 
@@ -317,11 +350,13 @@ def measure(
         chain.iperf3_server(lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT)
         lab.limit_bandwidth(NODE, rate)
         for count in streams:
-            bps, _, cpu = chain.iperf3(
+            bps, _, cpu, retransmits = iperf3(
                 lab, [], L.LOGIN_SITE, chain.DIRECT_PORT, count, seconds
             )
             direct[count] = bps
-            results.rows.append(Row(count, PATHS["direct"], bps, bps))
+            results.rows.append(
+                Row(count, PATHS["direct"], bps, bps, retransmits=retransmits)
+            )
             chain._log(f"{count:>2} {PATHS['direct']:<40} {bps / 1e6:8.1f} Mbit/s")
         for key in paths:
             if key == "direct":
@@ -352,7 +387,7 @@ def measure(
 
                     prefix = chain.namespace_prefix(cdrone)
                 for count in streams:
-                    bps, per_gb, udp_in, drops = _metered(
+                    bps, per_gb, udp_in, drops, retransmits = _metered(
                         lab,
                         processes,
                         prefix,
@@ -370,12 +405,13 @@ def measure(
                         drops,
                         udp_in,
                         detail,
+                        retransmits,
                     )
                     results.rows.append(row)
                     chain._log(
                         f"{count:>2} {PATHS[key]:<40} {bps / 1e6:8.1f} Mbit/s "
                         f"{bps / direct[count]:4.0%} ({detail}; dmz udp in {udp_in},"
-                        f" rcvbuf errors {drops}) CPU s/GB "
+                        f" rcvbuf errors {drops}, retransmits {retransmits}) CPU s/GB "
                         + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
                     )
     results.load.append(chain._load())
@@ -389,10 +425,10 @@ def table(results: Results, rate: Optional[str], seconds: int) -> str:
         f"{platform.machine()}, {os.cpu_count()} CPUs, link {rate or 'none'}, "
         f"iperf3 -t {seconds} -O 1, load before/after {results.load} -->",
         "| streams | path | Mbit/s | per stream | vs direct | transport "
-        "| dmz rcvbuf drops "
+        "| TCP retransmits | dmz rcvbuf drops "
         + "".join(f"| {role} " for role in ROLES)
         + "| CPU s/GB total |",
-        "| ---: | --- | ---: | ---: | ---: | --- | ---: "
+        "| ---: | --- | ---: | ---: | ---: | --- | ---: | ---: "
         + "| ---: " * len(ROLES)
         + "| ---: |",
     ]
@@ -409,7 +445,8 @@ def table(results: Results, rate: Optional[str], seconds: int) -> str:
         lines.append(
             f"| {row.streams} | {row.path} | {row.bps / 1e6:.1f} "
             f"| {row.bps / 1e6 / row.streams:.1f} "
-            f"| {row.bps / row.direct_bps:.0%} | {row.detail} | {drops} {cpu}| {total} |"
+            f"| {row.bps / row.direct_bps:.0%} | {row.detail} | {row.retransmits} "
+            f"| {drops} {cpu}| {total} |"
         )
     lines += ["", *(f"Note: {note}" for note in results.notes)]
     return "\n".join(lines).rstrip()
