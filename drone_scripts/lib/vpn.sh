@@ -354,7 +354,10 @@ vpn_script_main() {
     case ${reason:-} in
     connect)
         vpn_script_outer_routes
-        mtu=${VPN_SCRIPT_MTU:-${INTERNAL_IP4_MTU:-1400}}
+        # the tunnel's MTU as openconnect and the server agreed it, not
+        # vpn.mtu itself: that is the link's (--base-mtu), DTLS's overhead
+        # above it (tun0 at vpn.mtu carried nothing: its packets were too big)
+        mtu=${INTERNAL_IP4_MTU:-${VPN_SCRIPT_MTU:-1400}}
         ip link set dev "$dev" up mtu "$mtu" || exit 1
         ip -4 addr replace "$INTERNAL_IP4_ADDRESS/32" dev "$dev" || exit 1
         ip -4 route replace 0.0.0.0/1 dev "$dev" || exit 1

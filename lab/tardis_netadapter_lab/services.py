@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layout as L
+from . import rcvbuf
 from .netns import in_namespace, is_alive, is_listening, reap, start_time, terminate
 
 PYTHON = "/usr/bin/python3"
@@ -174,7 +175,10 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         Service(
             "ocserv",
             "dmz",
-            ("/usr/sbin/ocserv", "-f", "-c", str(lab.vpn_dir / "ocserv.conf")),
+            # a larger UDP receive buffer for DTLS (rcvbuf.py)
+            rcvbuf.wrap(
+                lab, ("/usr/sbin/ocserv", "-f", "-c", str(lab.vpn_dir / "ocserv.conf"))
+            ),
             "0.0.0.0",
             L.HTTPS_PORT,
             "Debian's ocserv, the site's VPN server in the DMZ (tcp+udp 443)",

@@ -17,7 +17,7 @@ import secrets
 import shutil
 from pathlib import Path
 
-from . import configs
+from . import configs, rcvbuf
 from . import layout as L
 from .netns import check_call
 
@@ -118,6 +118,7 @@ def create(lab: L.LabLayout) -> None:
     )
     os.chmod(passwd_file(lab), 0o600)
     ocserv_conf(lab).write_text(configs.ocserv_conf(lab))
+    rcvbuf.build(lab)  # DTLS's receive buffer on dmz (none without a compiler)
 
     user = lab.drone_user
     lab.vpn_user_dir.mkdir(mode=0o700)

@@ -828,3 +828,39 @@ def test_vpn_not_up_yet_is_blamed_while_pending(tmp_path: Path) -> None:
 def test_garbage_in_the_state_file_stays_out_of_the_record(tmp_path: Path) -> None:
     data = watchdog_round(tmp_path, 'up 10.0.0.1"} evil "x')
     assert data["vpn"] == {"transport": None, "address": None}
+
+
+def test_script_sets_the_agreed_mtu_not_the_requested_one(tmp_path: Path) -> None:
+    """vpn.mtu is openconnect's --base-mtu (the link's MTU); the tunnel carries
+    less (DTLS's overhead): tun0 must get INTERNAL_IP4_MTU, what openconnect
+    and the server agreed. tun0 at vpn.mtu itself carried nothing (9000: every
+    full-size packet too big for the DTLS channel)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "ip").write_text(f'#!/bin/bash\necho "$*" >>{tmp_path}/ip.log\n')
+    (fake / "ip").chmod(0o755)
+    ns = tmp_path / "ns"
+    ns.mkdir()
+    write = (
+        f"source {LIB}/vpn.sh; NS_DIR={ns}; VPN_MTU=9000; NS_LOCALNET=(127.0.0.0/8);"
+        " vpn_write_script"
+    )
+    subprocess.run(["bash", "-c", write], check=True)
+    env = {
+        "PATH": f"{fake}:/usr/bin:/bin",
+        "reason": "connect",
+        "TUNDEV": "tun0",
+        "INTERNAL_IP4_ADDRESS": f"{POOL}.7",
+        "INTERNAL_IP4_MTU": "8934",
+    }
+    result = subprocess.run(
+        ["bash", str(ns / "vpn.script")], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    log = (tmp_path / "ip.log").read_text()
+    assert "link set dev tun0 up mtu 8934" in log, log
+    assert (ns / "vpn.state").read_text().startswith(f"up {POOL}.7 "), log
+    # without the server's figure (never seen from openconnect 9): vpn.mtu
+    del env["INTERNAL_IP4_MTU"]
+    subprocess.run(["bash", str(ns / "vpn.script")], env=env, check=True)
+    assert "link set dev tun0 up mtu 9000" in (tmp_path / "ip.log").read_text()
