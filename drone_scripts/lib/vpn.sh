@@ -498,7 +498,9 @@ vpn_ready_or_fatal() {
 # The stage's readiness (also stage_unready's probe): state up and the
 # collector answers (TCP, through the namespace's routes: the tun).
 vpn_ready() {
-    vpn_up && supervise_probe "$VPN_PROBE_HOST:$VPN_PROBE_PORT"
+    vpn_up || return 1
+    # no collector configured (pool.collector ""): nothing to probe
+    [[ -z $VPN_PROBE_HOST ]] || supervise_probe "$VPN_PROBE_HOST:$VPN_PROBE_PORT"
 }
 
 # vpn_fatal CLASSVAR DETAILVAR: true when ns/vpn.error names a fatal class.
@@ -709,6 +711,7 @@ vpn_fallback_ready_or_fatal() {
 # through it, as the payload connects (bash under the same LD_PRELOAD).
 vpn_fallback_ready() {
     vpn_up && [[ $(vpn_fallback_port_owner) == ours ]] || return 1
+    [[ -n $VPN_PROBE_HOST ]] || return 0 # no collector configured: nothing to probe
     # shellcheck disable=SC2016  # $1 and $2 expand in the probing bash
     env "${CHAIN_ENV[@]}" timeout 10 bash -c 'exec 3<>"/dev/tcp/$1/$2"' \
         vpn-probe "$VPN_PROBE_HOST" "$VPN_PROBE_PORT" 2>/dev/null

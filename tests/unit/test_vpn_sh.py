@@ -864,3 +864,24 @@ def test_script_sets_the_agreed_mtu_not_the_requested_one(tmp_path: Path) -> Non
     del env["INTERNAL_IP4_MTU"]
     subprocess.run(["bash", str(ns / "vpn.script")], env=env, check=True)
     assert "link set dev tun0 up mtu 9000" in (tmp_path / "ip.log").read_text()
+
+
+def test_no_collector_means_ready_once_the_vpn_is_up(tmp_path: Path) -> None:
+    """pool.collector "" (e.g. a benchmark's payload talks to its own peer):
+    the stage is ready when the VPN is up, instead of probing an empty
+    address for its whole timeout; with a collector the probe decides."""
+    probe = (
+        f"source {LIB}/common.sh; source {LIB}/supervise.sh; source {LIB}/vpn.sh;"
+        ' vpn_up() { true; }; supervise_probe() { echo probed "$1"; return 1; };'
+        ' VPN_PROBE_PORT=9618; VPN_PROBE_HOST="$1"; vpn_ready; echo "status $?"'
+    )
+    empty = subprocess.run(
+        ["bash", "-c", probe, "probe", ""], capture_output=True, text=True
+    )
+    assert empty.stdout.split() == ["status", "0"], empty.stdout + empty.stderr
+    given = subprocess.run(
+        ["bash", "-c", probe, "probe", "192.0.2.9"], capture_output=True, text=True
+    )
+    assert given.stdout.split() == ["probed", "192.0.2.9:9618", "status", "1"], (
+        given.stdout + given.stderr
+    )
