@@ -58,7 +58,7 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -382,12 +382,17 @@ def iperf3(
     argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
     argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
     result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 20)
-    if result.returncode != 0:
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        report = {}
+    end = report.get("end", {})
+    if result.returncode != 0 or report.get("error") or "sum_received" not in end:
+        # iperf3 -J says what went wrong in "error" (exit 1, or 0 with no end)
         raise RuntimeError(
-            f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
+            report.get("error")
+            or f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
         )
-    report = json.loads(result.stdout)
-    end = report["end"]
     intervals = [interval["sum"] for interval in report.get("intervals", [])]
     received = end["sum_received"]
     carried = sum(float(item["bytes"]) for item in intervals) or received["bytes"]
@@ -409,9 +414,9 @@ def _metered(
     port: int,
     streams: int,
     seconds: int,
-) -> tuple[float, dict[str, float], int, int, int]:
+) -> tuple[float, dict[str, float], int, int, int, str]:
     """One iperf3 run: (bits/s, CPU-s per GB by role, dmz UDP in, dmz rcvbuf
-    errors, TCP retransmissions)."""
+    errors, TCP retransmissions, why it failed or "")."""
     roles = processes()
     before = {pid: chain._cpu_seconds(pid) for pid in roles}
     udp_before = udp_counters(lab)
@@ -419,9 +424,12 @@ def _metered(
         bps, carried, iperf_cpu, retransmits = iperf3(
             lab, prefix, address, port, streams, seconds
         )
-    except (RuntimeError, chain.subprocess.TimeoutExpired) as error:
+    except RuntimeError as error:
         chain._log(f"iperf3 {streams} streams failed: {error}")
-        return 0.0, {}, 0, 0, 0
+        return 0.0, {}, 0, 0, 0, str(error)
+    except chain.subprocess.TimeoutExpired as error:
+        chain._log(f"iperf3 {streams} streams failed: {error}")
+        return 0.0, {}, 0, 0, 0, f"iperf3 -t {seconds} hung ({error.timeout:.0f} s)"
     udp_after = udp_counters(lab)
     used: dict[str, float] = dict(iperf_cpu)
     for pid, role in processes().items():
@@ -435,12 +443,49 @@ def _metered(
         udp_after[0] - udp_before[0],
         udp_after[1] - udp_before[1],
         retransmits,
+        "",
     )
 
 
 def _chain_b_processes(lab: Lab, drone: chain.Drone) -> dict[int, str]:
     roles = chain.path_processes(lab, drone)
     return {pid: ("outer link" if r == "pasta" else r) for pid, r in roles.items()}
+
+
+def _start_path(
+    lab: Lab,
+    stack: ExitStack,
+    key: str,
+    outer: str,
+    mtu: Optional[int],
+    results: Results,
+) -> tuple[Callable[[], dict[int, str]], list[str], str]:
+    """Start the drone of path `key` (stopped by `stack`): (its processes to
+    meter, the prefix iperf3 runs under, the row's detail)."""
+    if key in ("dtls", "tls"):
+        drone = start_vpn_drone(lab, stack, key == "dtls", outer, mtu)
+        if key == "dtls" and drone.transport != "dtls":
+            results.notes.append(f"{PATHS[key]}: transport {drone.transport}")
+        return (
+            lambda: vpn_processes(lab, drone),
+            chain.namespace_prefix(drone),  # type: ignore[arg-type]
+            f"{drone.transport} via {drone.outer}, tun0 mtu {drone.mtu}",
+        )
+    if key == "ocproxy":
+        fdrone = start_fallback_drone(lab, stack, mtu)
+        if fdrone.transport != "dtls":
+            results.notes.append(f"{PATHS[key]}: transport {fdrone.transport}")
+        return (
+            lambda: fallback_processes(lab, fdrone),
+            ["env", *fdrone.env],
+            f"{fdrone.transport} via ocproxy 127.0.0.1:{fdrone.port}, preload",
+        )
+    cdrone = chain.start_drone(lab, stack, "b", 1, chain.NAMESPACE, outer, mtu)
+    return (
+        lambda: _chain_b_processes(lab, cdrone),
+        chain.namespace_prefix(cdrone),
+        f"via {cdrone.outer}",
+    )
 
 
 def measure(
@@ -461,7 +506,9 @@ def measure(
     with ExitStack() as stack:
         stack.callback(lab.limit_bandwidth, NODE, None)
         chain.iperf3_server(lab, stack, "login", L.LOGIN_SITE, chain.DIRECT_PORT)
-        chain.iperf3_server(lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT)
+        server = chain.iperf3_server(
+            lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT
+        )
         lab.limit_bandwidth(NODE, rate)
         for count in streams:
             bps, _, cpu, retransmits = iperf3(
@@ -475,48 +522,15 @@ def measure(
         for key in paths:
             if key == "direct":
                 continue
-            with ExitStack() as drone_stack:
-                if key in ("dtls", "tls"):
-                    drone = start_vpn_drone(lab, drone_stack, key == "dtls", outer, mtu)
-                    detail = (
-                        f"{drone.transport} via {drone.outer}, tun0 mtu {drone.mtu}"
-                    )
-                    if key == "dtls" and drone.transport != "dtls":
-                        results.notes.append(
-                            f"{PATHS[key]}: transport {drone.transport}"
-                        )
-
-                    def processes(d: VpnDrone = drone) -> dict[int, str]:
-                        return vpn_processes(lab, d)
-
-                    prefix = chain.namespace_prefix(drone)  # type: ignore[arg-type]
-                elif key == "ocproxy":
-                    fdrone = start_fallback_drone(lab, drone_stack, mtu)
-                    detail = (
-                        f"{fdrone.transport} via ocproxy 127.0.0.1:{fdrone.port}, "
-                        "preload"
-                    )
-                    if fdrone.transport != "dtls":
-                        results.notes.append(
-                            f"{PATHS[key]}: transport {fdrone.transport}"
-                        )
-
-                    def processes(d: FallbackDrone = fdrone) -> dict[int, str]:
-                        return fallback_processes(lab, d)
-
-                    prefix = ["env", *fdrone.env]
-                else:
-                    cdrone = chain.start_drone(
-                        lab, drone_stack, "b", 1, chain.NAMESPACE, outer, mtu
-                    )
-                    detail = f"via {cdrone.outer}"
-
-                    def processes(d: chain.Drone = cdrone) -> dict[int, str]:
-                        return _chain_b_processes(lab, d)
-
-                    prefix = chain.namespace_prefix(cdrone)
+            with ExitStack() as path_stack:
+                drone_stack: Optional[ExitStack] = None
                 for count in streams:
-                    bps, per_gb, udp_in, drops, retransmits = _metered(
+                    if drone_stack is None:
+                        drone_stack = path_stack.enter_context(ExitStack())
+                        processes, prefix, detail = _start_path(
+                            lab, drone_stack, key, outer, mtu, results
+                        )
+                    bps, per_gb, udp_in, drops, retransmits, error = _metered(
                         lab,
                         processes,
                         prefix,
@@ -533,16 +547,32 @@ def measure(
                         per_gb,
                         drops,
                         udp_in,
-                        detail,
+                        f"{detail}; failed: {error}" if error else detail,
                         retransmits,
                     )
                     results.rows.append(row)
                     chain._log(
                         f"{count:>2} {PATHS[key]:<40} {bps / 1e6:8.1f} Mbit/s "
-                        f"{bps / direct[count]:4.0%} ({detail}; dmz udp in {udp_in},"
-                        f" rcvbuf errors {drops}, retransmits {retransmits}) CPU s/GB "
+                        f"{bps / direct[count]:4.0%} ({row.detail}; dmz udp in "
+                        f"{udp_in}, rcvbuf errors {drops}, retransmits {retransmits})"
+                        " CPU s/GB "
                         + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
                     )
+                    if error:
+                        # the drone's state after a failed run is unknown (a
+                        # stalled ocproxy stays stalled), and the server still
+                        # holds the dead test (busy until its own timeout): the
+                        # next count gets a fresh drone and a fresh server
+                        results.notes.append(
+                            f"{PATHS[key]}, {count} streams: {error}; a new drone "
+                            "and iperf3 server for the next stream count"
+                        )
+                        drone_stack.close()
+                        drone_stack = None
+                        chain._stop(server)
+                        server = chain.iperf3_server(
+                            lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT
+                        )
     results.load.append(chain._load())
     return results
 
