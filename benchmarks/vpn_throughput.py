@@ -16,15 +16,21 @@ run. The worker's link to the site (and so to the DMZ) is limited with tbf
                 namespace as its payload would (chain_throughput's nsenter)
   vpn tls       the same drone with ``vpn.dtls: false`` (TCP over TCP, what
                 the seed ran: its client always passed ``--no-dtls``)
+  ocproxy       the fallback without namespaces (the seed's "userspace
+                stack" row): a vpn drone whose job cannot make a user
+                namespace (``dronens.userns_limited_job``, isolation
+                preferred, vpn.fallback ocproxy): openconnect without tun,
+                ocproxy's lwIP stack as SOCKS5 on the worker's 127.0.0.1;
+                iperf3 runs on the worker as the drone user with the drone's
+                own preload chain (LD_PRELOAD and proxychains.conf of its work
+                directory, read from the payload's environment)
   chain b       this project's ssh chain (ssh -L to dante), namespace capture
                 (issue 12): the seed's "socks" row
 
-The ocproxy fallback (openconnect's userspace stack as SOCKS) is not a row:
-it is not built yet (issue 13, helper VPN-FB); add it here when it lands.
-
 For every run the CPU time of each process on the path is read from
 /proc/PID/stat (openconnect, every ocserv process on dmz, the outer link
-slirp4netns/pasta, and for chain b ssh, sshd, dante, redsocks) and from
+slirp4netns/pasta or, in the fallback, ocproxy, and for chain b ssh, sshd,
+dante, redsocks) and from
 iperf3's own report (client and server), and given as CPU-seconds per GB
 carried. dmz's UDP receive-buffer drops (``RcvbufErrors`` of its namespace,
 where DTLS lost packets at ocserv's socket before the lab's fix) are counted
@@ -32,7 +38,7 @@ per run. The load averages before and after go with the table: two shared
 cores. Everything runs in a lab of its own, torn down at the end.
 
     python benchmarks/vpn_throughput.py [--rate 1gbit] [--streams 1,2,10,20]
-        [--paths direct,dtls,tls,chain-b] [--seconds 5] [--outer auto]
+        [--paths direct,dtls,tls,ocproxy,chain-b] [--seconds 5] [--outer auto]
         [--mtu N]
 
 Short form (what tests/lab/test_vpn_benchmark.py runs, so this cannot rot;
@@ -47,11 +53,12 @@ import argparse
 import json
 import os
 import platform
+import pwd
 import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +82,7 @@ PATHS = {
     "direct": "direct",
     "dtls": "namespace VPN, DTLS",
     "tls": "namespace VPN, TLS only",
+    "ocproxy": "ocproxy fallback (userspace stack), preload",
     "chain-b": "chain b (ssh -L to dante), namespace",
 }
 DEFAULT_PATHS = tuple(PATHS)
@@ -82,6 +90,7 @@ DEFAULT_PATHS = tuple(PATHS)
 ROLES = (
     "iperf3 client",
     "openconnect",
+    "ocproxy",
     "redsocks",
     "ssh (worker)",
     "outer link",
@@ -159,12 +168,35 @@ def vpn_profile(lab: Lab, dtls: bool, outer: str, mtu: Optional[int]) -> dict:
     }
 
 
-def start_vpn_drone(
-    lab: Lab, stack: ExitStack, dtls: bool, outer: str, mtu: Optional[int]
-) -> VpnDrone:
-    """Submit a vpn drone; return it once the VPN is up and the payload runs."""
+@dataclass(frozen=True)
+class FallbackDrone:
+    """A vpn drone on ocproxy: `env` is its payload's preload chain."""
+
+    work: str
+    job_id: str
+    transport: str
+    port: str
+    env: tuple[str, ...]
+
+
+def fallback_profile(lab: Lab, mtu: Optional[int]) -> dict:
+    """A vpn drone that may fall back (isolation preferred, vpn.fallback
+    ocproxy); its job is run where it cannot make a user namespace."""
+    profile = vpn_profile(lab, True, "auto", mtu)
+    del profile["namespace"]
+    profile["isolation"] = "preferred"
+    profile["vpn"]["fallback"] = "ocproxy"
+    return profile
+
+
+def submit(
+    lab: Lab, stack: ExitStack, profile_data: dict, limited: bool = False
+) -> tuple[str, Path]:
+    """sbatch a rendered drone to worker1 (with `limited`: under
+    ``dronens.userns_limited_job``, no user namespace for it); (job id, its
+    output file). Both are cleaned up by `stack`."""
     drone_uuid = f"vbench-{uuid.uuid4().hex[:8]}"
-    profile = load_profile(vpn_profile(lab, dtls, outer, mtu))
+    profile = load_profile(profile_data)
     script = render_drone_script(
         profile,
         derive_budget(profile),
@@ -172,6 +204,9 @@ def start_vpn_drone(
         machine_type="bench",
         job_id_variable="SLURM_JOB_ID",
     )
+    if limited:
+        entry = pwd.getpwnam(lab.drone_user)
+        script = dronens.userns_limited_job(script, entry.pw_uid, entry.pw_gid)
     result = lab.run(
         "login",
         ["sbatch", "--parsable", "-w", NODE, "-o", f"{drone_uuid}.out"]
@@ -186,6 +221,14 @@ def start_vpn_drone(
     stack.callback(chain.cancel, lab, job_id)
     output = lab.layout.home(lab.drone_user) / f"{drone_uuid}.out"
     stack.callback(output.unlink, missing_ok=True)
+    return job_id, output
+
+
+def start_vpn_drone(
+    lab: Lab, stack: ExitStack, dtls: bool, outer: str, mtu: Optional[int]
+) -> VpnDrone:
+    """Submit a vpn drone; return it once the VPN is up and the payload runs."""
+    job_id, output = submit(lab, stack, vpn_profile(lab, dtls, outer, mtu))
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = output.read_text() if output.exists() else ""
@@ -206,6 +249,77 @@ def start_vpn_drone(
                 )
         time.sleep(0.2)
     raise RuntimeError(f"vpn drone did not start:\n{_read(output)}")
+
+
+FALLBACK = re.compile(r"capture falls back to preload \(ocproxy\)")
+OCPROXY_PORT = re.compile(r"vpn: ocproxy 127\.0\.0\.1:(\d+), ")
+#: the payload's preload chain (lib/vpn.sh's CHAIN_ENV)
+PRELOAD_ENV = ("LD_PRELOAD", "PROXYCHAINS_CONF_FILE", "PROXYCHAINS_QUIET_MODE")
+
+
+def start_fallback_drone(
+    lab: Lab, stack: ExitStack, mtu: Optional[int]
+) -> FallbackDrone:
+    """Submit a vpn drone without user namespaces; return it once ocproxy is
+    up and the payload runs, with the payload's preload chain."""
+    job_id, output = submit(lab, stack, fallback_profile(lab, mtu), limited=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = _read(output)
+        work = re.search(r"work directory (\S+)", text)
+        if "stage payload started" in text and work:
+            if not FALLBACK.search(text):
+                raise RuntimeError(f"the drone did not fall back to ocproxy:\n{text}")
+            path = work.group(1)
+            state = _read(Path(path, "ns", "vpn.state")).split()
+            port = OCPROXY_PORT.search(text)
+            env = payload_preload(lab, path)
+            if state[:1] == ["up"] and port and env:
+                transport = state[2] if len(state) > 2 else "?"
+                return FallbackDrone(path, job_id, transport, port.group(1), env)
+        time.sleep(0.2)
+    raise RuntimeError(f"fallback vpn drone did not start:\n{_read(output)}")
+
+
+def payload_preload(lab: Lab, work: str) -> tuple[str, ...]:
+    """NAME=VALUE of the preload chain the drone gave its payload, read from
+    the environment of the payload's process (its proxychains.conf is in the
+    work directory), so iperf3 is captured exactly as the payload is."""
+    conf = f"PROXYCHAINS_CONF_FILE={work}/proxychains.conf".encode()
+    for pid in chain._netns_pids(lab, NODE):
+        if chain._comm(pid) != "sleep":
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if conf in environ:
+            return tuple(
+                item.decode()
+                for item in environ
+                if item.split(b"=", 1)[0].decode() in PRELOAD_ENV
+            )
+    return ()
+
+
+def fallback_processes(lab: Lab, drone: FallbackDrone) -> dict[int, str]:
+    """pid -> role: the drone's openconnect (its --script is the work
+    directory's ns/vpn.fallback) and ocproxy (the pid that script recorded
+    before becoming it) on the worker, every ocserv process on dmz."""
+    roles: dict[int, str] = {}
+    script = f"{drone.work}/ns/vpn.fallback"
+    for pid in chain._netns_pids(lab, NODE):
+        if chain._comm(pid) == "openconnect" and any(
+            script in arg for arg in chain._argv(pid)
+        ):
+            roles[pid] = "openconnect"
+    ocproxy = _read(Path(drone.work, "ns", "vpn.ocproxy")).strip()
+    if ocproxy.isdigit() and chain._comm(int(ocproxy)) == "ocproxy":
+        roles[int(ocproxy)] = "ocproxy"
+    for pid in chain._netns_pids(lab, "dmz"):
+        if chain._comm(pid).startswith("ocserv"):
+            roles[pid] = "ocserv"
+    return roles
 
 
 def _read(path: Path) -> str:
@@ -268,12 +382,17 @@ def iperf3(
     argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
     argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
     result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 20)
-    if result.returncode != 0:
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        report = {}
+    end = report.get("end", {})
+    if result.returncode != 0 or report.get("error") or "sum_received" not in end:
+        # iperf3 -J says what went wrong in "error" (exit 1, or 0 with no end)
         raise RuntimeError(
-            f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
+            report.get("error")
+            or f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
         )
-    report = json.loads(result.stdout)
-    end = report["end"]
     intervals = [interval["sum"] for interval in report.get("intervals", [])]
     received = end["sum_received"]
     carried = sum(float(item["bytes"]) for item in intervals) or received["bytes"]
@@ -295,9 +414,9 @@ def _metered(
     port: int,
     streams: int,
     seconds: int,
-) -> tuple[float, dict[str, float], int, int, int]:
+) -> tuple[float, dict[str, float], int, int, int, str]:
     """One iperf3 run: (bits/s, CPU-s per GB by role, dmz UDP in, dmz rcvbuf
-    errors, TCP retransmissions)."""
+    errors, TCP retransmissions, why it failed or "")."""
     roles = processes()
     before = {pid: chain._cpu_seconds(pid) for pid in roles}
     udp_before = udp_counters(lab)
@@ -305,9 +424,12 @@ def _metered(
         bps, carried, iperf_cpu, retransmits = iperf3(
             lab, prefix, address, port, streams, seconds
         )
-    except (RuntimeError, chain.subprocess.TimeoutExpired) as error:
+    except RuntimeError as error:
         chain._log(f"iperf3 {streams} streams failed: {error}")
-        return 0.0, {}, 0, 0, 0
+        return 0.0, {}, 0, 0, 0, str(error)
+    except chain.subprocess.TimeoutExpired as error:
+        chain._log(f"iperf3 {streams} streams failed: {error}")
+        return 0.0, {}, 0, 0, 0, f"iperf3 -t {seconds} hung ({error.timeout:.0f} s)"
     udp_after = udp_counters(lab)
     used: dict[str, float] = dict(iperf_cpu)
     for pid, role in processes().items():
@@ -321,12 +443,49 @@ def _metered(
         udp_after[0] - udp_before[0],
         udp_after[1] - udp_before[1],
         retransmits,
+        "",
     )
 
 
 def _chain_b_processes(lab: Lab, drone: chain.Drone) -> dict[int, str]:
     roles = chain.path_processes(lab, drone)
     return {pid: ("outer link" if r == "pasta" else r) for pid, r in roles.items()}
+
+
+def _start_path(
+    lab: Lab,
+    stack: ExitStack,
+    key: str,
+    outer: str,
+    mtu: Optional[int],
+    results: Results,
+) -> tuple[Callable[[], dict[int, str]], list[str], str]:
+    """Start the drone of path `key` (stopped by `stack`): (its processes to
+    meter, the prefix iperf3 runs under, the row's detail)."""
+    if key in ("dtls", "tls"):
+        drone = start_vpn_drone(lab, stack, key == "dtls", outer, mtu)
+        if key == "dtls" and drone.transport != "dtls":
+            results.notes.append(f"{PATHS[key]}: transport {drone.transport}")
+        return (
+            lambda: vpn_processes(lab, drone),
+            chain.namespace_prefix(drone),  # type: ignore[arg-type]
+            f"{drone.transport} via {drone.outer}, tun0 mtu {drone.mtu}",
+        )
+    if key == "ocproxy":
+        fdrone = start_fallback_drone(lab, stack, mtu)
+        if fdrone.transport != "dtls":
+            results.notes.append(f"{PATHS[key]}: transport {fdrone.transport}")
+        return (
+            lambda: fallback_processes(lab, fdrone),
+            ["env", *fdrone.env],
+            f"{fdrone.transport} via ocproxy 127.0.0.1:{fdrone.port}, preload",
+        )
+    cdrone = chain.start_drone(lab, stack, "b", 1, chain.NAMESPACE, outer, mtu)
+    return (
+        lambda: _chain_b_processes(lab, cdrone),
+        chain.namespace_prefix(cdrone),
+        f"via {cdrone.outer}",
+    )
 
 
 def measure(
@@ -347,7 +506,9 @@ def measure(
     with ExitStack() as stack:
         stack.callback(lab.limit_bandwidth, NODE, None)
         chain.iperf3_server(lab, stack, "login", L.LOGIN_SITE, chain.DIRECT_PORT)
-        chain.iperf3_server(lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT)
+        server = chain.iperf3_server(
+            lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT
+        )
         lab.limit_bandwidth(NODE, rate)
         for count in streams:
             bps, _, cpu, retransmits = iperf3(
@@ -361,33 +522,15 @@ def measure(
         for key in paths:
             if key == "direct":
                 continue
-            with ExitStack() as drone_stack:
-                if key in ("dtls", "tls"):
-                    drone = start_vpn_drone(lab, drone_stack, key == "dtls", outer, mtu)
-                    detail = (
-                        f"{drone.transport} via {drone.outer}, tun0 mtu {drone.mtu}"
-                    )
-                    if key == "dtls" and drone.transport != "dtls":
-                        results.notes.append(
-                            f"{PATHS[key]}: transport {drone.transport}"
-                        )
-
-                    def processes(d: VpnDrone = drone) -> dict[int, str]:
-                        return vpn_processes(lab, d)
-
-                    prefix = chain.namespace_prefix(drone)  # type: ignore[arg-type]
-                else:
-                    cdrone = chain.start_drone(
-                        lab, drone_stack, "b", 1, chain.NAMESPACE, outer, mtu
-                    )
-                    detail = f"via {cdrone.outer}"
-
-                    def processes(d: chain.Drone = cdrone) -> dict[int, str]:
-                        return _chain_b_processes(lab, d)
-
-                    prefix = chain.namespace_prefix(cdrone)
+            with ExitStack() as path_stack:
+                drone_stack: Optional[ExitStack] = None
                 for count in streams:
-                    bps, per_gb, udp_in, drops, retransmits = _metered(
+                    if drone_stack is None:
+                        drone_stack = path_stack.enter_context(ExitStack())
+                        processes, prefix, detail = _start_path(
+                            lab, drone_stack, key, outer, mtu, results
+                        )
+                    bps, per_gb, udp_in, drops, retransmits, error = _metered(
                         lab,
                         processes,
                         prefix,
@@ -404,16 +547,32 @@ def measure(
                         per_gb,
                         drops,
                         udp_in,
-                        detail,
+                        f"{detail}; failed: {error}" if error else detail,
                         retransmits,
                     )
                     results.rows.append(row)
                     chain._log(
                         f"{count:>2} {PATHS[key]:<40} {bps / 1e6:8.1f} Mbit/s "
-                        f"{bps / direct[count]:4.0%} ({detail}; dmz udp in {udp_in},"
-                        f" rcvbuf errors {drops}, retransmits {retransmits}) CPU s/GB "
+                        f"{bps / direct[count]:4.0%} ({row.detail}; dmz udp in "
+                        f"{udp_in}, rcvbuf errors {drops}, retransmits {retransmits})"
+                        " CPU s/GB "
                         + ", ".join(f"{r} {v:.2f}" for r, v in per_gb.items())
                     )
+                    if error:
+                        # the drone's state after a failed run is unknown (a
+                        # stalled ocproxy stays stalled), and the server still
+                        # holds the dead test (busy until its own timeout): the
+                        # next count gets a fresh drone and a fresh server
+                        results.notes.append(
+                            f"{PATHS[key]}, {count} streams: {error}; a new drone "
+                            "and iperf3 server for the next stream count"
+                        )
+                        drone_stack.close()
+                        drone_stack = None
+                        chain._stop(server)
+                        server = chain.iperf3_server(
+                            lab, stack, "outside", L.OUTSIDE_HTTP, chain.IPERF_PORT
+                        )
     results.load.append(chain._load())
     return results
 
@@ -483,7 +642,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "--paths",
         type=_path_list,
         default=DEFAULT_PATHS,
-        help="paths, comma-separated (default direct,dtls,tls,chain-b)",
+        help="paths, comma-separated (default direct,dtls,tls,ocproxy,chain-b)",
     )
     parser.add_argument(
         "--outer",
