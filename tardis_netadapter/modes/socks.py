@@ -752,6 +752,27 @@ class SupervisorTimings:
 SUPERVISOR = SupervisorTimings()
 
 
+def supervisor_settings(ready_timeout_ms: int) -> SettingsGroup:
+    """The settings lib/supervise.sh reads, for any mode that supervises a
+    connection with it (socks' tunnel, vpn's openconnect)."""
+    t = SUPERVISOR
+    return SettingsGroup(
+        "supervisor (lib/supervise.sh; times in ms)",
+        (
+            ("SUPERVISE_PROBE_MIN_MS", t.probe_min_ms),
+            ("SUPERVISE_PROBE_MAX_MS", t.probe_max_ms),
+            ("SUPERVISE_PROBE_TIMEOUT_MS", t.probe_timeout_ms),
+            ("SUPERVISE_SPREAD_MS", t.spread_ms),
+            ("SUPERVISE_BACKOFF_BASE_MS", t.backoff_base_ms),
+            ("SUPERVISE_BACKOFF_CAP_MS", t.backoff_cap_ms),
+            ("SUPERVISE_NODE_STARTS", t.node_starts),
+            ("SUPERVISE_SLOT_WAIT_MS", t.slot_wait_ms),
+            ("SUPERVISE_SLOT_HOLD_MS", t.slot_hold_ms),
+            ("SUPERVISE_READY_TIMEOUT_MS", ready_timeout_ms),
+        ),
+    )
+
+
 def connect_timeout(tunnel: Tunnel) -> int:
     """ssh's ConnectTimeout (s): the tunnel's ready timeout, whole seconds."""
     return max(1, math.ceil(tunnel.ready_timeout))
@@ -881,7 +902,6 @@ class SocksMode(Mode):
         tunnel, chain = profile.tunnel, profile.chain
         ready_ms = int(tunnel.ready_timeout * 1000)
         supervisor = "autossh" if tunnel.supervisor == "autossh" else "builtin"
-        t = SUPERVISOR
         endpoints = profile.pool.endpoints
         probe_host, probe_port = endpoints[0] if profile.pool.collector else ("", "")
         return [
@@ -912,25 +932,8 @@ class SocksMode(Mode):
                     ("TUNNEL_PROXY_FORWARD", _proxy_forward_target(profile)),
                 ),
             ),
-            SettingsGroup(
-                "supervisor (lib/supervise.sh; times in ms)",
-                (
-                    ("SUPERVISE_PROBE_MIN_MS", t.probe_min_ms),
-                    ("SUPERVISE_PROBE_MAX_MS", t.probe_max_ms),
-                    ("SUPERVISE_PROBE_TIMEOUT_MS", t.probe_timeout_ms),
-                    ("SUPERVISE_SPREAD_MS", t.spread_ms),
-                    ("SUPERVISE_BACKOFF_BASE_MS", t.backoff_base_ms),
-                    ("SUPERVISE_BACKOFF_CAP_MS", t.backoff_cap_ms),
-                    ("SUPERVISE_NODE_STARTS", t.node_starts),
-                    ("SUPERVISE_SLOT_WAIT_MS", t.slot_wait_ms),
-                    ("SUPERVISE_SLOT_HOLD_MS", t.slot_hold_ms),
-                    # autossh waits on its own: never end it for being slow
-                    (
-                        "SUPERVISE_READY_TIMEOUT_MS",
-                        3 * ready_ms if supervisor == "builtin" else 2**31 - 1,
-                    ),
-                ),
-            ),
+            # autossh waits on its own: never end it for being slow
+            supervisor_settings(3 * ready_ms if supervisor == "builtin" else 2**31 - 1),
             SettingsGroup(
                 "chain",
                 (

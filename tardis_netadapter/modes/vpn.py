@@ -42,7 +42,13 @@ from ..profile import (
 from ..templates import render_template, template_dir
 from . import netns
 from .base import ConfigFile, Mode, SettingsGroup, Stage
-from .socks import DEFAULT_PORT_RANGE, SUPERVISOR, Proxy, endpoint
+from .socks import (
+    DEFAULT_PORT_RANGE,
+    SUPERVISOR,
+    Proxy,
+    endpoint,
+    supervisor_settings,
+)
 
 if TYPE_CHECKING:
     from ..keepalive import KeepaliveBudget
@@ -477,7 +483,6 @@ class VpnMode(Mode):
         ready_ms = int(vpn.ready_timeout * 1000)
         endpoints = profile.pool.endpoints
         probe_host, probe_port = endpoints[0] if profile.pool.collector else ("", "")
-        t = SUPERVISOR
         return [
             SettingsGroup(
                 "vpn: openconnect to the site's VPN server (lib/vpn.sh); "
@@ -506,21 +511,7 @@ class VpnMode(Mode):
                     ("NS_FIRST_HOPS", [endpoint(vpn.server, vpn.port)]),
                 ),
             ),
-            SettingsGroup(
-                "supervisor (lib/supervise.sh; times in ms)",
-                (
-                    ("SUPERVISE_PROBE_MIN_MS", t.probe_min_ms),
-                    ("SUPERVISE_PROBE_MAX_MS", t.probe_max_ms),
-                    ("SUPERVISE_PROBE_TIMEOUT_MS", t.probe_timeout_ms),
-                    ("SUPERVISE_SPREAD_MS", t.spread_ms),
-                    ("SUPERVISE_BACKOFF_BASE_MS", t.backoff_base_ms),
-                    ("SUPERVISE_BACKOFF_CAP_MS", t.backoff_cap_ms),
-                    ("SUPERVISE_NODE_STARTS", t.node_starts),
-                    ("SUPERVISE_SLOT_WAIT_MS", t.slot_wait_ms),
-                    ("SUPERVISE_SLOT_HOLD_MS", t.slot_hold_ms),
-                    ("SUPERVISE_READY_TIMEOUT_MS", ready_ms),
-                ),
-            ),
+            supervisor_settings(ready_ms),
             netns.settings(profile, capture(profile)),
         ] + self._fallback_settings(profile)
 
