@@ -533,9 +533,10 @@ netns_keeper_wait() {
 # The outer link came back after a restart: the tunnel's TCP connections
 # went with the old one (pasta and slirp4netns hold the worker's side of
 # every socket), and ssh would only notice after ServerAliveInterval x
-# ServerAliveCountMax. TERM every ssh of the namespace (the descendants of
-# its init: this drone's own processes) so that their supervisors reconnect
-# at once through the new link.
+# ServerAliveCountMax, openconnect only after its dead peer detection. Among
+# the namespace's processes (the descendants of its init: this drone's own),
+# TERM every ssh so that its supervisor reconnects at once, and send
+# openconnect SIGUSR2, its own "reconnect now" (it keeps its session).
 netns_kick_tunnel() {
     local pids=("$NS_INIT_PID") pid comm children kicked=()
     [[ -n $NS_INIT_PID ]] || return 0
@@ -543,15 +544,16 @@ netns_kick_tunnel() {
         pid=${pids[0]}
         pids=("${pids[@]:1}")
         IFS= read -r comm 2>/dev/null <"/proc/$pid/comm" || continue
-        if [[ $comm == ssh ]] && kill -TERM "$pid" 2>/dev/null; then
-            kicked+=("$pid")
-        fi
+        case $comm in
+        ssh) kill -TERM "$pid" 2>/dev/null && kicked+=("ssh $pid") ;;
+        openconnect) kill -USR2 "$pid" 2>/dev/null && kicked+=("openconnect $pid") ;;
+        esac
         read -r -a children 2>/dev/null <"/proc/$pid/task/$pid/children" || true
         pids+=("${children[@]}")
     done
     if ((${#kicked[@]})); then
-        log "isolation: outer link restarted; ended the tunnel's ssh (pid ${kicked[*]})" \
-            "so that it reconnects through it now"
+        log "isolation: outer link restarted; told the tunnel to reconnect through" \
+            "it now (${kicked[*]})"
     fi
 }
 

@@ -39,6 +39,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -383,6 +384,35 @@ def test_ocserv_restart_heals_within_10_s(lab: Lab, vpn_drone: Drone) -> None:
     assert healed is not None, vpn_drone.output
     assert healed < 10, vpn_drone.output
     vpn_drone.wait_registered(timeout=15)  # the payload's own registration
+
+
+def test_killed_outer_link_under_the_vpn_heals_within_10_s(
+    lab: Lab, vpn_drone: Drone
+) -> None:
+    """The namespace's outer link (pasta or slirp4netns) killed under a VPN:
+    the keeper starts it again and sends openconnect SIGUSR2 (reconnect now),
+    so the VPN is back without waiting for dead peer detection (15 s here)."""
+    ns = work_dir(vpn_drone) / "ns"
+    init = dronens.ns_init_pid(ns.parent)
+    assert init
+    assert register_inside(init, f"{vpn_drone.uuid}-outer-before")
+    outer = int((ns / "outer.child").read_text().split()[0])
+    os.kill(outer, signal.SIGKILL)
+    started = time.monotonic()
+    healed = None
+    n = 0
+    while time.monotonic() - started < 30:
+        n += 1
+        if register_inside(init, f"{vpn_drone.uuid}-outer-after{n}"):
+            healed = time.monotonic() - started
+            break
+        time.sleep(0.2)
+    print(f"outer link killed: a registration through the VPN back after {healed} s")
+    assert healed is not None, vpn_drone.output
+    assert re.search(
+        r"told the tunnel to reconnect .*openconnect \d+", vpn_drone.output
+    ), vpn_drone.output
+    assert healed < 10, vpn_drone.output
 
 
 def test_wrong_pin_fails_in_stage_vpn_with_25(lab: Lab, vpncheck: Path) -> None:
