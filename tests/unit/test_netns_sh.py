@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostcheck import NOBODY, unavailable
 from procs import leftovers
 
 from tardis_netadapter import render
@@ -36,7 +37,6 @@ from tardis_netadapter.keepalive import derive_budget
 
 HOP = "198.51.100.1"
 COLLECTOR = "203.0.113.5"
-NOBODY = 65534
 PROFILE = {
     "tunnel": {"hops": [{"host": HOP, "user": "drone"}]},
     "pool": {"collector": f"{COLLECTOR}:9618"},
@@ -44,26 +44,7 @@ PROFILE = {
 TOOLS = ("unshare", "setpriv", "nft", "ip", "pasta", "slirp4netns", "redsocks")
 
 
-def _why_not() -> str:
-    """Empty when this host can run the namespace tests, else why not."""
-    if os.geteuid() != 0:
-        return "needs root to make a throwaway network namespace and tun node"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    if missing:
-        return f"missing {', '.join(missing)} (scripts/install-system-deps)"
-    probe = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        + ["unshare", "-Urn", "true"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return f"unprivileged user namespaces unavailable: {probe.stderr.strip()}"
-    return ""
-
-
-WHY_NOT = _why_not()
+WHY_NOT = unavailable(TOOLS, "to make a throwaway network namespace and tun node")
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "runs")
 
 # The test's main: the drone's first stage, then checks from inside the

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostcheck import NOBODY, unavailable
 from procs import leftovers
 
 from tardis_netadapter.connectivity.heartbeat import parse_record
@@ -39,32 +40,11 @@ SERVER = "198.51.100.1"
 COLLECTOR = "203.0.113.5"
 POOL = "10.99.8"
 DNS = "203.0.113.53"
-NOBODY = 65534
 TOOLS = ("unshare", "setpriv", "nft", "ip", "pasta", "openconnect", "ocserv")
 TOOLS += ("ocpasswd", "certtool")
 
 
-def _why_not() -> str:
-    """Empty when this host can run these tests, else why not."""
-    if os.geteuid() != 0:
-        return "needs root for a throwaway network namespace, tun node and ocserv"
-    path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-    missing = [tool for tool in TOOLS if shutil.which(tool, path=path) is None]
-    if missing:
-        return f"missing {', '.join(missing)} (scripts/install-system-deps)"
-    probe = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-        + ["unshare", "-Urn", "true"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return f"unprivileged user namespaces unavailable: {probe.stderr.strip()}"
-    return ""
-
-
-WHY_NOT = _why_not()
+WHY_NOT = unavailable(TOOLS, "for a throwaway network namespace, tun node and ocserv")
 #: the tests that run a real ocserv and drone (the watchdog's tests need nothing)
 real = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "runs")
 
