@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from profiles import config_text, problems_of, script_for, setting
 
-from tardis_netadapter import modes, render
+from tardis_netadapter import modes
 from tardis_netadapter.commands.check import parse_probe, probe_script
-from tardis_netadapter.config import ConfigurationError, load_profile_and_budget
+from tardis_netadapter.config import load_profile_and_budget
 from tardis_netadapter.modes import netns
 from tardis_netadapter.modes.socks import capture
 from tardis_netadapter.siteconfig import load_site_settings
@@ -33,37 +34,6 @@ def network(**sections: Any) -> dict[str, Any]:
     data: dict[str, Any] = {"tunnel": LOGIN, "pool": POOL}
     data.update(sections)
     return json.loads(json.dumps(data))
-
-
-def script_for(data: dict[str, Any]) -> str:
-    profile, budget = load_profile_and_budget(data)
-    return render.render_drone_script(
-        profile, budget, site_name="Site", machine_type="cpu", job_id_variable="JOB"
-    )
-
-
-def problems_of(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigurationError) as caught:
-        load_profile_and_budget(data, "Site.Network")
-    return caught.value.problems
-
-
-def config_text(script: str, function: str) -> str:
-    """The text a configuration function of the script prints."""
-    match = re.search(
-        rf"^{function}\(\) \{{\n    cat <<'TARDIS_NETADAPTER_EOF'\n(.*?)"
-        r"^TARDIS_NETADAPTER_EOF$",
-        script,
-        re.MULTILINE | re.DOTALL,
-    )
-    assert match, f"{function} not in the script"
-    return match.group(1)
-
-
-def setting(script: str, name: str) -> str:
-    match = re.search(rf"^{name}=(.*)$", script, re.MULTILINE)
-    assert match, f"{name} not in the settings"
-    return match.group(1)
 
 
 def libraries(script: str) -> list[str]:

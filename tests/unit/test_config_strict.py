@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from profiles import problems_of
 
 from tardis_netadapter.config import ConfigurationError, load_profile
 
 LOGIN = {"tunnel": {"hops": [{"host": "10.66.1.1", "user": "drone"}]}}
-
-
-def problems_of(data: dict, path: str = "Site.Network") -> list[str]:
-    with pytest.raises(ConfigurationError) as caught:
-        load_profile(data, path=path)
-    return caught.value.problems
 
 
 def hop(**values: object) -> dict:

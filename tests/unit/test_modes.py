@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from procs import leftovers
+from profiles import problems_of, script_for
 from toys import toy_mode
 
-from tardis_netadapter import modes, render
+from tardis_netadapter import modes
 from tardis_netadapter.commands.check import _fix
-from tardis_netadapter.config import ConfigurationError, load_profile_and_budget
+from tardis_netadapter.config import load_profile_and_budget
 from tardis_netadapter.connectivity.heartbeat import STAGES, parse_record
 from tardis_netadapter.keepalive import derive_budget
 from tardis_netadapter.modes.stages import main_stages, record_stages, watched_stages
@@ -29,23 +30,6 @@ from tardis_netadapter.templates import template_dir
 LOGIN = {"hops": [{"host": "10.66.1.1", "user": "drone"}]}
 POOL = {"collector": "127.0.0.1:9618"}
 UUID = "site-0123456789"
-
-
-def script_for(data: dict[str, Any], job_id_variable: str = "SLURM_JOB_ID") -> str:
-    profile, budget = load_profile_and_budget(json.loads(json.dumps(data)))
-    return render.render_drone_script(
-        profile,
-        budget,
-        site_name="Site",
-        machine_type="cpu",
-        job_id_variable=job_id_variable,
-    )
-
-
-def problems_of(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigurationError) as caught:
-        load_profile_and_budget(data, "Site.Network")
-    return caught.value.problems
 
 
 def main_body(script: str) -> list[str]:

@@ -13,9 +13,9 @@ import subprocess
 from typing import Any
 
 import pytest
+from profiles import config_text, problems_of, script_for, setting
 
-from tardis_netadapter import render
-from tardis_netadapter.config import ConfigurationError, load_profile_and_budget
+from tardis_netadapter.config import load_profile_and_budget
 from tardis_netadapter.modes import stages
 from tardis_netadapter.modes import vpn as vpn_module
 
@@ -36,39 +36,9 @@ def network(vpn: Any = None, **sections: Any) -> dict[str, Any]:
     return json.loads(json.dumps(data))
 
 
-def script_for(data: dict[str, Any]) -> str:
-    profile, budget = load_profile_and_budget(data)
-    return render.render_drone_script(
-        profile, budget, site_name="Site", machine_type="cpu", job_id_variable="JOB"
-    )
-
-
-def problems_of(data: dict[str, Any]) -> list[str]:
-    with pytest.raises(ConfigurationError) as caught:
-        load_profile_and_budget(data, "Site.Network")
-    return caught.value.problems
-
-
-def setting(script: str, name: str) -> str:
-    match = re.search(rf"^{name}=(.*)$", script, re.MULTILINE)
-    assert match, f"{name} not in the settings"
-    return match.group(1)
-
-
 def group_names(script: str, title: str) -> list[str]:
     block = script[script.index(f"# {title}") :]
     return re.findall(r"^([A-Z_]+)=", block[: block.index("\n\n")], re.MULTILINE)
-
-
-def config_text(script: str, function: str) -> str:
-    match = re.search(
-        rf"^{function}\(\) \{{\n    cat <<'TARDIS_NETADAPTER_EOF'\n(.*?)"
-        r"^TARDIS_NETADAPTER_EOF$",
-        script,
-        re.MULTILINE | re.DOTALL,
-    )
-    assert match, f"{function} not in the script"
-    return match.group(1)
 
 
 def libraries(script: str) -> list[str]:
