@@ -62,11 +62,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional, TypeVar
 
 from tardis_netadapter_lab import Lab, dronens
 from tardis_netadapter_lab import layout as L
@@ -75,6 +75,8 @@ from tardis_netadapter_lab.netns import is_listening
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
 from tardis_netadapter.render import render_drone_script
+
+T = TypeVar("T")
 
 DIRECT_PORT = 60050  # in the srun port range: workers may reach login there
 ECHO_DIRECT_PORT = 60051
@@ -537,20 +539,37 @@ def aes_gcm_seconds_per_gb() -> float:
 # -- measurements -----------------------------------------------------------------
 
 
+class IperfRun(NamedTuple):
+    """One iperf3 client run, as its JSON report says."""
+
+    #: received bits/s
+    bps: float
+    #: bytes over the whole run, the omitted first second included
+    carried: float
+    #: CPU-seconds of iperf3's client and server
+    cpu: dict[str, float]
+    #: the sender's TCP retransmissions (through a VPN: packets lost on the way)
+    retransmits: int
+
+
 def iperf3(
     lab: Lab, prefix: list[str], address: str, port: int, streams: int, seconds: int
-) -> tuple[float, float, dict[str, float]]:
-    """(received bits/s, bytes sent over the whole run, CPU-seconds of
-    iperf3's client and server)."""
+) -> IperfRun:
+    """Run iperf3 as the drone user on NODE (through ``prefix``); RuntimeError
+    says why a run failed (iperf3 -J reports it in "error", with exit 1 or 0)."""
     argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
     argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
     result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 20)
-    if result.returncode != 0:
+    try:
+        report = json.loads(result.stdout)
+    except ValueError:
+        report = {}
+    end = report.get("end", {})
+    if result.returncode != 0 or report.get("error") or "sum_received" not in end:
         raise RuntimeError(
-            f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
+            report.get("error")
+            or f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
         )
-    report = json.loads(result.stdout)
-    end = report["end"]
     received = end["sum_received"]
     # CPU is metered over the whole run, the omitted first second (-O 1)
     # included, so the bytes it is divided by must include that second too
@@ -562,7 +581,18 @@ def iperf3(
         "iperf3 client": usage.get("host_total", 0.0) / 100 * duration,
         "iperf3 server": usage.get("remote_total", 0.0) / 100 * duration,
     }
-    return float(received["bits_per_second"]), carried, cpu
+    retransmits = int(end.get("sum_sent", {}).get("retransmits", 0))
+    return IperfRun(float(received["bits_per_second"]), carried, cpu, retransmits)
+
+
+def in_own_lab(name: str, work: Callable[[Lab], T]) -> T:
+    """``work`` on a fresh one-worker lab (idle timeout 300 s: iperf3's runs
+    must not be cut), always torn down."""
+    lab = Lab(name=name, workers=1, idle_timeout=300)
+    with ExitStack() as stack:
+        stack.callback(lab.down)
+        lab.up()
+        return work(lab)
 
 
 #: rounds of short connections per path; the lowest median is reported (the
@@ -673,7 +703,7 @@ def measure(
         for rate in rates:
             lab.limit_bandwidth(NODE, rate)
             for count in streams:
-                bps, _, _ = iperf3(lab, [], L.LOGIN_SITE, DIRECT_PORT, count, seconds)
+                bps = iperf3(lab, [], L.LOGIN_SITE, DIRECT_PORT, count, seconds).bps
                 direct[rate, count] = bps
                 results.rows.append(Row(rate, count, DIRECT, 1, bps, bps))
                 _log(f"{rate or 'none':>6} {count:>2} {DIRECT:<24} {bps / 1e6:8.1f}")
@@ -781,7 +811,7 @@ def _measure_drone(
                 for path, target, target_port in paths:
                     try:
                         with cpu_meter(lab, drone) as used:
-                            bps, carried, iperf_cpu = iperf3(
+                            bps, carried, iperf_cpu, _ = iperf3(
                                 lab, prefix, target, target_port, count, seconds
                             )
                     except (RuntimeError, subprocess.TimeoutExpired) as error:
@@ -1020,11 +1050,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    lab = Lab(name=args.name, workers=1, idle_timeout=300)
-    with ExitStack() as stack:
-        stack.callback(lab.down)
-        lab.up()
-        results = measure(
+    results = in_own_lab(
+        args.name,
+        lambda lab: measure(
             lab,
             rates=args.rates,
             seconds=args.seconds,
@@ -1036,7 +1064,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ns_chains=args.ns_chains,
             outers=args.outer,
             mtu=args.mtu,
-        )
+        ),
+    )
     print(table(results, args.seconds, args.short))
     return 0
 

@@ -50,7 +50,6 @@ one stream along each path, one second each):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import pwd
@@ -373,39 +372,6 @@ def udp_counters(lab: Lab) -> tuple[int, int]:
     return values.get("InDatagrams", 0), values.get("RcvbufErrors", 0)
 
 
-def iperf3(
-    lab: Lab, prefix: list[str], address: str, port: int, streams: int, seconds: int
-) -> tuple[float, float, dict[str, float], int]:
-    """chain_throughput.iperf3 plus the sender's TCP retransmissions: through
-    the VPN they count the payload's packets lost on the way (dmz's socket
-    buffer before the lab's fix, tun0's queue when openconnect falls behind)."""
-    argv = prefix + ["iperf3", "-J", "-c", address, "-p", str(port)]
-    argv += ["-P", str(streams), "-t", str(seconds), "-O", "1"]
-    result = lab.run(NODE, argv, user=lab.drone_user, timeout=seconds + 20)
-    try:
-        report = json.loads(result.stdout)
-    except ValueError:
-        report = {}
-    end = report.get("end", {})
-    if result.returncode != 0 or report.get("error") or "sum_received" not in end:
-        # iperf3 -J says what went wrong in "error" (exit 1, or 0 with no end)
-        raise RuntimeError(
-            report.get("error")
-            or f"{' '.join(argv)} failed: {result.stdout[-500:]}{result.stderr}"
-        )
-    intervals = [interval["sum"] for interval in report.get("intervals", [])]
-    received = end["sum_received"]
-    carried = sum(float(item["bytes"]) for item in intervals) or received["bytes"]
-    duration = sum(float(item["seconds"]) for item in intervals) or received["seconds"]
-    usage = end.get("cpu_utilization_percent", {})
-    cpu = {
-        "iperf3 client": usage.get("host_total", 0.0) / 100 * duration,
-        "iperf3 server": usage.get("remote_total", 0.0) / 100 * duration,
-    }
-    retransmits = int(end.get("sum_sent", {}).get("retransmits", 0))
-    return float(received["bits_per_second"]), carried, cpu, retransmits
-
-
 def _metered(
     lab: Lab,
     processes: Any,
@@ -421,7 +387,7 @@ def _metered(
     before = {pid: chain._cpu_seconds(pid) for pid in roles}
     udp_before = udp_counters(lab)
     try:
-        bps, carried, iperf_cpu, retransmits = iperf3(
+        bps, carried, iperf_cpu, retransmits = chain.iperf3(
             lab, prefix, address, port, streams, seconds
         )
     except RuntimeError as error:
@@ -511,7 +477,7 @@ def measure(
         )
         lab.limit_bandwidth(NODE, rate)
         for count in streams:
-            bps, _, cpu, retransmits = iperf3(
+            bps, _, cpu, retransmits = chain.iperf3(
                 lab, [], L.LOGIN_SITE, chain.DIRECT_PORT, count, seconds
             )
             direct[count] = bps
@@ -666,11 +632,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    lab = Lab(name=args.name, workers=1, idle_timeout=300)
-    with ExitStack() as stack:
-        stack.callback(lab.down)
-        lab.up()
-        results = measure(
+    results = chain.in_own_lab(
+        args.name,
+        lambda lab: measure(
             lab,
             rate=args.rate,
             streams=args.streams,
@@ -678,7 +642,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             seconds=args.seconds,
             outer=args.outer,
             mtu=args.mtu,
-        )
+        ),
+    )
     print(table(results, args.rate, args.seconds))
     return 0
 
