@@ -41,7 +41,17 @@ from tardis_netadapter_lab import Lab, dronens
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
 from tardis_netadapter_lab.services import pool_state
-from test_chain_support import COLLECTOR, DANTE, LOGIN, Drone, cvmfs_section, processes
+from test_chain_support import (
+    COLLECTOR,
+    DANTE,
+    LOGIN,
+    Drone,
+    check_result,
+    cvmfs_section,
+    heartbeat,
+    pool_records,
+    processes,
+)
 
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
@@ -295,38 +305,8 @@ def other_user_attempts(
     return results
 
 
-def nscheck_result(lab: Lab, drone: Drone, timeout: float = 30) -> dict[str, str]:
-    path = lab.layout.home(lab.drone_user) / f"nscheck-{drone.uuid}.out"
-    wait_for(
-        f"{drone.uuid}'s nscheck",
-        lambda: path.exists() and "done" in path.read_text(),
-        timeout,
-        lambda: path.read_text() if path.exists() else drone.output,
-        0.2,
-    )
-    values = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
-
-
-def pool_records(lab: Lab) -> dict[str, dict[str, Any]]:
-    state = json.loads((lab.layout.state_dir / "pool" / "state.json").read_text())
-    return {record.get("uuid"): record for record in state.get("drones", {}).values()}
-
-
 def drone_dir(drone: Drone) -> str:
     return drone.work_file("ssh_config").removesuffix("/ssh_config")
-
-
-def heartbeat(lab: Lab, drone: Drone) -> dict[str, Any]:
-    path = lab.layout.home(lab.drone_user) / ".tardis-netadapter" / "heartbeats"
-    try:
-        return json.loads((path / f"{drone.uuid}.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def worker_pid(lab: Lab, node: str) -> int:
@@ -353,7 +333,7 @@ def test_preload_payload_misses_static_clients_and_udp(
 ) -> None:
     """What LD_PRELOAD misses: a static binary goes direct (and fails on a
     worker without a route); UDP leaves the worker."""
-    result = nscheck_result(lab, preload_drone)
+    result = check_result(lab, preload_drone, "nscheck")
     print(f"preload payload: {result}")
     assert "proxychains" in result["ld_preload"] or "tsocks" in result["ld_preload"]
     assert not OK.search(result["busybox_nc"]), result  # no route: not captured
@@ -422,7 +402,7 @@ def test_static_and_python_clients_captured_by_the_namespace(
     lab: Lab, ns_drone: Drone
 ) -> None:
     """Done when 2: busybox-static and python3 reach the pool through dante."""
-    result = nscheck_result(lab, ns_drone)
+    result = check_result(lab, ns_drone, "nscheck")
     print(f"namespace payload: {result}")
     assert result["ld_preload"] == "none", result
     assert result["uid"] == str(pwd.getpwnam(lab.drone_user).pw_uid), result
@@ -451,13 +431,13 @@ def test_udp_does_not_leave_and_is_counted(
     lab: Lab, ns_drone: Drone, sink: Sink
 ) -> None:
     """Done when 3: UDP to another worker never arrives; the heartbeat counts it."""
-    result = nscheck_result(lab, ns_drone)
+    result = check_result(lab, ns_drone, "nscheck")
     assert "sent" not in result["udp"].split(","), result  # EPERM from the rules
     assert sink.received(ns_drone.uuid) == 0, sink.text()
     seen: dict[str, Any] = {}
 
     def counted() -> bool:
-        seen.update(heartbeat(lab, ns_drone))
+        seen.update(heartbeat(lab, ns_drone.uuid))
         isolation = seen.get("isolation") or {}
         return (isolation.get("leaks_blocked") or 0) >= UDP_DATAGRAMS
 
@@ -540,7 +520,7 @@ def test_fallback_preferred_works_required_exits_15(lab: Lab) -> None:
         seen: dict[str, Any] = {}
 
         def fell_back() -> bool:
-            seen.update(heartbeat(lab, preferred))
+            seen.update(heartbeat(lab, preferred.uuid))
             return bool((seen.get("isolation") or {}).get("reason"))
 
         wait_for(

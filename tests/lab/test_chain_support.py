@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from tardis_netadapter_lab import Lab
 from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.daemon import wait_for
 from tardis_netadapter_lab.netns import is_listening
 from tardis_netadapter_lab.services import pool_state
 
@@ -190,6 +191,77 @@ def processes() -> Iterator[tuple[int, list[str]]]:
                 int(entry.name),
                 raw.rstrip(b"\0").decode(errors="replace").split("\0"),
             )
+
+
+def pool_records(lab: Lab) -> dict[str, dict[str, Any]]:
+    """The pool stand-in's records of drones, by their TardisDroneUuid."""
+    state = json.loads((lab.layout.state_dir / "pool" / "state.json").read_text())
+    return {record.get("uuid"): record for record in state.get("drones", {}).values()}
+
+
+def heartbeat(lab: Lab, uuid: str) -> dict[str, Any]:
+    """A drone's last heartbeat record ({} when none or half-written)."""
+    path = lab.layout.home(lab.drone_user) / ".tardis-netadapter" / "heartbeats"
+    try:
+        return json.loads((path / f"{uuid}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_result(
+    lab: Lab, drone: Drone, name: str, timeout: float = 30
+) -> dict[str, str]:
+    """The ``key=value`` lines a payload check script (``name``: nscheck,
+    vpncheck, ...) wrote to ~/NAME-UUID.out, once it wrote ``done``."""
+    path = lab.layout.home(lab.drone_user) / f"{name}-{drone.uuid}.out"
+    wait_for(
+        f"{drone.uuid}'s {name}",
+        lambda: path.exists() and "done" in path.read_text(),
+        timeout,
+        lambda: path.read_text() if path.exists() else drone.output,
+        0.2,
+    )
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key] = value
+    return values
+
+
+def wait_gone(drone: Drone, timeout: float = 30) -> None:
+    """Until Slurm no longer lists the drone's job."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queue = drone.lab.run(
+            "login", ["squeue", "-h", "-j", drone.job_id], user=drone.lab.drone_user
+        )
+        if not queue.stdout.strip():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{drone.uuid} still queued:\n{drone.output}")
+
+
+def descendants(root: int) -> set[int]:
+    """Every process below ``root`` (by /proc parent links)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def chain_connects(lab: Lab, node: str, conf: str, address: str, port: int) -> bool:

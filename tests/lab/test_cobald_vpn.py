@@ -36,6 +36,7 @@ from tardis_netadapter_lab.daemon import (
     slurm_jobs,
     write_config,
 )
+from test_chain_support import heartbeat
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -59,14 +60,6 @@ def pool_record(lab: Lab, uuid: str) -> dict[str, Any]:
         if record.get("uuid") == uuid:
             return record
     return {}
-
-
-def heartbeat(lab: Lab, uuid: str) -> dict[str, Any]:
-    path = lab.layout.home(lab.drone_user) / ".tardis-netadapter" / "heartbeats"
-    try:
-        return json.loads((path / f"{uuid}.json").read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def test_cobald_daemon_runs_a_vpn_drone(lab: Lab, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ from tardis_netadapter_lab.daemon import (
 )
 from tardis_netadapter_lab.netns import pids_in_namespaces, start_time, terminate
 from tardis_netadapter_lab.services import recorded_pid
-from test_chain_support import COLLECTOR, DANTE, Drone
+from test_chain_support import COLLECTOR, DANTE, Drone, descendants
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -129,28 +129,6 @@ def sessions(site: Lab) -> dict[str, dict[str, float]]:
             starts = [t for t in (start_time(pid) for pid in pids) if t is not None]
             if drone and starts:
                 found.setdefault(drone, {})[host] = min(starts) / ticks
-    return found
-
-
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (by /proc parent links)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
     return found
 
 

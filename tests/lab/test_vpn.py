@@ -52,7 +52,16 @@ from tardis_netadapter_lab import Lab, dronens, teardown
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
 from tardis_netadapter_lab.services import pool_state
-from test_chain_support import COLLECTOR, Drone, cvmfs_section, processes
+from test_chain_support import (
+    COLLECTOR,
+    Drone,
+    check_result,
+    cvmfs_section,
+    heartbeat,
+    pool_records,
+    processes,
+    wait_gone,
+)
 
 from tardis_netadapter.config import load_profile
 from tardis_netadapter.keepalive import derive_budget
@@ -162,36 +171,6 @@ def work_dir(drone: Drone) -> Path:
     return found[0]
 
 
-def vpncheck_result(lab: Lab, drone: Drone, timeout: float = 30) -> dict[str, str]:
-    path = lab.layout.home(lab.drone_user) / f"vpncheck-{drone.uuid}.out"
-    wait_for(
-        f"{drone.uuid}'s vpncheck",
-        lambda: path.exists() and "done" in path.read_text(),
-        timeout,
-        lambda: path.read_text() if path.exists() else drone.output,
-        0.2,
-    )
-    values = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            values[key] = value
-    return values
-
-
-def pool_records(lab: Lab) -> dict[str, dict[str, Any]]:
-    state = json.loads((lab.layout.state_dir / "pool" / "state.json").read_text())
-    return {record.get("uuid"): record for record in state.get("drones", {}).values()}
-
-
-def heartbeat(lab: Lab, drone: Drone) -> dict[str, Any]:
-    path = lab.layout.home(lab.drone_user) / ".tardis-netadapter" / "heartbeats"
-    try:
-        return json.loads((path / f"{drone.uuid}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def register_inside(init: int, tag: str) -> str:
     """One registration from inside the drone's network namespace (root)."""
     result = subprocess.run(
@@ -203,18 +182,6 @@ def register_inside(init: int, tag: str) -> str:
         check=False,
     )
     return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def wait_gone(drone: Drone, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        queue = drone.lab.run(
-            "login", ["squeue", "-h", "-j", drone.job_id], user=drone.lab.drone_user
-        )
-        if not queue.stdout.strip():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{drone.uuid} still queued:\n{drone.output}")
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +207,7 @@ def vpn_drone(lab: Lab, vpncheck: Path) -> Iterator[Drone]:
 
 
 def test_vpn_address_registration_and_static_client(lab: Lab, vpn_drone: Drone) -> None:
-    result = vpncheck_result(lab, vpn_drone)
+    result = check_result(lab, vpn_drone, "vpncheck")
     print(f"vpn payload: {result}")
     assert result["uid"] == str(pwd.getpwnam(lab.drone_user).pw_uid), result
     assert result["ld_preload"] == "none", result
@@ -262,12 +229,12 @@ def test_vpn_address_registration_and_static_client(lab: Lab, vpn_drone: Drone) 
     assert re.search(rf"vpn: tun0 {re.escape(POOL_PREFIX)}\d+ through ", output)
     wait_for(
         "a heartbeat with the vpn object",
-        lambda: (heartbeat(lab, vpn_drone).get("vpn") or {}).get("address"),
+        lambda: (heartbeat(lab, vpn_drone.uuid).get("vpn") or {}).get("address"),
         15,
-        lambda: json.dumps(heartbeat(lab, vpn_drone)),
+        lambda: json.dumps(heartbeat(lab, vpn_drone.uuid)),
         0.5,
     )
-    beat = heartbeat(lab, vpn_drone)
+    beat = heartbeat(lab, vpn_drone.uuid)
     print(f"heartbeat vpn: {beat['vpn']}, failing_stage {beat.get('failing_stage')}")
     assert beat["vpn"]["address"] == result["tun0"].split("/")[0], beat
     assert beat["vpn"]["transport"] == "dtls", beat
@@ -350,7 +317,7 @@ def test_no_credential_in_script_ps_environ_or_log(lab: Lab, vpn_drone: Drone) -
     print(f"scanned {scanned} processes of {lab.drone_user}")
     assert openconnect, "openconnect of the drone not found"
     assert secret not in vpn_drone.output
-    assert secret not in json.dumps(heartbeat(lab, vpn_drone))
+    assert secret not in json.dumps(heartbeat(lab, vpn_drone.uuid))
 
 
 def test_ocserv_restart_heals_within_10_s(lab: Lab, vpn_drone: Drone) -> None:
@@ -455,12 +422,12 @@ def test_dtls_blocked_falls_back_to_tls(lab: Lab, vpncheck: Path) -> None:
         drone.wait_registered(timeout=60)
         wait_for(
             "a heartbeat with the vpn transport",
-            lambda: (heartbeat(lab, drone).get("vpn") or {}).get("transport"),
+            lambda: (heartbeat(lab, drone.uuid).get("vpn") or {}).get("transport"),
             15,
-            lambda: json.dumps(heartbeat(lab, drone)),
+            lambda: json.dumps(heartbeat(lab, drone.uuid)),
             0.5,
         )
-        beat = heartbeat(lab, drone)
+        beat = heartbeat(lab, drone.uuid)
         print(f"UDP/443 dropped: heartbeat vpn {beat['vpn']}")
         assert beat["vpn"]["transport"] == "tls", beat
         assert pool_records(lab)[tag]["remote"].startswith(f"{L.DMZ_PUBLIC}:")
@@ -510,10 +477,10 @@ def test_fallback_without_namespaces_registers_through_ocproxy(
         drone.submit()
         record = drone.wait_registered(timeout=60)
         registered = time.monotonic() - started
-        result = vpncheck_result(lab, drone)
+        result = check_result(lab, drone, "vpncheck")
 
         def reported() -> bool:
-            seen.update(heartbeat(lab, drone))
+            seen.update(heartbeat(lab, drone.uuid))
             return bool((seen.get("vpn") or {}).get("address")) and bool(
                 (seen.get("isolation") or {}).get("reason")
             )
