@@ -341,10 +341,14 @@ def test_keepalived_accepts_the_configuration(tmp_path: Path) -> None:
 
 
 @ROOT_ONLY
-def test_conntrackd_runs_with_the_configuration(tmp_path: Path) -> None:
+@pytest.mark.parametrize("count", [2, 3])
+def test_conntrackd_runs_with_the_configuration(tmp_path: Path, count: int) -> None:
+    """Two routers: unicast UDP; three: multicast. conntrackd starts, answers
+    on its socket and commits; a bad keyword makes it refuse to start."""
     conntrackd = tool("conntrackd")
     paths = lab_paths(tmp_path)
-    install(render_router(load(nat_section()), "nat1", paths))
+    routers = three_routers()[:count]
+    install(render_router(load(nat_section(routers=routers)), "nat1", paths))
     (tmp_path / "run").mkdir()
     conf = tmp_path / "etc" / "conntrackd.conf"
     script = (
@@ -363,6 +367,9 @@ def test_conntrackd_runs_with_the_configuration(tmp_path: Path) -> None:
     assert "cache internal" in result.stdout
     log = (tmp_path / "run" / "conntrackd.log").read_text()
     assert "initialization completed" in log
+    conf.write_text(conf.read_text().replace("StartupResync", "StartupResyncx"))
+    broken = in_netns(LINKS + f"timeout 5 {conntrackd} -C {conf}; echo rc=$?")
+    assert "rc=0" not in broken.stdout and "rc=124" not in broken.stdout, broken
 
 
 # ------------------------------------------------------------ router scripts
