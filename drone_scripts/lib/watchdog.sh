@@ -448,16 +448,22 @@ tna_vpn_down() {
 # tna_route_state OKVAR VIAVAR SEENVAR REASONVAR: the fields of
 # TNA_ROUTE_STATE_FILE (false when it is not configured or not written yet).
 tna_route_state() {
-  local __tna_line="" __tna_state __tna_via __tna_seen __tna_reason
+  local __tna_rl="" __tna_rs_state __tna_rs_via __tna_rs_seen __tna_rs_reason
   [[ -n ${TNA_ROUTE_STATE_FILE:-} && -r $TNA_ROUTE_STATE_FILE ]] || return 1
-  IFS= read -r __tna_line <"$TNA_ROUTE_STATE_FILE" || [[ -n $__tna_line ]] || return 1
-  [[ $__tna_line == *$'\t'*$'\t'*$'\t'* ]] || return 1
-  IFS=$'\t' read -r __tna_state __tna_via __tna_seen __tna_reason <<<"$__tna_line"
-  [[ $__tna_state == ok || $__tna_state == fail ]] || return 1
-  printf -v "$1" '%s' "$__tna_state"
-  printf -v "$2" '%s' "$__tna_via"
-  printf -v "$3" '%s' "$__tna_seen"
-  printf -v "$4" '%s' "$__tna_reason"
+  IFS= read -r __tna_rl <"$TNA_ROUTE_STATE_FILE" || [[ -n $__tna_rl ]] || return 1
+  [[ $__tna_rl == *$'\t'*$'\t'*$'\t'* ]] || return 1
+  # split by hand: a tab is IFS white space, so read would merge empty fields
+  __tna_rs_state=${__tna_rl%%$'\t'*}
+  __tna_rl=${__tna_rl#*$'\t'}
+  __tna_rs_via=${__tna_rl%%$'\t'*}
+  __tna_rl=${__tna_rl#*$'\t'}
+  __tna_rs_seen=${__tna_rl%%$'\t'*}
+  __tna_rs_reason=${__tna_rl#*$'\t'}
+  [[ $__tna_rs_state == ok || $__tna_rs_state == fail ]] || return 1
+  printf -v "$1" '%s' "$__tna_rs_state"
+  printf -v "$2" '%s' "$__tna_rs_via"
+  printf -v "$3" '%s' "$__tna_rs_seen"
+  printf -v "$4" '%s' "$__tna_rs_reason"
 }
 
 # tna_route OUTVAR: the record's "route" object ({"ok","via","seen","reason"}:
