@@ -107,7 +107,7 @@ nat_target_address() {
 
 # via: the marked route to the check target goes through the NAT's VIP.
 nat_check_via() {
-    local address out via
+    local address="" out="" via=""
     if ! nat_target_address address; then
         nat_item via fail "cannot resolve $NAT_CHECK_HOST to an IPv4 address"
         return 1
@@ -166,7 +166,7 @@ nat_check_connect() {
 # address: the echo service saw the NAT's public address. The answer's body
 # is the caller's address (the first IPv4 address in it counts).
 nat_check_address() {
-    local url=$NAT_ADDRESS_ECHO rest host port path answer rc=0 body seen
+    local url=$NAT_ADDRESS_ECHO rest host port path answer="" rc=0 body seen=""
     local timeout_s=${NAT_CHECK_TIMEOUT_S:-5}
     rest=${url#http://}
     host=${rest%%/*}

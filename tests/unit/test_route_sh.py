@@ -127,12 +127,14 @@ def settings(**override: str) -> str:
     )
 
 
-def check_as_nobody(label: str, **override: str) -> str:
-    """A case: run nat_route_check as nobody; print its result under LABEL."""
+def check_as_nobody(label: str, strict: bool = False, **override: str) -> str:
+    """A case: run nat_route_check as nobody; print its result under LABEL.
+    ``strict``: under ``set -euo pipefail``, as the watchdog's tests run it."""
     body = (
-        settings(**override)
+        ("set -euo pipefail\n" if strict else "")
+        + settings(**override)
         + f"source {shlex.quote(str(LIB / 'route.sh'))}\n"
-        + "nat_route_check; rc=$?\n"
+        + "rc=0; nat_route_check || rc=$?\n"
         + 'printf "rc=%s ok=%s via=%s seen=%s\\n" "$rc" "$NAT_ROUTE_OK" '
         '"$NAT_ROUTE_VIA" "$NAT_ROUTE_SEEN"\n'
         + 'printf "reason=%s\\n" "$NAT_ROUTE_REASON"\n'
@@ -174,8 +176,10 @@ def results() -> dict[str, list[str]]:
         + check_as_nobody("not marked", NAT_USERS="(aliprod)", NAT_GROUPS="(alice)")
         + check_as_nobody("by group", NAT_USERS="()", NAT_GROUPS="(nogroup)")
         + check_as_nobody("hex mark", NAT_MARK="0x1")
+        + check_as_nobody("strict", strict=True, NAT_GROUPS="()")
         + "ip rule del fwmark 1 table 201\n"
         + check_as_nobody("no rule")
+        + check_as_nobody("strict no rule", strict=True)
         + "ip rule add fwmark 1 table 201\n"
         + "ip route replace default via 10.66.1.251 dev site0 table 201\n"
         + check_as_nobody("wrong via")
@@ -214,6 +218,7 @@ def test_a_worker_with_the_nat_route_passes(results):
     assert results["repaired"][0] == good[0]
     assert results["hex mark"][0] == good[0]
     assert results["by group"][0] == good[0]
+    assert results["strict"][0] == good[0]
     assert "in group nogroup" in "\n".join(results["by group"])
 
 
@@ -237,6 +242,7 @@ def test_a_missing_rule_is_named(results):
     assert lines[0].startswith("rc=1 ok=0"), lines
     reason = field(lines, "reason")
     assert reason.startswith("ip rule: no rule fwmark 0x1 lookup tna_nat (table 201)")
+    assert results["strict no rule"][:2] == lines[:2]
 
 
 def test_a_wrong_gateway_is_named(results):
