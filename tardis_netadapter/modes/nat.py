@@ -15,6 +15,7 @@ follows it like any stage's.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -162,6 +163,21 @@ class NatMode(Mode):
                     "without its SNAT passes the check)",
                     "run a service beyond the NAT that answers with the caller's "
                     "address and set nat.address_echo: http://HOST:PORT/",
+                )
+            )
+        host, port = target(profile)
+        try:
+            address: Optional[ipaddress.IPv4Address] = ipaddress.IPv4Address(host)
+        except ValueError:
+            address = None
+        if address is not None and any(address in n for n in profile.nat.networks):
+            found.append(
+                (
+                    f"the route check's target {host}:{port} is in nat.site_subnets: "
+                    "traffic to it stays on the main table and is never marked, so "
+                    "the check cannot see the NAT path",
+                    "set nat.check_target to a HOST:PORT beyond the NAT (the pool's "
+                    "collector, outside the site)",
                 )
             )
         if profile.isolation == "required":

@@ -172,6 +172,15 @@ def test_warnings_without_an_address_echo() -> None:
     assert modes.get("nat").warnings(profile) == []
 
 
+def test_a_check_target_on_the_site_network_is_warned_about() -> None:
+    profile, _ = load_profile_and_budget(network({"check_target": "10.66.1.1:22"}))
+    ((what, fix),) = modes.get("nat").warnings(profile)
+    assert what.startswith(
+        "the route check's target 10.66.1.1:22 is in nat.site_subnets"
+    )
+    assert "nat.check_target" in fix
+
+
 def test_the_example_config_renders_mode_nat() -> None:
     from tardis_netadapter.siteconfig import load_site_from_file
 
