@@ -65,7 +65,7 @@ in_router ip addr add 10.66.1.250/24 dev nat0
 in_router ip addr add 203.0.113.5/32 dev lo
 in_router ip link set nat0 up
 in_router ip route add default dev nat0
-nsenter -t "$router" -n socat TCP-LISTEN:9618,bind=203.0.113.5,fork,reuseaddr \
+nsenter -t "$router" -n timeout 150 socat TCP-LISTEN:9618,bind=203.0.113.5,fork,reuseaddr \
     SYSTEM:true &
 listener=$!
 echo_script=$(mktemp)
@@ -73,9 +73,10 @@ printf '%s\n' '#!/bin/sh' 'while read -r l && [ "${#l}" -gt 1 ]; do :; done' \
     'printf "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n%s\n" "$SOCAT_PEERADDR"' \
     >"$echo_script"
 chmod 755 "$echo_script"
-nsenter -t "$router" -n socat TCP-LISTEN:8080,bind=203.0.113.5,fork,reuseaddr \
+nsenter -t "$router" -n timeout 150 socat TCP-LISTEN:8080,bind=203.0.113.5,fork,reuseaddr \
     EXEC:"$echo_script" &
 echo_server=$!
+# (timeout: nothing outlives a test that was killed before its trap ran)
 stop() {
     kill "$listener" "$echo_server" "$router" 2>/dev/null
     wait 2>/dev/null
