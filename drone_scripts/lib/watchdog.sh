@@ -65,6 +65,15 @@
 #                            object ({"transport","address"}); while down, the
 #                            stage vpn is blamed (state restarting once it
 #                            was ok); unset: "vpn" is null
+#   TNA_ROUTE_CHECK          name of a function run at the start of every
+#                            round that checks the drone's route again and
+#                            rewrites TNA_ROUTE_STATE_FILE (mode nat's
+#                            nat_route_watch, lib/route.sh); unset: none
+#   TNA_ROUTE_STATE_FILE     "ok|fail<TAB>VIA<TAB>SEEN<TAB>REASON" (mode
+#                            nat's route.state): the record's "route" object
+#                            ({"ok","via","seen","reason"}); while fail, the
+#                            stage route is blamed (failed, with REASON);
+#                            unset: "route" is null
 #   TNA_WATCHDOG_ROUNDS      rounds to run, 0 (default) = until the drone script
 #                            exits (TNA_PARENT_PID, default: $$ at source time)
 #
@@ -436,6 +445,47 @@ tna_vpn_down() {
   printf -v "$1" 'vpn down: %s' "${__tna_class:-unknown}"
 }
 
+# tna_route_state OKVAR VIAVAR SEENVAR REASONVAR: the fields of
+# TNA_ROUTE_STATE_FILE (false when it is not configured or not written yet).
+tna_route_state() {
+  local __tna_rl="" __tna_rs_state __tna_rs_via __tna_rs_seen __tna_rs_reason
+  [[ -n ${TNA_ROUTE_STATE_FILE:-} && -r $TNA_ROUTE_STATE_FILE ]] || return 1
+  IFS= read -r __tna_rl <"$TNA_ROUTE_STATE_FILE" || [[ -n $__tna_rl ]] || return 1
+  [[ $__tna_rl == *$'\t'*$'\t'*$'\t'* ]] || return 1
+  # split by hand: a tab is IFS white space, so read would merge empty fields
+  __tna_rs_state=${__tna_rl%%$'\t'*}
+  __tna_rl=${__tna_rl#*$'\t'}
+  __tna_rs_via=${__tna_rl%%$'\t'*}
+  __tna_rl=${__tna_rl#*$'\t'}
+  __tna_rs_seen=${__tna_rl%%$'\t'*}
+  __tna_rs_reason=${__tna_rl#*$'\t'}
+  [[ $__tna_rs_state == ok || $__tna_rs_state == fail ]] || return 1
+  printf -v "$1" '%s' "$__tna_rs_state"
+  printf -v "$2" '%s' "$__tna_rs_via"
+  printf -v "$3" '%s' "$__tna_rs_seen"
+  printf -v "$4" '%s' "$__tna_rs_reason"
+}
+
+# tna_route OUTVAR: the record's "route" object ({"ok","via","seen","reason"}:
+# the last route check of a mode nat drone, addresses null when unknown), or
+# null when the drone has no route check.
+tna_route() {
+  local __tna_state="" __tna_via="" __tna_seen="" __tna_reason="" __tna_ok=false
+  local __tna_v=null __tna_s=null __tna_r
+  if [[ -z ${TNA_ROUTE_STATE_FILE:-} ]]; then
+    printf -v "$1" 'null'
+    return 0
+  fi
+  if ! tna_route_state __tna_state __tna_via __tna_seen __tna_reason; then
+    __tna_reason="not checked yet"
+  fi
+  [[ $__tna_state == ok ]] && __tna_ok=true
+  [[ $__tna_via =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] && __tna_v="\"$__tna_via\""
+  [[ $__tna_seen =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] && __tna_s="\"$__tna_seen\""
+  tna_json_escape __tna_r "$__tna_reason"
+  printf -v "$1" '{"ok":%s,"via":%s,"seen":%s,"reason":%s}' "$__tna_ok" "$__tna_v" "$__tna_s" "$__tna_r"
+}
+
 # tna_force_reconnect N_OK N_FAILED: when every probe failed while the
 # supervisor lives and reports no failure (it believes ssh works: a hung
 # session ServerAlive has not caught yet), and has for TNA_FORCE_AFTER
@@ -472,6 +522,30 @@ tna_force_reconnect() {
   fi
 }
 
+# tna_round_route STATES DETAILS (names of the round's associative arrays):
+# check the route again (TNA_ROUTE_CHECK) and let its result decide stage
+# route: a failing check blames it (failed, the check's reason) whatever its
+# stage file says; a passing one clears a failed stage. A stage not run yet
+# (pending, starting) keeps its state.
+tna_round_route() {
+  local -n __tna_states=$1 __tna_details=$2
+  # shellcheck disable=SC2034 # via and seen are filled but go into the record elsewhere
+  local state="" via="" seen="" reason=""
+  if [[ -n ${TNA_ROUTE_CHECK:-} ]] && declare -F "$TNA_ROUTE_CHECK" >/dev/null; then
+    "$TNA_ROUTE_CHECK" || true
+  fi
+  tna_route_state state via seen reason || return 0
+  case ${__tna_states[route]} in
+  pending | starting) return 0 ;;
+  esac
+  if [[ $state == fail ]]; then
+    __tna_states[route]=failed
+    __tna_details[route]=${reason:-route check failed}
+  elif [[ ${__tna_states[route]} == failed || ${__tna_states[route]} == restarting ]]; then
+    __tna_states[route]=ok
+  fi
+}
+
 # tna_watchdog_once: check the tunnel, probe every endpoint, write the record.
 tna_watchdog_once() {
   local now name state detail stage_json="" probes_json="" endpoint host port
@@ -484,6 +558,9 @@ tna_watchdog_once() {
     details[$name]=$detail
   done
   TNA_LAST_ERROR=""
+  if [[ -n ${states[route]+set} ]]; then
+    tna_round_route states details
+  fi
   if [[ -n ${states[isolation]+set} ]] && tna_outer_down detail; then
     states[isolation]=restarting # the keeper outside restarts it
     details[isolation]=$detail
@@ -586,17 +663,18 @@ tna_watchdog_once() {
     tna_json_escape state "${states[$name]}"
     stage_json+="${stage_json:+,}\"$name\":$state"
   done
-  local j_uuid j_job j_host j_err j_stage restarts path_error isolation vpn
+  local j_uuid j_job j_host j_err j_stage restarts path_error isolation vpn route
   tna_restarts restarts
   tna_path_error path_error
   tna_isolation isolation
   tna_vpn vpn
+  tna_route route
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
   tna_json_opt j_job "${TNA_JOB_ID:-}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"
-  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation,\"vpn\":$vpn}"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation,\"vpn\":$vpn,\"route\":$route}"
 
   local verdict=connected
   if [[ -n $failing ]]; then

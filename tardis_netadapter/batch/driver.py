@@ -139,6 +139,16 @@ class BatchDriver(ABC):
     def walltime_seconds(self, options: Any) -> int:
         """The machine type's time limit in seconds (drones need a finite one)."""
 
+    # -- check --probe -------------------------------------------------------------
+    def probe_job_command(self, options: Any) -> Optional[str]:
+        """A command that runs a short script (on its stdin, ``/bin/sh -s``) as
+        one task of a short job on a worker of the machine type ``options``,
+        waits for it and prints its output; ``check --probe`` runs a network
+        mode's worker checks with it (Mode.probe_job_lines). None: this batch
+        system cannot run such a job (the mode's worker checks are skipped,
+        and ``check`` says so)."""
+        return None
+
     @classmethod
     def check_declaration(cls) -> list[str]:
         """Problems with the class attributes, so a broken driver fails at registration."""

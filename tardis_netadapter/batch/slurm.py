@@ -180,6 +180,51 @@ def sbatch_command(
     return shlex.join(words)
 
 
+#: the job name of ``check --probe``'s job (not a drone's: the adapter and
+#: ``status`` look only at names starting with the site's name)
+PROBE_JOB_NAME = "tna-check"
+#: its time limit (minutes): the checks take seconds
+PROBE_JOB_MINUTES = 2
+#: SubmitOptions a probe job takes over (what the site requires of every job:
+#: the account, QOS, reservation, node features), long and short spellings
+PROBE_JOB_LONG = ("account", "qos", "reservation", "constraint")
+PROBE_JOB_SHORT = ("A", "q", "C")
+
+
+def srun_probe_command(machine_type: SlurmMachineType) -> str:
+    """``srun`` of one task on one node of the machine type's partition,
+    running ``/bin/sh -s`` with the script on its stdin (srun forwards its
+    stdin to the task); srun waits for it and prints its output.
+
+    Only PATH and HOME are exported: the submitting environment stays out of
+    the job, as with sbatch's ``--export``. Of SubmitOptions only what admits
+    a job (account, QOS, reservation, constraint) is taken over; the others
+    shape a drone's job (output files, requeue), not a two-minute check.
+    """
+    words = [
+        "srun",
+        f"--job-name={PROBE_JOB_NAME}",
+        "--export=HOME,PATH",
+        "--quiet",
+        "-N",
+        "1",
+        "-n",
+        "1",
+        "-t",
+        str(PROBE_JOB_MINUTES),
+    ]
+    if machine_type.Partition is not None:
+        words += ["-p", machine_type.Partition]
+    options = machine_type.SubmitOptions
+    kept = OptionSet(
+        short={k: v for k, v in options.short.items() if k in PROBE_JOB_SHORT},
+        long={k: v for k, v in options.long.items() if k in PROBE_JOB_LONG},
+    )
+    words += kept.tokens()
+    words += ["/bin/sh", "-s"]
+    return shlex.join(words)
+
+
 def scancel_command(job_id: str, options: OptionSet) -> str:
     """scancel for one job, options and id quoted."""
     return shlex.join(["scancel", *options.tokens(), str(job_id)])
@@ -389,3 +434,6 @@ class SlurmDriver(BatchDriver):
 
     def walltime_seconds(self, options: SlurmMachineType) -> int:
         return options.walltime_seconds
+
+    def probe_job_command(self, options: SlurmMachineType) -> Optional[str]:
+        return srun_probe_command(options)

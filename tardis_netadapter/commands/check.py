@@ -28,6 +28,8 @@ from .sitecli import build_executor
 
 #: the marker that starts every line of the remote probe's answer
 MARK = "TNA-CHECK"
+#: how long ``--probe`` waits for its job on a worker (s), queueing included
+PROBE_JOB_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,16 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--probe",
         action="store_true",
-        help="also log in to the login node and check what it can show",
+        help="also log in to the login node and check what it can show (and, "
+        "for a mode with worker checks, run them in a short job)",
+    )
+    parser.add_argument(
+        "--job-timeout",
+        type=float,
+        default=PROBE_JOB_TIMEOUT,
+        metavar="SECONDS",
+        help="how long --probe waits for its job on a worker, queueing "
+        f"included (default {PROBE_JOB_TIMEOUT:g})",
     )
     parser.set_defaults(func=run)
 
@@ -144,13 +155,19 @@ def _bash_syntax(machine_type: str, script: str) -> Item:
 # --------------------------------------------------------------------------
 
 
+#: the probe's two functions: ``mark NAME ok|fail DETAIL`` and ``have COMMAND``
+PREAMBLE = (
+    f'mark() {{ printf \'{MARK} %s %s %s\\n\' "$1" "$2" "$3"; }}',
+    'have() { if command -v "$1" >/dev/null 2>&1; then mark "cmd:$1" ok '
+    '"$(command -v "$1")"; else mark "cmd:$1" fail missing; fi; }',
+)
+
+
 def probe_script(settings: SiteSettings) -> str:
     """A POSIX shell script whose every output line is ``MARK name ok|fail detail``."""
     profile = settings.profile
     lines = [
-        f'mark() {{ printf \'{MARK} %s %s %s\\n\' "$1" "$2" "$3"; }}',
-        'have() { if command -v "$1" >/dev/null 2>&1; then mark "cmd:$1" ok '
-        '"$(command -v "$1")"; else mark "cmd:$1" fail missing; fi; }',
+        *PREAMBLE,
         f"for c in {' '.join(shlex.quote(c) for c in settings.driver.site_commands)}; "
         'do have "$c"; done',
     ]
@@ -168,6 +185,17 @@ def probe_script(settings: SiteSettings) -> str:
         'else mark heartbeat-dir fail "$h"; fi',
     ]
     return "\n".join(lines) + "\n"
+
+
+def probe_job_script(settings: SiteSettings) -> Optional[str]:
+    """The script ``--probe`` runs in a short job on a worker: the network
+    mode's worker checks (Mode.probe_job_lines, e.g. mode nat's route check
+    as the drone user), with the same ``mark``/``have``; None when the mode
+    has none."""
+    lines = modes.get(settings.profile.mode).probe_job_lines(settings.profile)
+    if not lines:
+        return None
+    return "\n".join([*PREAMBLE, *lines]) + "\n"
 
 
 def _home(path: str) -> str:
@@ -222,8 +250,13 @@ async def _probe(executor: Any, script: str, timeout: float) -> str:
     return result.stdout
 
 
-def probe_items(settings: SiteSettings, executor_spec: Any) -> list[Item]:
-    """Run the probe through the site's executor; a failure to log in is one item."""
+def probe_items(
+    settings: SiteSettings,
+    executor_spec: Any,
+    job_timeout: float = PROBE_JOB_TIMEOUT,
+) -> list[Item]:
+    """Run the probe through the site's executor; a failure to log in is one
+    item. Then the mode's worker checks, if it has any, in a short job."""
     try:
         executor = build_executor(executor_spec)
         stdout = asyncio.run(
@@ -240,7 +273,61 @@ def probe_items(settings: SiteSettings, executor_spec: Any) -> list[Item]:
     items = parse_probe(stdout)
     if not items:
         return [Item(False, "the probe printed nothing", "check that /bin/sh runs")]
-    return [Item(True, "logged in to the login node")] + items
+    items = [Item(True, "logged in to the login node")] + items
+    return items + job_items(settings, executor, job_timeout)
+
+
+def job_items(settings: SiteSettings, executor: Any, timeout: float) -> list[Item]:
+    """The mode's worker checks, run through the batch system as the drone
+    user on a worker of the first machine type (the driver's
+    ``probe_job_command``); nothing when the mode has none."""
+    from ..batch.runner import limited, run
+
+    script = probe_job_script(settings)
+    if script is None:
+        return []
+    driver = settings.driver
+    name, machine_type = next(iter(settings.machine_types.items()))
+    command = driver.probe_job_command(machine_type.batch)
+    mode = settings.profile.mode
+    if command is None:
+        return [
+            Item(
+                False,
+                f"worker checks of mode {mode}: the {driver.system} driver cannot "
+                "run a probe job; not checked",
+                "run the drone script's checks by hand on a worker (docs/modes.md)",
+                warning=True,
+            )
+        ]
+    try:
+        result = asyncio.run(
+            run(
+                executor, limited(command, timeout), timeout=timeout, stdin_input=script
+            )
+        )
+    except Exception as error:  # a job that cannot run is an item, not a crash
+        detail = getattr(error, "stderr", "") or getattr(error, "message", "")
+        return [
+            Item(
+                False,
+                f"probe job on machine type {name} ({command}): "
+                f"{(detail or repr(error)).strip()[:300]}",
+                "check the machine type's Partition and SubmitOptions (account, "
+                "qos) and that the drone user may run a two-minute job; "
+                "--job-timeout gives a busy queue longer",
+            )
+        ]
+    items = parse_probe(getattr(result, "stdout", "") or "")
+    if not items:
+        return [
+            Item(
+                False,
+                f"probe job on machine type {name} printed nothing ({command})",
+                "check that the job runs /bin/sh with its stdin (srun forwards it)",
+            )
+        ]
+    return [Item(True, f"probe job ran on a worker of machine type {name}")] + items
 
 
 # --------------------------------------------------------------------------
@@ -281,7 +368,9 @@ def run(args: argparse.Namespace) -> int:
         found = load_site_from_file(args.config, site)
         items = offline_items(found.settings)
         if args.probe:
-            items += probe_items(found.settings, found.tardis[site].get("executor"))
+            items += probe_items(
+                found.settings, found.tardis[site].get("executor"), args.job_timeout
+            )
         text, passed = report(items)
         print(text)
         ready = ready and passed

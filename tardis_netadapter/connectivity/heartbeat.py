@@ -115,6 +115,29 @@ VPN_TRANSPORTS = ("dtls", "tls")
 
 
 @dataclass(frozen=True)
+class Route:
+    """The drone's last route check (mode ``nat``, record key ``route``; issue 14).
+
+    Written by the watchdog from the drone's ``route.state``, re-checked every
+    round (drone_scripts/lib/route.sh): ``ok`` when the marked route goes via
+    the NAT's gateway, the check target answers and (with an address echo)
+    the pool sees the NAT's public address; ``via`` the gateway the marked
+    route lookup gave, ``seen`` the address the echo saw (None when unknown),
+    ``reason`` the first failure ("" when ok).
+    """
+
+    ok: bool = False
+    via: Optional[str] = None
+    seen: Optional[str] = None
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """The word ``status`` shows: ``ok`` or ``fail``."""
+        return "ok" if self.ok else "fail"
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What one drone said about its path to the pool at ``time`` (worker clock)."""
 
@@ -136,6 +159,8 @@ class Heartbeat:
     isolation: Optional[Isolation] = None
     #: the drone's VPN (mode vpn; None: no VPN, or the drone did not say)
     vpn: Optional[Vpn] = None
+    #: the drone's route check (mode nat; None: no check, or the drone did not say)
+    route: Optional[Route] = None
 
     @property
     def ok(self) -> bool:
@@ -243,6 +268,32 @@ def _vpn(data: Any) -> Optional[Vpn]:
     )
 
 
+def _address(value: Any) -> Optional[str]:
+    """An IP address as text; None for anything else (it reaches a terminal)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+def _route(data: Any) -> Optional[Route]:
+    """The ``route`` object; None when absent or not an object.
+
+    Field by field, like ``vpn``: ``ok`` is True only for a JSON true, an
+    address that is not one becomes None, the reason is folded to one line.
+    """
+    if not isinstance(data, dict):
+        return None
+    return Route(
+        ok=data.get("ok") is True,
+        via=_address(data.get("via")),
+        seen=_address(data.get("seen")),
+        reason=_word(data.get("reason"), 300) or "",
+    )
+
+
 def from_dict(data: Any) -> Optional[Heartbeat]:
     """A Heartbeat from a decoded record, or None when required keys are unusable."""
     if not isinstance(data, dict):
@@ -276,6 +327,7 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
         path_error=_path_error(data.get("path_error")),
         isolation=_isolation(data.get("isolation")),
         vpn=_vpn(data.get("vpn")),
+        route=_route(data.get("route")),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .heartbeat import Heartbeat, Isolation, Vpn
+from .heartbeat import Heartbeat, Isolation, Route, Vpn
 from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
@@ -34,6 +34,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("isolation.leaks_blocked", "LEAKS"),
     # mode vpn: the VPN's transport (dtls, tls), from the drone's "vpn" object
     ("vpn", "VPN"),
+    # mode nat: the drone's last route check (ok, fail), its "route" object
+    ("route", "ROUTE"),
     ("reason", "REASON"),
 )
 REASON_WIDTH = 60
@@ -63,6 +65,9 @@ class StatusRow:
     #: the drone's VPN (the heartbeat's ``vpn``): transport and address; None
     #: without a record or from a drone without a VPN
     vpn: Optional[Vpn] = None
+    #: the drone's route check (the heartbeat's ``route``): ok, via, seen,
+    #: reason; None without a record or from a drone without one (not nat)
+    route: Optional[Route] = None
 
 
 def make_row(
@@ -88,6 +93,7 @@ def make_row(
         path_error=judgement.path_error,
         isolation=heartbeat.isolation if heartbeat else None,
         vpn=heartbeat.vpn if heartbeat else None,
+        route=heartbeat.route if heartbeat else None,
     )
 
 
@@ -109,6 +115,9 @@ def _cell(key: str, row: StatusRow) -> str:
     if key == "vpn":
         # dtls, tls, or - (no VPN, or it is down)
         return "-" if row.vpn is None else row.vpn.label
+    if key == "route":
+        # ok, fail, or - (no route check: another mode, or no record)
+        return "-" if row.route is None else row.route.label
     if key == "isolation.leaks_blocked":
         leaks = row.isolation.leaks_blocked if row.isolation else None
         return "-" if leaks is None else str(leaks)

@@ -172,6 +172,13 @@ class Mode:
         (shlex.quote, paths.shell_path)."""
         return []
 
+    def probe_job_lines(self, profile: NetworkProfile) -> list[str]:
+        """POSIX sh lines ``check --probe`` runs inside a short batch job on a
+        worker (the batch driver's ``probe_job_command``), after the same
+        ``mark``/``have`` functions: what only a worker can show (mode nat:
+        the drone's route check, as the drone user). Empty: no job."""
+        return []
+
     def probe_fix(self, name: str) -> Optional[str]:
         """The fix for a failed probe item ``name`` of this mode, or None."""
         return None

@@ -51,7 +51,12 @@ def record_stages() -> tuple[str, ...]:
 
     found: list[str] = [CVMFS.name]
     for name in mode_names():
-        for stage in watched_stages(get(name))[1:-1]:
-            if stage not in found:
-                found.append(stage)
+        own = watched_stages(get(name))[1:-1]
+        for index, stage in enumerate(own):
+            if stage in found:
+                continue
+            # before the next of its mode's stages already listed, so the
+            # list keeps every mode's own order (nat: tunnel, route, chain)
+            later = [s for s in own[index + 1 :] if s in found]
+            found.insert(found.index(later[0]) if later else len(found), stage)
     return (*found, POOL, PAYLOAD.name)

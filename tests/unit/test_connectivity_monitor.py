@@ -304,6 +304,7 @@ def test_render_table():
         "ISOLATION",
         "LEAKS",
         "VPN",
+        "ROUTE",
         "REASON",
     ]
     assert lines[1].split()[:7] == [
@@ -355,6 +356,7 @@ def test_json_keys_are_stable():
         "path_error",
         "isolation",
         "vpn",
+        "route",
     }
     # every column is in the JSON (a dotted key: inside that object)
     assert {key.split(".")[0] for key, _ in COLUMNS} <= set(document["drones"][0])

@@ -88,7 +88,7 @@ def test_an_unknown_mode_names_the_registered_ones(toy) -> None:
     (problem,) = problems_of({"mode": "wireguard"})
     assert problem == (
         "Site.Network.mode: got 'wireguard'; allowed: one of 'socks', 'direct', "
-        "'vpn', 'toy'"
+        "'vpn', 'nat', 'toy'"
     )
 
 
@@ -195,6 +195,7 @@ def test_heartbeat_stages_are_those_of_the_builtin_modes() -> None:
             "cvmfs",
             "isolation",
             "tunnel",
+            "route",
             "chain",
             "vpn",
             "pool",

@@ -69,7 +69,7 @@ def row_for(vpn: Any, uuid: str = "netlab-aaa"):
 
 def vpn_cells(text: str) -> list[str]:
     lines = text.splitlines()
-    start, end = lines[0].index("VPN"), lines[0].index("REASON")
+    start, end = lines[0].index("VPN"), lines[0].index("ROUTE")
     return [line[start:end].strip() for line in lines[1:-1]]
 
 
