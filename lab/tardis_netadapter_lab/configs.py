@@ -212,3 +212,90 @@ route = default
 cisco-client-compat = true
 dtls-legacy = true
 """
+
+
+# --------------------------------------------------------------------------
+# the address echo (issue 14) and the site NAT's configuration section
+# --------------------------------------------------------------------------
+
+#: what the drone's route check and the tests read: the caller's address as
+#: the outside sees it (after any NAT), the body of a plain HTTP answer
+ECHO_SCRIPT = r"""#!/bin/bash
+# tardis-netadapter lab {name}: the address echo (configs.echo_script), run by
+# socat for each connection on {listen}. Answers an HTTP request with the
+# peer's address and records it, one line per connection, in {log}.
+# Reads the request head first (up to its empty line, at most 2 s), so the
+# answer is never followed by a reset for unread request bytes.
+while IFS= read -r -t 2 line; do
+    line=${{line%$'\r'}}
+    [ -z "$line" ] && break
+done
+peer=${{SOCAT_PEERADDR:-unknown}}
+printf '%s\n' "$peer" >> {log}
+head='HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n'
+printf "$head"'Content-Length: %d\r\n\r\n%s\n' "$(( ${{#peer}} + 1 ))" "$peer"
+"""
+
+
+def echo_log(lab: L.LabLayout) -> Path:
+    """One line per connection the echo answered: the peer address it saw."""
+    return lab.echo_dir / "peers.log"
+
+
+def echo_script(lab: L.LabLayout) -> str:
+    """The per-connection handler of the address echo (socat EXEC)."""
+    return ECHO_SCRIPT.format(
+        name=lab.name,
+        listen=f"{L.OUTSIDE_HTTP}:{L.ECHO_PORT}",
+        log=echo_log(lab),
+    )
+
+
+def echo_url() -> str:
+    """The address echo as the nat section's ``address_echo`` names it."""
+    return f"http://{L.OUTSIDE_HTTP}:{L.ECHO_PORT}/"
+
+
+def nat_section(lab: L.LabLayout, conntrack_sync: bool = True) -> dict[str, object]:
+    """The lab site's ``Network.nat`` section (mode nat, issue 14).
+
+    The one source for the lab (sitenat.py renders the routers' and workers'
+    files from it) and for the tests and configs that drive drones in mode
+    nat against the lab: the routers are the layout's natN hosts, the drone
+    user is the lab's, the pool is the route check's and the routers'
+    health target, the address echo answers on the outside.
+    """
+    pool = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
+    return {
+        "gateway": L.NAT_GATEWAY,
+        "public_address": L.NAT_PUBLIC,
+        "mark": 1,
+        "table": 201,
+        "table_name": "tna_nat",
+        "users": [lab.drone_user],
+        "groups": [],
+        "protocols": ["tcp", "udp"],
+        "site_subnets": [L.SITE_NET],
+        "address_echo": echo_url(),
+        "check_target": pool,
+        "keeper": {"interval": 2},
+        "vrrp": {
+            "router_id": 51,
+            "advert_interval": 1,
+            "health_target": pool,
+            "health_interval": 1,
+            "fall": 2,
+            "rise": 2,
+        },
+        "conntrack_sync": conntrack_sync,
+        "routers": [
+            {
+                "name": router.name,
+                "site_interface": L.NAT_SITE_IF,
+                "site_address": router.site,
+                "public_interface": L.NAT_PUBLIC_IF,
+                "priority": router.priority,
+            }
+            for router in L.NAT_ROUTERS
+        ],
+    }

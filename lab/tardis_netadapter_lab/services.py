@@ -162,6 +162,20 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             "sshd gateway on port 443 (ssh hops across the firewall)",
         ),
         Service(
+            "echo",
+            "outside",
+            # one handler per connection; `nofork` hands it the socket itself
+            (
+                "socat",
+                f"TCP4-LISTEN:{L.ECHO_PORT},bind={L.OUTSIDE_HTTP},"
+                "reuseaddr,fork,backlog=1024",
+                f"EXEC:{echo_handler(lab)},nofork",
+            ),
+            L.OUTSIDE_HTTP,
+            L.ECHO_PORT,
+            "address echo: answers HTTP with the caller's address as seen outside",
+        ),
+        Service(
             "pool",
             "outside",
             (PYTHON, str(lab.bin_dir / "pool"), "--listen")
@@ -197,6 +211,11 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         for worker in lab.worker_hosts
     ]
     return {service.name: service for service in services}
+
+
+def echo_handler(lab: L.LabLayout) -> Path:
+    """The address echo's per-connection script (configs.echo_script)."""
+    return lab.echo_dir / "answer.sh"
 
 
 def pool_state(lab: L.LabLayout) -> Path:
