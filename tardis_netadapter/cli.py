@@ -31,6 +31,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tardis_netadapter.commands.examples",
     "tardis_netadapter.commands.check",
     "tardis_netadapter.commands.render",
+    # a mode-nat site's own files (workers' routing, NAT routers)
+    "tardis_netadapter.commands.sitenat",
     "tardis_netadapter.commands.status",
 )
 
