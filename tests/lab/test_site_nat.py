@@ -447,7 +447,8 @@ def test_route_keeper_repairs_a_flapped_link(nat_lab: Lab) -> None:
             break
         time.sleep(0.05)
     log = (lab.layout.log_dir / "worker2-nat-keeper.log").read_text()
-    print(f"link flap with keeper: marked route back {waited} s after the address")
+    shown = "never" if waited is None else f"{waited:.2f} s"
+    print(f"link flap with keeper: marked route back {shown} after the address")
     assert waited is not None, f"route not back within {KEEPER_BOUND} s:\n{log}"
     assert "repaired:" in log
     assert _drone_reaches_echo(lab, "worker2")
@@ -472,7 +473,8 @@ def test_failover_without_conntrackd_kills_established_flows(
     assert figures["recovery"] <= FAILOVER_BOUND
     assert figures["replies_before"] >= 3
     # new connections work again, this one never does: nat2 has no state for it
-    assert figures["last_reply_after_fault"] < 1.0, figures
+    # (nat1 forwards until the VIPs and the ARP caches have moved to nat2)
+    assert figures["last_reply_after_fault"] < figures["vip_moved"] + 1.0, figures
     assert figures["end_after_fault"] - figures["last_reply_after_fault"] > 5
     lab.site_nat.wait_master("nat1", timeout=15)
 
