@@ -25,11 +25,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from tardis_netadapter_lab import Lab, configs, teardown
 from tardis_netadapter_lab import layout as L
+from tardis_netadapter_lab.netns import pids_in_namespaces
 
 pytestmark = pytest.mark.lab
 
@@ -547,6 +549,13 @@ def test_down_removes_everything_up_added(nat_lab: Lab) -> None:
         for host in lab.layout.worker_hosts + lab.layout.nat_hosts
     }
     assert after == before
+    # no daemon, keeper or monitor of the site NAT is left running
+    for host in lab.layout.nat_hosts:
+        assert pids_in_namespaces([lab.layout.namespace_path(host)]) == [], host
+    for worker in lab.layout.worker_hosts:
+        left = pids_in_namespaces([lab.layout.namespace_path(worker)])
+        names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in left}
+        assert names <= {"slurmd"}, names
     assert lab.status()["nat"] == {"up": False} or not lab.status()["nat"]["up"]
     # with the NAT down the workers reach nothing outside again
     result = lab.run(
