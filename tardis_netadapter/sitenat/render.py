@@ -16,8 +16,11 @@ docs/site-nat.md explains each file to a site admin.
 
 from __future__ import annotations
 
+import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import router_sh, worker_sh
 from .config import NatSection, Router
@@ -26,6 +29,9 @@ __all__ = [
     "RULE_PRIORITY",
     "InstallPaths",
     "RenderedFile",
+    "conntrackd_argv",
+    "install",
+    "keepalived_argv",
     "render_router",
     "render_worker",
 ]
@@ -84,6 +90,44 @@ class RenderedFile:
     text: str
     mode: int
     install: str = ""
+
+
+def install(files: Mapping[str, RenderedFile]) -> list[str]:
+    """Write each file to its ``install`` path with its mode (parents created);
+    the paths written. For the lab and tests: a real host installs with the
+    steps ``site-nat`` prints."""
+    written = []
+    for rendered in files.values():
+        path = Path(rendered.install)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(rendered.text, encoding="utf-8")
+        os.chmod(temporary, rendered.mode)
+        os.replace(temporary, path)
+        written.append(str(path))
+    return written
+
+
+def keepalived_argv(paths: InstallPaths) -> list[str]:
+    """keepalived as tna-nat-keepalived.service runs it: in the foreground, VRRP
+    only, with the rendered configuration and pid files under ``paths.run``
+    (so several instances, e.g. the lab's routers, never share one)."""
+    return [
+        "keepalived",
+        "--dont-fork",
+        "--vrrp",
+        "-f",
+        paths.config("keepalived.conf"),
+        "-p",
+        paths.state("keepalived.pid"),
+        "-r",
+        paths.state("keepalived-vrrp.pid"),
+    ]
+
+
+def conntrackd_argv(paths: InstallPaths) -> list[str]:
+    """conntrackd as tna-nat-conntrackd.service runs it (in the foreground)."""
+    return ["conntrackd", "-C", paths.config("conntrackd.conf")]
 
 
 def _assign(name: str, value: object) -> str:
@@ -483,7 +527,7 @@ def render_router(
             # only one instance runs under systemd: a lock file left by a crash
             # would keep it from starting
             f"ExecStartPre=rm -f {paths.state('conntrackd.lock')}",
-            f"ExecStart=conntrackd -C {conntrackd_file}",
+            f"ExecStart={shlex.join(conntrackd_argv(paths))}",
             "Restart=on-failure",
         ],
         "multi-user.target",
@@ -497,8 +541,7 @@ def render_router(
         [
             "Type=simple",
             f"ExecStartPre=mkdir -p {paths.run}",
-            f"ExecStart=keepalived --dont-fork --vrrp -f {keepalived_file} "
-            f"-p {paths.state('keepalived.pid')} -r {paths.state('keepalived-vrrp.pid')}",
+            f"ExecStart={shlex.join(keepalived_argv(paths))}",
             "Restart=on-failure",
         ],
         "multi-user.target",

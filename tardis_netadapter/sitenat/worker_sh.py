@@ -104,12 +104,38 @@ missing_inverse() {
     return 0
 }
 
+# The device a route leaves through ("... dev IF ...").
+route_dev() {
+    local words word next=""
+    read -r -a words <<<"$1"
+    for word in "${words[@]}"; do
+        if [[ $next == dev ]]; then
+            printf '%s\n' "$word"
+            return 0
+        fi
+        next=$word
+    done
+    return 1
+}
+
+# What is not wrong here but breaks the drones' path: said, never fatal.
+notes() {
+    local main_dev gateway_dev
+    if [[ -z $(ip -4 route show default 2>/dev/null) ]]; then
+        log "note: the main table has no default route, so a drone connection to an outside address fails ('Network is unreachable') before it can be marked; give the workers their usual default route"
+        return 0
+    fi
+    main_dev=$(route_dev "$(ip -4 route show default | head -n 1)") || return 0
+    gateway_dev=$(route_dev "$(ip -4 route get "$GATEWAY" 2>/dev/null | head -n 1)") || return 0
+    if [[ $main_dev != "$gateway_dev" ]]; then
+        log "note: the main default route leaves through $main_dev but the gateway $GATEWAY is on $gateway_dev: the kernel chooses a connection's source address before the mark re-routes it, so the drones' packets leave $gateway_dev with $main_dev's address. The routers must route that address back to this worker and $gateway_dev needs loose reverse-path filtering (net.ipv4.conf.$gateway_dev.rp_filter=2); see docs/site-nat.md"
+    fi
+}
+
 check() {
     local gaps line
     gaps=$(missing)
-    if [[ -z $(ip -4 route show default 2>/dev/null) ]]; then
-        log "note: the main table has no default route, so a drone connection to an outside address fails ('Network is unreachable') before it can be marked; give the workers their usual default route"
-    fi
+    notes
     if [[ -z $gaps ]]; then
         log "ok: marked traffic (fwmark $MARK) goes via $GATEWAY (table $TABLE)"
         return 0

@@ -11,6 +11,7 @@ what is missing.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -23,7 +24,9 @@ from test_sitenat_config import load, nat_section
 
 from tardis_netadapter.sitenat.render import (
     InstallPaths,
-    RenderedFile,
+    conntrackd_argv,
+    install,
+    keepalived_argv,
     render_router,
     render_worker,
 )
@@ -47,15 +50,6 @@ def lab_paths(base: Path) -> InstallPaths:
         systemd=str(base / "systemd"),
         rt_tables=str(base / "rt_tables.d"),
     )
-
-
-def install(files: dict[str, RenderedFile]) -> None:
-    """Write each file where it says it is installed."""
-    for rendered in files.values():
-        path = Path(rendered.install)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rendered.text, encoding="utf-8")
-        path.chmod(rendered.mode)
 
 
 def in_netns(script: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -188,6 +182,22 @@ def test_worker_ruleset_passes_nft_check_and_loads_twice_as_one_table(
 
 
 # ------------------------------------------------------------ router files
+
+
+def test_router_units_run_the_daemons_as_the_lab_does(tmp_path: Path) -> None:
+    paths = lab_paths(tmp_path)
+    files = render_router(load(nat_section()), "nat1", paths)
+    keepalived = files["tna-nat-keepalived.service"].text.splitlines()
+    conntrackd = files["tna-nat-conntrackd.service"].text.splitlines()
+    assert f"ExecStart={shlex.join(keepalived_argv(paths))}" in keepalived
+    assert f"ExecStart={shlex.join(conntrackd_argv(paths))}" in conntrackd
+    assert f"ExecStartPre=rm -f {tmp_path}/run/conntrackd.lock" in conntrackd
+    router = files["tna-nat-router.service"].text.splitlines()
+    nft, sysctl = (
+        router.index(f"ExecStart=nft -f {tmp_path}/etc/tna-nat-router.nft"),
+        (router.index(f"ExecStart=sysctl -q -p {tmp_path}/etc/sysctl.conf")),
+    )
+    assert nft < sysctl  # the ruleset loads nf_conntrack, whose sysctl follows
 
 
 def test_router_files_and_where_they_go() -> None:
@@ -323,10 +333,14 @@ def test_conntrackd_conf_is_ftfw_unicast_with_run_paths(tmp_path: Path) -> None:
 
 @ROOT_ONLY
 def test_keepalived_accepts_the_configuration(tmp_path: Path) -> None:
-    keepalived = tool("keepalived")
-    install(render_router(load(nat_section()), "nat1", lab_paths(tmp_path)))
+    tool("keepalived")
+    paths = lab_paths(tmp_path)
+    install(render_router(load(nat_section()), "nat1", paths))
     conf = tmp_path / "etc" / "keepalived.conf"
-    command = f"{keepalived} -t -f {conf} --log-console --log-detail"
+    # the unit's own command line, with -t: the test of the configuration
+    argv = keepalived_argv(paths)
+    assert f"{tmp_path}/etc/keepalived.conf" in argv
+    command = shlex.join([*argv, "-t", "--log-console", "--log-detail"])
     result = in_netns(LINKS + command)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -341,10 +355,15 @@ def test_keepalived_accepts_the_configuration(tmp_path: Path) -> None:
 
 
 @ROOT_ONLY
-def test_conntrackd_runs_with_the_configuration(tmp_path: Path) -> None:
-    conntrackd = tool("conntrackd")
+@pytest.mark.parametrize("count", [2, 3])
+def test_conntrackd_runs_with_the_configuration(tmp_path: Path, count: int) -> None:
+    """Two routers: unicast UDP; three: multicast. conntrackd starts, answers
+    on its socket and commits; a bad keyword makes it refuse to start."""
+    tool("conntrackd")
     paths = lab_paths(tmp_path)
-    install(render_router(load(nat_section()), "nat1", paths))
+    conntrackd = shlex.join(conntrackd_argv(paths)[:1])
+    routers = three_routers()[:count]
+    install(render_router(load(nat_section(routers=routers)), "nat1", paths))
     (tmp_path / "run").mkdir()
     conf = tmp_path / "etc" / "conntrackd.conf"
     script = (
@@ -363,6 +382,9 @@ def test_conntrackd_runs_with_the_configuration(tmp_path: Path) -> None:
     assert "cache internal" in result.stdout
     log = (tmp_path / "run" / "conntrackd.log").read_text()
     assert "initialization completed" in log
+    conf.write_text(conf.read_text().replace("StartupResync", "StartupResyncx"))
+    broken = in_netns(LINKS + f"timeout 5 {conntrackd} -C {conf}; echo rc=$?")
+    assert "rc=0" not in broken.stdout and "rc=124" not in broken.stdout, broken
 
 
 # ------------------------------------------------------------ router scripts

@@ -209,3 +209,25 @@ def test_the_keeper_repairs_a_deleted_rule_and_nft_table(tmp_path: Path) -> None
     text = log.read_text()
     assert "repaired: rule fwmark 0x1 lookup 201" in text, text
     assert "repaired: nft table inet tna_nat" in text, text
+
+
+def test_check_notes_a_main_route_on_another_interface_or_none(tmp_path: Path) -> None:
+    routing = script(tmp_path)
+    result = in_netns(
+        f"{routing} check 2>&1 | grep note: ; echo ---\n"
+        "ip link add eth0 type veth peer name eth0p\n"
+        "ip link set eth0 up; ip link set eth0p up\n"
+        "ip addr add 10.66.3.5/24 dev eth0\n"
+        "ip route replace default via 10.66.3.1\n"
+        f"{routing} check 2>&1 | grep note: ; echo ---\n"
+        "ip route del default\n"
+        f"{routing} check 2>&1 | grep note: ; echo ---\n"
+    )
+    same, other, none, _ = result.stdout.split("---\n")
+    assert same == "", result.stdout
+    assert (
+        "note: the main default route leaves through eth0 but the gateway "
+        "10.66.1.250 is on site0" in other
+    )
+    assert "net.ipv4.conf.site0.rp_filter=2" in other
+    assert "note: the main table has no default route" in none
