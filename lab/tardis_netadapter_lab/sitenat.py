@@ -25,7 +25,9 @@ marked route would never be used.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Sequence
@@ -436,10 +438,21 @@ class SiteNat:
         services.stop(lab, f"{router}-keepalived")
         return services.start(lab, _daemon(lab, router, "keepalived", argv))
 
-    def stop_keepalived(self, router: str) -> bool:
+    def stop_keepalived(self, router: str, wait: bool = True) -> bool:
         """SIGTERM a router's keepalived by pid (it sends priority 0 and drops
-        the VIPs, as on a clean shutdown); False if it was not running."""
-        return services.stop(self.layout, f"{router}-keepalived")
+        the VIPs at once, as on a clean shutdown); False if it was not running.
+
+        keepalived itself takes about a second more to exit; ``wait=False``
+        returns right after the signal (for timing a failover from it), and
+        the next ``start_keepalived`` or ``down()`` collects the process.
+        """
+        if wait:
+            return services.stop(self.layout, f"{router}-keepalived")
+        pid = self.keepalived_pid(router)
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        return True
 
     def keepalived_pid(self, router: str) -> int | None:
         return services.recorded_pid(self.layout, f"{router}-keepalived")

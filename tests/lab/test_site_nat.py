@@ -355,7 +355,7 @@ def _failover(lab: Lab, fault: str, uuid: str) -> dict[str, Any]:
         time.sleep(1.0)
         fault_at = time.time()
         if fault == "keepalived":
-            assert nat.stop_keepalived("nat1")
+            assert nat.stop_keepalived("nat1", wait=False)
         else:
             nat.cut_public_link("nat1")
         nat.wait_master("nat2", timeout=FAILOVER_BOUND + 2)
