@@ -171,7 +171,8 @@ try:
 except OSError as error:
     long_error.append(f"{type(error).__name__}: {error}")
 thread.join()
-print(json.dumps({"replies": replies, "probes": probes, "error": long_error}))
+print(json.dumps({"replies": replies, "probes": probes, "error": long_error,
+    "port": conn.getsockname()[1]}))
 """
 
 
@@ -361,6 +362,8 @@ def _failover(lab: Lab, fault: str, uuid: str) -> dict[str, Any]:
         nat.wait_master("nat2", timeout=FAILOVER_BOUND + 2)
         moved = time.time() - fault_at
         out, err = client.communicate(timeout=30)
+        # the new master's kernel table, before nat1 comes back
+        nat2_table = nat.conntrack_entries("nat2")
     finally:
         if client.poll() is None:
             client.kill()
@@ -380,6 +383,7 @@ def _failover(lab: Lab, fault: str, uuid: str) -> dict[str, Any]:
     else:
         recovery = 0.0
     replies = result["replies"]
+    flow = f"src={lab.address('worker1')} dst={POOL[0]} sport={result['port']} "
     before = [t for t in replies if t < fault_at]
     gaps = [b - a for a, b in zip(replies, replies[1:])]
     return {
@@ -393,6 +397,7 @@ def _failover(lab: Lab, fault: str, uuid: str) -> dict[str, Any]:
         "error": result["error"],
         "end_after_fault": probes[-1][1] - fault_at if probes else None,
         "stderr": err,
+        "nat2_knows_flow": any(flow in line for line in nat2_table.splitlines()),
     }
 
 
@@ -413,6 +418,8 @@ def test_failover_keeps_established_flows_with_conntrackd(
     assert figures["recovery"] <= FAILOVER_BOUND
     assert figures["replies_before"] >= 3
     assert figures["error"] == []
+    # nat2 carries the flow with the state conntrackd handed over
+    assert figures["nat2_knows_flow"]
     # still answering at the end: alive well after the failover
     assert figures["last_reply_after_fault"] >= figures["recovery"] + 3, figures
     lab.site_nat.wait_master("nat1", timeout=15)
@@ -478,6 +485,7 @@ def test_failover_without_conntrackd_kills_established_flows(
     # (nat1 forwards until the VIPs and the ARP caches have moved to nat2)
     assert figures["last_reply_after_fault"] < figures["vip_moved"] + 1.0, figures
     assert figures["end_after_fault"] - figures["last_reply_after_fault"] > 5
+    assert not figures["nat2_knows_flow"]
     lab.site_nat.wait_master("nat1", timeout=15)
 
 
