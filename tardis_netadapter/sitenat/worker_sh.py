@@ -153,13 +153,13 @@ LAST_LEFT=""
 # Re-applies when something is missing and says what came back; what cannot be
 # repaired yet is logged once per change, not every interval.
 repair() {
-    local gaps left line
+    local gaps left line errors
     gaps=$(missing)
     if [[ -z $gaps ]]; then
         LAST_LEFT=""
         return 0
     fi
-    apply 2>/dev/null || true
+    errors=$(apply 2>&1 >/dev/null)
     left=$(missing)
     while IFS= read -r line; do
         if [[ -n $line && $'\n'$left$'\n' != *$'\n'$line$'\n'* ]]; then
@@ -170,6 +170,10 @@ repair() {
         while IFS= read -r line; do
             log "cannot repair yet: $line"
         done <<<"$left"
+        # why, in apply's words (nft's or ip's error, without our prefix)
+        while IFS= read -r line; do
+            [[ -n $line ]] && log "  ${line#"$ME: "}"
+        done <<<"$errors"
     fi
     LAST_LEFT=$left
 }

@@ -1,5 +1,5 @@
 """The rendered router pair working together: VRRP failover keeps a flow with
-conntrackd and loses it without (root, slow: about 30 s).
+conntrackd and loses it without (root, slow: about 40 s).
 
 A small topology of network namespaces of its own (``snf<pid>-*``, addresses
 10.77.x, torn down afterwards): a worker, routers nat1 and nat2 (keepalived,
@@ -248,16 +248,19 @@ def site(tmp_path: Path) -> Iterator[Site]:
             )
 
 
-def failover(site: Site) -> tuple[str, float]:
-    """Stop the master's keepalived under a running flow; (client's verdict,
-    seconds until nat2 is MASTER)."""
+def failover(site: Site, fault: str = "keepalived") -> tuple[str, float]:
+    """Break the master under a running flow: stop its keepalived, or cut its
+    public link; (client's verdict, seconds until nat2 is MASTER)."""
     client = site.client(8)
     assert client.stdout is not None
     assert client.stdout.readline().strip() == "peer=10.77.2.100"
     time.sleep(1.5)
     start = time.monotonic()
-    site.keepalived["nat1"].terminate()
-    site.keepalived["nat1"].wait(timeout=10)
+    if fault == "keepalived":
+        site.keepalived["nat1"].terminate()
+        site.keepalived["nat1"].wait(timeout=10)
+    else:  # the bridge port of nat1's public leg: its pub0 loses carrier
+        ip("-n", f"{PREFIX}-br", "link", "set", "pp1", "down")
     site.wait_for_state("nat2", "MASTER")
     took = time.monotonic() - start
     verdict = client.stdout.read().strip()
@@ -265,17 +268,20 @@ def failover(site: Site) -> tuple[str, float]:
     return verdict, took
 
 
-def test_a_failover_keeps_the_flow_with_conntrackd(site: Site) -> None:
+@pytest.mark.parametrize("fault", ["keepalived", "public link"])
+def test_a_failover_keeps_the_flow_with_conntrackd(site: Site, fault: str) -> None:
     site.start(sync=True)
-    verdict, took = failover(site)
-    print(f"nat2 MASTER {took:.2f} s after nat1's keepalived stopped; flow: {verdict}")
+    verdict, took = failover(site, fault)
+    print(f"nat2 MASTER {took:.2f} s after nat1's {fault} went; flow: {verdict}")
     assert verdict == "alive"
     assert took < 4
+    if fault == "public link":
+        assert site.state("nat1") == "FAULT"
 
 
 def test_without_conntrackd_the_flow_dies(site: Site) -> None:
     """The control run: the same failover, no state sync."""
     site.start(sync=False)
     verdict, took = failover(site)
-    print(f"nat2 MASTER {took:.2f} s after nat1's keepalived stopped; flow: {verdict}")
+    print(f"nat2 MASTER {took:.2f} s after nat1's keepalived went; flow: {verdict}")
     assert verdict.startswith(("died", "closed")), verdict

@@ -11,6 +11,7 @@ what is missing.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -131,7 +132,7 @@ def test_worker_units_run_the_script_from_the_install_paths(tmp_path: Path) -> N
     assert f"ExecStart={script} keep" in keeper and "Restart=always" in keeper
     # stopping the routing must stop the keeper, or it would undo the remove
     assert "PartOf=tna-nat-routing.service" in keeper
-    assert f"NFT_FILE={tmp_path}/etc/tna-nat.nft" in files["tna-nat-routing"].text
+    assert f"NFT_FILE='{tmp_path}/etc/tna-nat.nft'" in files["tna-nat-routing"].text
 
 
 def test_no_default_path_leaks_into_files_rendered_for_other_paths(
@@ -220,7 +221,7 @@ def test_router_files_and_where_they_go() -> None:
         load(nat_section(conntrack_sync=False)), "nat1", InstallPaths()
     )
     assert "tna-nat-conntrackd.service" not in without_sync
-    assert "CONNTRACK_SYNC=no" in without_sync["tna-nat-notify"].text
+    assert "CONNTRACK_SYNC='no'" in without_sync["tna-nat-notify"].text
 
 
 def test_an_unknown_router_is_named() -> None:
@@ -496,3 +497,28 @@ def test_health_check_gives_up_on_a_silent_target_within_its_interval(
     words = dict(item.split("=") for item in result.stdout.split())
     assert words["rc"] != "0", result.stdout
     assert int(words["ms"]) < 2500, result.stdout
+
+
+def test_every_configured_value_is_a_single_quoted_assignment() -> None:
+    nat = load(nat_section())
+    files = {
+        **render_worker(nat, InstallPaths()),
+        **render_router(nat, "nat1", InstallPaths()),
+    }
+    for name in ("tna-nat-routing", "tna-nat-health", "tna-nat-notify"):
+        text = files[name].text
+        block = text.split("# --- configuration ---\n")[1].split("# --- end")[0]
+        lines = block.splitlines()
+        assert lines, name
+        for line in lines:
+            assert re.fullmatch(r"[A-Z_]+='[^'\n]*'", line), (name, line)
+    assert "GATEWAY='10.66.1.250'" in files["tna-nat-routing"].text
+    assert "TARGET_PORT='9618'" in files["tna-nat-health"].text
+
+
+@pytest.mark.parametrize("bad", ["/a b", "relative", "/a/", "/a/../b", "/x\n", "/a'b"])
+def test_install_paths_must_be_plain_absolute_paths(bad: str) -> None:
+    with pytest.raises(
+        ValueError, match=r"InstallPaths\.run: got .*; expected an absolute"
+    ):
+        InstallPaths(run=bad)

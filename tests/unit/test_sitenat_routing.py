@@ -231,3 +231,25 @@ def test_check_notes_a_main_route_on_another_interface_or_none(tmp_path: Path) -
     )
     assert "net.ipv4.conf.site0.rp_filter=2" in other
     assert "note: the main table has no default route" in none
+
+
+def test_the_keeper_says_once_why_it_cannot_repair_yet(tmp_path: Path) -> None:
+    routing = script(tmp_path, interval=0.2)
+    log = tmp_path / "keeper.log"
+    result = in_netns(
+        f"{routing} apply >/dev/null 2>&1 || exit 11\n"
+        f"{routing} keep 2>{log} & keeper=$!\n"
+        "sleep 0.3\n"
+        "ip link set site0 down\n"
+        "sleep 1.5\n"  # several periodic checks while the link is down
+        "ip link set site0 up\n"
+        "ip route add default via 10.66.1.1\n"
+        "sleep 1\n"
+        f"{routing} check >/dev/null 2>&1; echo check=$?\n"
+        'kill "$keeper"; wait "$keeper"\n'
+    )
+    assert "check=0" in result.stdout, result.stdout + result.stderr
+    text = log.read_text()
+    assert text.count("cannot repair yet: route default via 10.66.1.250 table 201") == 1
+    assert "the gateway is on no connected network" in text
+    assert text.rstrip().endswith("repaired: route default via 10.66.1.250 table 201")
