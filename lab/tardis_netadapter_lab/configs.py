@@ -237,17 +237,39 @@ printf "$head"'Content-Length: %d\r\n\r\n%s\n' "$(( ${{#peer}} + 1 ))" "$peer"
 """
 
 
-def echo_log(lab: L.LabLayout) -> Path:
-    """One line per connection the echo answered: the peer address it saw."""
-    return lab.echo_dir / "peers.log"
+#: the UDP side of the address echo, a small Python server (one process):
+#: socat's UDP4-RECVFROM with fork races under load (a slow child lets the
+#: parent hand the same datagram out twice and answer another sender's with it)
+ECHO_UDP_SCRIPT = r"""# tardis-netadapter lab {name}: the UDP address echo (configs.echo_script) on
+# udp {listen}: answers each datagram with the sender's address and records
+# it, one line per datagram, in {log}.
+import socket
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(({address!r}, {port}))
+with open({log_text!r}, "a", buffering=1) as log:
+    while True:
+        _, (peer, port) = server.recvfrom(2048)
+        log.write(peer + "\n")
+        server.sendto((peer + "\n").encode(), (peer, port))
+"""
 
 
-def echo_script(lab: L.LabLayout) -> str:
-    """The per-connection handler of the address echo (socat EXEC)."""
-    return ECHO_SCRIPT.format(
+def echo_log(lab: L.LabLayout, protocol: str = "tcp") -> Path:
+    """One line per connection (datagram) the echo answered: the peer it saw."""
+    return lab.echo_dir / ("peers.log" if protocol == "tcp" else "peers-udp.log")
+
+
+def echo_script(lab: L.LabLayout, protocol: str = "tcp") -> str:
+    """The address echo's handler: per TCP connection (socat EXEC, bash), or the
+    UDP server (python3)."""
+    template = ECHO_SCRIPT if protocol == "tcp" else ECHO_UDP_SCRIPT
+    return template.format(
         name=lab.name,
         listen=f"{L.OUTSIDE_HTTP}:{L.ECHO_PORT}",
-        log=echo_log(lab),
+        log=echo_log(lab, protocol),
+        log_text=str(echo_log(lab, protocol)),
+        address=L.OUTSIDE_HTTP,
+        port=L.ECHO_PORT,
     )
 
 

@@ -245,11 +245,12 @@ class Lab:
             )
             shutil.chown(work, "proxy", "proxy")
         services.pool_state(lab).parent.mkdir()
-        handler = services.echo_handler(lab)
-        handler.parent.mkdir()
-        handler.write_text(configs.echo_script(lab))
-        handler.chmod(0o755)
-        configs.echo_log(lab).touch()
+        lab.echo_dir.mkdir()
+        for protocol in ("tcp", "udp"):
+            handler = services.echo_handler(lab, protocol)
+            handler.write_text(configs.echo_script(lab, protocol))
+            handler.chmod(0o755)
+            configs.echo_log(lab, protocol).touch()
 
     def _save_config(self) -> None:
         config = {

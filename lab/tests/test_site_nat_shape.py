@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,3 +149,39 @@ def test_echo_handler_answers_with_the_peer_address(tmp_path: Path) -> None:
     assert "Content-Length: 12" in head
     assert body == "10.66.2.100\n"
     assert configs.echo_log(lab).read_text() == "10.66.2.100\n"
+
+
+def test_udp_echo_answers_each_datagram_with_its_sender(tmp_path: Path) -> None:
+    """The UDP echo's server, bound to loopback here instead of the lab's address."""
+    lab = TmpLayout(name="natx", root=tmp_path)
+    lab.echo_dir.mkdir()
+    script = configs.echo_script(lab, "udp").replace(
+        repr(L.OUTSIDE_HTTP), "'127.0.0.1'"
+    )
+    script = script.replace(f", {L.ECHO_PORT})", ", 0)")
+    # report the port the kernel picked, then serve
+    script = script.replace(
+        "with open(", "print(server.getsockname()[1], flush=True)\nwith open(", 1
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline())
+        answers = []
+        for _ in range(3):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(5)
+                client.sendto(b"who am I", ("127.0.0.1", port))
+                answers.append(client.recv(100))
+        assert answers == [b"127.0.0.1\n"] * 3
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if configs.echo_log(lab, "udp").read_text().count("\n") == 3:
+                break
+            time.sleep(0.05)
+        assert configs.echo_log(lab, "udp").read_text() == "127.0.0.1\n" * 3
+    finally:
+        server.kill()
+        server.wait()

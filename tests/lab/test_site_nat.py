@@ -78,6 +78,43 @@ for index in range(10):
 print(json.dumps({"answers": answers, "registered": registered}))
 """
 
+# UDP: as a lab user, DATAGRAMS datagrams to the echo's UDP port, each from a
+# socket of its own (a flow of its own through the NAT); "ask" waits for each
+# answer (the sender's address as the echo saw it), "spray" sends them all
+# and then counts whatever comes back within 1.5 s
+UDP_ECHO = r"""
+import json, select, socket, sys, time
+mode, count, host, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+answers, sockets, errors = [], [], []
+for index in range(count):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"who am I %d" % index, (host, port))
+    except OSError as error:
+        errors.append(type(error).__name__)
+        s.close()
+        continue
+    if mode == "ask":
+        s.settimeout(2)
+        try:
+            answers.append(s.recv(200).decode().strip())
+        except OSError as error:
+            answers.append(f"error {type(error).__name__}")
+        s.close()
+    else:
+        sockets.append(s)
+deadline = time.time() + 1.5
+while sockets and time.time() < deadline:
+    ready, _, _ = select.select(sockets, [], [], max(0.0, deadline - time.time()))
+    for s in ready:
+        answers.append(s.recv(200).decode().strip())
+        sockets.remove(s)
+for s in sockets:
+    s.close()
+print(json.dumps({"answers": answers, "errors": errors}))
+"""
+DATAGRAMS = 200
+
 # the other user: CONNECTIONS non-blocking connects (500 at a time), each given
 # 1.5 s; counts how many connected (none may) and how the others ended
 ATTEMPTS = r"""
@@ -224,8 +261,8 @@ def run_json(lab: Lab, user: str, script: str, *args: str, timeout: float = 120)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def echo_lines(lab: Lab) -> list[str]:
-    return configs.echo_log(lab.layout).read_text().splitlines()
+def echo_lines(lab: Lab, protocol: str = "tcp") -> list[str]:
+    return configs.echo_log(lab.layout, protocol).read_text().splitlines()
 
 
 # ---------------------------------------------------------------- the shape
@@ -315,9 +352,23 @@ def test_drone_user_goes_out_via_the_nat_and_the_other_user_nowhere(
         timeout=15,
     )
     assert ssh.stdout.startswith("SSH-2.0-"), ssh.stdout + ssh.stderr
+    # UDP (nat.protocols has udp): the same, one flow per datagram
+    udp_before = len(echo_lines(lab, "udp"))
+    drone_udp = run_json(
+        lab, lab.drone_user, UDP_ECHO, "ask", str(DATAGRAMS), ECHO[0], str(ECHO[1])
+    )
+    assert drone_udp["answers"] == [L.NAT_PUBLIC] * DATAGRAMS, drone_udp
+    other_udp = run_json(
+        lab, lab.other_user, UDP_ECHO, "spray", str(DATAGRAMS), ECHO[0], str(ECHO[1])
+    )
+    assert other_udp["answers"] == [], other_udp
+    udp_seen = echo_lines(lab, "udp")[udp_before:]
+    assert udp_seen == [L.NAT_PUBLIC] * DATAGRAMS
     print(
         f"specificity: drone {CONNECTIONS}/{CONNECTIONS} via {L.NAT_PUBLIC} in "
-        f"{drone_seconds:.1f} s; other user {other} in {other_seconds:.1f} s"
+        f"{drone_seconds:.1f} s; other user {other} in {other_seconds:.1f} s; "
+        f"UDP: drone {DATAGRAMS}/{DATAGRAMS} answered as {L.NAT_PUBLIC}, other user "
+        f"0/{DATAGRAMS} answered ({len(other_udp['errors'])} send errors)"
     )
 
 
