@@ -168,6 +168,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for name, info in status["services"].items():
         state = f"pid {info['pid']}" if info["alive"] else "not running"
         where = f"{info['host']} {info['address']}:{info['port']}"
+        if info.get("protocol", "tcp") != "tcp":
+            where += f"/{info['protocol']}"
         print(f"    {name:<16} {where:<26} {state}")
     print(
         f"  users         drone={status['users']['drone']} other={status['users']['other']}"
