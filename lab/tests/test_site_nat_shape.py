@@ -19,7 +19,12 @@ import pytest
 from tardis_netadapter_lab import configs, sitenat, topology
 from tardis_netadapter_lab import layout as L
 
-from tardis_netadapter.sitenat.render import render_router, render_worker
+from tardis_netadapter.sitenat.render import (
+    conntrackd_argv,
+    keepalived_argv,
+    render_router,
+    render_worker,
+)
 
 
 @dataclass(frozen=True)
@@ -109,8 +114,13 @@ def test_the_lab_runs_what_the_rendered_units_say(tmp_path: Path) -> None:
     ]
     programs = {unit.program for unit in units}
     assert {"keepalived", "conntrackd", "nft"} <= programs
+    paths = sitenat.install_paths(lab, "nat1")
     keepalived = next(unit for unit in units if unit.program == "keepalived")
-    assert "--dont-fork" in keepalived.start[0] or "-n" in keepalived.start[0]
+    conntrackd = next(unit for unit in units if unit.program == "conntrackd")
+    # the lab runs the units' command lines: the product's own argv for them
+    assert keepalived.start[0] == keepalived_argv(paths)
+    assert conntrackd.start[0] == conntrackd_argv(paths)
+    assert "--dont-fork" in keepalived.start[0]
     worker = render_worker(nat, sitenat.install_paths(lab, "worker1"))
     actions = {
         sitenat.unit_commands(f.text).start[-1][-1]
