@@ -19,6 +19,7 @@ from typing import Any, Optional
 from . import faults as faults_module
 from . import layout as L
 from .site import Lab, LabError, teardown
+from .sitenat import SiteNatError
 
 
 def add_lab_parser(subparsers: Any) -> None:
@@ -49,6 +50,21 @@ def add_lab_parser(subparsers: Any) -> None:
     run.add_argument("host", help="login, workerN, outside or control")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
+    nat = _command(commands, "nat", "the site NAT routers (issue 14): up or down", None)
+    nat_commands = nat.add_subparsers(dest="nat_command", metavar="NAT_COMMAND")
+    nat_commands.required = True
+    nat_up = _command(
+        nat_commands,
+        "up",
+        "keepalived+conntrackd on nat1/nat2, workers routed",
+        _nat_up,
+    )
+    nat_up.add_argument(
+        "--no-conntrack-sync", action="store_true", help="no conntrackd (control)"
+    )
+    nat_up.add_argument("--no-keeper", action="store_true", help="no route keeper")
+    _command(nat_commands, "down", "remove what `nat up` added", _nat_down)
+
     fault = _command(commands, "fault", "inject a fault", None)
     faults = fault.add_subparsers(dest="fault", metavar="FAULT")
     faults.required = True
@@ -57,7 +73,9 @@ def add_lab_parser(subparsers: Any) -> None:
     restart = _command(faults, "restart", "(re)start a service", _restart)
     restart.add_argument("service")
     cut = _command(faults, "cut-link", "cut a host's uplink for a while", _cut)
-    cut.add_argument("host", help="workerN (link to login), login or control")
+    cut.add_argument(
+        "host", help="workerN (link to login), login, control, natN (public leg)"
+    )
     cut.add_argument("seconds", type=float)
     cut.add_argument("--wait", action="store_true", help="block until restored")
     restore = _command(faults, "restore-link", "bring a cut link back now", _restore)
@@ -97,7 +115,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (LabError, ValueError, KeyError) as error:
+        except (LabError, SiteNatError, ValueError, KeyError) as error:
             print(f"lab: {error}", file=sys.stderr)
             return 2
 
@@ -150,6 +168,8 @@ def _print_status(status: dict[str, Any]) -> None:
     for name, info in status["services"].items():
         state = f"pid {info['pid']}" if info["alive"] else "not running"
         where = f"{info['host']} {info['address']}:{info['port']}"
+        if info.get("protocol", "tcp") != "tcp":
+            where += f"/{info['protocol']}"
         print(f"    {name:<16} {where:<26} {state}")
     print(
         f"  users         drone={status['users']['drone']} other={status['users']['other']}"
@@ -158,6 +178,31 @@ def _print_status(status: dict[str, Any]) -> None:
     print(f"  known_hosts   {status['ssh']['known_hosts']}")
     print(f"  SLURM_CONF    {status['slurm']['conf']}")
     print(f"  bin dir       {status['bin_dir']}")
+    nat = status.get("nat", {})
+    if nat.get("up"):
+        holder = [n for n, r in nat["routers"].items() if all(r["vips"].values())]
+        print(
+            f"  site NAT      up: gateway {nat['gateway']} public {nat['public_address']}"
+            f" on {', '.join(holder) or 'no router'}; conntrackd "
+            f"{'on' if nat['conntrack_sync'] else 'off'}, keeper "
+            f"{'on' if nat['keeper'] else 'off'}"
+        )
+    else:
+        print("  site NAT      down (`lab nat up`)")
+
+
+def _nat_up(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    nat = Lab.attach(args.name).site_nat
+    nat.up(conntrack_sync=not args.no_conntrack_sync, keeper=not args.no_keeper)
+    print(f"site NAT of lab {args.name} up in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+def _nat_down(args: argparse.Namespace) -> int:
+    Lab.attach(args.name).site_nat.down()
+    print(f"site NAT of lab {args.name} down")
+    return 0
 
 
 def _exec(args: argparse.Namespace) -> int:

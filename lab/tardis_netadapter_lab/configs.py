@@ -212,3 +212,112 @@ route = default
 cisco-client-compat = true
 dtls-legacy = true
 """
+
+
+# --------------------------------------------------------------------------
+# the address echo (issue 14) and the site NAT's configuration section
+# --------------------------------------------------------------------------
+
+#: what the drone's route check and the tests read: the caller's address as
+#: the outside sees it (after any NAT), the body of a plain HTTP answer
+ECHO_SCRIPT = r"""#!/bin/bash
+# tardis-netadapter lab {name}: the address echo (configs.echo_script), run by
+# socat for each connection on {listen}. Answers an HTTP request with the
+# peer's address and records it, one line per connection, in {log}.
+# Reads the request head first (up to its empty line, at most 2 s), so the
+# answer is never followed by a reset for unread request bytes.
+while IFS= read -r -t 2 line; do
+    line=${{line%$'\r'}}
+    [ -z "$line" ] && break
+done
+peer=${{SOCAT_PEERADDR:-unknown}}
+printf '%s\n' "$peer" >> {log}
+head='HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n'
+printf "$head"'Content-Length: %d\r\n\r\n%s\n' "$(( ${{#peer}} + 1 ))" "$peer"
+"""
+
+
+#: the UDP side of the address echo, a small Python server (one process):
+#: socat's UDP4-RECVFROM with fork races under load (a slow child lets the
+#: parent hand the same datagram out twice and answer another sender's with it)
+ECHO_UDP_SCRIPT = r"""# tardis-netadapter lab {name}: the UDP address echo (configs.echo_script) on
+# udp {listen}: answers each datagram with the sender's address and records
+# it, one line per datagram, in {log}.
+import socket
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(({address!r}, {port}))
+with open({log_text!r}, "a", buffering=1) as log:
+    while True:
+        _, (peer, port) = server.recvfrom(2048)
+        log.write(peer + "\n")
+        server.sendto((peer + "\n").encode(), (peer, port))
+"""
+
+
+def echo_log(lab: L.LabLayout, protocol: str = "tcp") -> Path:
+    """One line per connection (datagram) the echo answered: the peer it saw."""
+    return lab.echo_dir / ("peers.log" if protocol == "tcp" else "peers-udp.log")
+
+
+def echo_script(lab: L.LabLayout, protocol: str = "tcp") -> str:
+    """The address echo's handler: per TCP connection (socat EXEC, bash), or the
+    UDP server (python3)."""
+    template = ECHO_SCRIPT if protocol == "tcp" else ECHO_UDP_SCRIPT
+    return template.format(
+        name=lab.name,
+        listen=f"{L.OUTSIDE_HTTP}:{L.ECHO_PORT}",
+        log=echo_log(lab, protocol),
+        log_text=str(echo_log(lab, protocol)),
+        address=L.OUTSIDE_HTTP,
+        port=L.ECHO_PORT,
+    )
+
+
+def echo_url() -> str:
+    """The address echo as the nat section's ``address_echo`` names it."""
+    return f"http://{L.OUTSIDE_HTTP}:{L.ECHO_PORT}/"
+
+
+def nat_section(lab: L.LabLayout, conntrack_sync: bool = True) -> dict[str, object]:
+    """The lab site's ``Network.nat`` section (mode nat, issue 14).
+
+    The one source for the lab (sitenat.py renders the routers' and workers'
+    files from it) and for the tests and configs that drive drones in mode
+    nat against the lab: the routers are the layout's natN hosts, the drone
+    user is the lab's, the pool is the route check's and the routers'
+    health target, the address echo answers on the outside.
+    """
+    pool = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
+    return {
+        "gateway": L.NAT_GATEWAY,
+        "public_address": L.NAT_PUBLIC,
+        "mark": 1,
+        "table": 201,
+        "table_name": "tna_nat",
+        "users": [lab.drone_user],
+        "groups": [],
+        "protocols": ["tcp", "udp"],
+        "site_subnets": [L.SITE_NET],
+        "address_echo": echo_url(),
+        "check_target": pool,
+        "keeper": {"interval": 2},
+        "vrrp": {
+            "router_id": 51,
+            "advert_interval": 1,
+            "health_target": pool,
+            "health_interval": 1,
+            "fall": 2,
+            "rise": 2,
+        },
+        "conntrack_sync": conntrack_sync,
+        "routers": [
+            {
+                "name": router.name,
+                "site_interface": L.NAT_SITE_IF,
+                "site_address": router.site,
+                "public_interface": L.NAT_PUBLIC_IF,
+                "priority": router.priority,
+            }
+            for router in L.NAT_ROUTERS
+        ],
+    }

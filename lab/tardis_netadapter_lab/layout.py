@@ -29,7 +29,12 @@ CONTROL_PUBLIC = "10.66.2.20"
 DMZ_SITE = "10.66.1.3"
 DMZ_PUBLIC = "10.66.2.12"
 VPN_POOL = "10.66.8.0/24"
-OUTSIDE_HTTP = "10.66.2.1"  # http 80, squid 3128, pool 9618
+# the site's NAT router pair (issue 14: the nat mode, GSI): two dual-homed
+# routers holding, in one VRRP instance, the gateway VIP the workers' marked
+# traffic is routed to and the public VIP it is SNATed to
+NAT_GATEWAY = "10.66.1.250"
+NAT_PUBLIC = "10.66.2.100"
+OUTSIDE_HTTP = "10.66.2.1"  # http 80, squid 3128, pool 9618, address echo 8080
 OUTSIDE_SOCKS = "10.66.2.2"  # dante 443
 OUTSIDE_GATEWAY = "10.66.2.3"  # sshd 443
 
@@ -41,6 +46,7 @@ COLLECTOR_PORT = 9618
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 SRUN_PORTS = (60001, 60100)
+ECHO_PORT = 8080  # outside: answers an HTTP request with the caller's address
 
 # Interface names live inside the namespaces only, so they never clash with
 # the root namespace or another lab; all stay well below 15 characters.
@@ -52,6 +58,24 @@ HOST_IF = "eth0"  # the single link of a worker or of control
 DMZ_SITE_IF = "site0"  # in dmz, peer "dmz" on br-site (in login)
 DMZ_PUBLIC_IF = "pub0"  # in dmz, peer "dmz" on br-pub (in outside)
 VPN_DEVICE = "vpns"  # ocserv's tun devices in dmz: vpns0, vpns1, ...
+NAT_SITE_IF = "site0"  # in natN, peer "natN" on br-site (in login)
+NAT_PUBLIC_IF = "pub0"  # in natN, peer "natN" on br-pub (in outside)
+
+
+@dataclass(frozen=True)
+class NatRouter:
+    """One router of the site NAT pair: its host name, addresses and priority."""
+
+    name: str
+    site: str
+    public: str
+    priority: int
+
+
+NAT_ROUTERS = (
+    NatRouter("nat1", "10.66.1.251", "10.66.2.13", 150),
+    NatRouter("nat2", "10.66.1.252", "10.66.2.14", 100),
+)
 
 MAX_WORKERS = 200
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,9}$")
@@ -86,7 +110,20 @@ class LabLayout:
 
     @property
     def hosts(self) -> list[str]:
-        return ["login", "login2", *self.worker_hosts, "outside", "control", "dmz"]
+        return [
+            "login",
+            "login2",
+            *self.worker_hosts,
+            "outside",
+            "control",
+            "dmz",
+            *self.nat_hosts,
+        ]
+
+    @property
+    def nat_hosts(self) -> list[str]:
+        """The site NAT routers (issue 14); their daemons run only when asked."""
+        return [router.name for router in NAT_ROUTERS]
 
     def namespace(self, host: str) -> str:
         if host not in self.hosts:
@@ -113,6 +150,9 @@ class LabLayout:
             return {"public": OUTSIDE_HTTP}
         if host == "dmz":
             return {"site": DMZ_SITE, "public": DMZ_PUBLIC}
+        for router in NAT_ROUTERS:
+            if host == router.name:
+                return {"site": router.site, "public": router.public}
         self.namespace(host)
         return {"site": self.worker_address(host)}
 
@@ -220,6 +260,16 @@ class LabLayout:
         return self.vpn_user_dir / "vpn-client.key"
 
     @property
+    def echo_dir(self) -> Path:
+        """The address echo's handler script and its log of peers (issue 14)."""
+        return self.state_dir / "echo"
+
+    @property
+    def nat_dir(self) -> Path:
+        """Rendered site-NAT files, one InstallPaths tree per host (sitenat.py)."""
+        return self.state_dir / "nat"
+
+    @property
     def faults_dir(self) -> Path:
         """Fault switches (mode files) of this lab, read by its wrappers/stand-ins."""
         return self.state_dir / "faults"
@@ -241,5 +291,5 @@ class LabLayout:
 def namespace_pattern(name: str) -> re.Pattern[str]:
     """Matches exactly the namespaces a lab of this name may have created."""
     return re.compile(
-        rf"^{re.escape(name)}-(login|login2|outside|control|dmz|worker[0-9]+)$"
+        rf"^{re.escape(name)}-(login|login2|outside|control|dmz|nat[0-9]|worker[0-9]+)$"
     )

@@ -172,20 +172,23 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def listening_ports(pid: int) -> set[tuple[str, int]]:
-    """(address, port) of TCP listeners in the network namespace of `pid`.
+def listening_ports(pid: int, protocol: str = "tcp") -> set[tuple[str, int]]:
+    """(address, port) of TCP listeners (or bound, unconnected UDP sockets,
+    ``protocol="udp"``) in the network namespace of `pid`.
 
-    Reads /proc/PID/net/tcp, which shows the sockets of that process's network
-    namespace: readiness checks without sending any packet.
+    Reads /proc/PID/net/tcp (udp), which shows the sockets of that process's
+    network namespace: readiness checks without sending any packet.
     """
     try:
-        lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
+        lines = Path(f"/proc/{pid}/net/{protocol}").read_text().splitlines()[1:]
     except OSError:
         return set()
+    # TCP_LISTEN; for UDP TCP_CLOSE (07) is an unconnected, bound socket
+    wanted = "0A" if protocol == "tcp" else "07"
     found = set()
     for line in lines:
         fields = line.split()
-        if fields[3] != "0A":  # TCP_LISTEN
+        if fields[3] != wanted:
             continue
         hex_addr, hex_port = fields[1].split(":")
         raw = bytes.fromhex(hex_addr)[::-1]
@@ -193,6 +196,6 @@ def listening_ports(pid: int) -> set[tuple[str, int]]:
     return found
 
 
-def is_listening(pid: int, address: str, port: int) -> bool:
-    listeners = listening_ports(pid)
+def is_listening(pid: int, address: str, port: int, protocol: str = "tcp") -> bool:
+    listeners = listening_ports(pid, protocol)
     return (address, port) in listeners or ("0.0.0.0", port) in listeners

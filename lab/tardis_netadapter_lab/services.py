@@ -69,12 +69,15 @@ class Service:
     # the daemon's own pid file: removed before a start, since a daemon that
     # was killed leaves it behind and may refuse to start ("already running")
     own_pid_file: str | None = None
+    # "udp": ready when a UDP socket is bound to address:port
+    protocol: str = "tcp"
 
     def to_dict(self) -> dict[str, object]:
         return {
             "host": self.host,
             "address": self.address,
             "port": self.port,
+            "protocol": self.protocol,
             "what": self.what,
         }
 
@@ -162,6 +165,30 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
             "sshd gateway on port 443 (ssh hops across the firewall)",
         ),
         Service(
+            "echo",
+            "outside",
+            # one handler per connection; `nofork` hands it the socket itself
+            (
+                "socat",
+                f"TCP4-LISTEN:{L.ECHO_PORT},bind={L.OUTSIDE_HTTP},"
+                "reuseaddr,fork,backlog=1024",
+                f"EXEC:{echo_handler(lab)},nofork",
+            ),
+            L.OUTSIDE_HTTP,
+            L.ECHO_PORT,
+            "address echo: answers HTTP with the caller's address as seen outside",
+        ),
+        Service(
+            "echo-udp",
+            "outside",
+            # each datagram answered with the sender's address
+            (PYTHON, str(echo_handler(lab, "udp"))),
+            L.OUTSIDE_HTTP,
+            L.ECHO_PORT,
+            "address echo for UDP: answers each datagram with the sender's address",
+            protocol="udp",
+        ),
+        Service(
             "pool",
             "outside",
             (PYTHON, str(lab.bin_dir / "pool"), "--listen")
@@ -197,6 +224,11 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         for worker in lab.worker_hosts
     ]
     return {service.name: service for service in services}
+
+
+def echo_handler(lab: L.LabLayout, protocol: str = "tcp") -> Path:
+    """The address echo's per-connection (per-datagram) script (configs.echo_script)."""
+    return lab.echo_dir / ("answer.sh" if protocol == "tcp" else "udp_echo.py")
 
 
 def pool_state(lab: L.LabLayout) -> Path:
@@ -273,7 +305,7 @@ def wait_ready(
                 raise RuntimeError(
                     f"{name} exited during start:\n{log_tail(lab, name)}"
                 )
-            if is_listening(pid, service.address, service.port):
+            if is_listening(pid, service.address, service.port, service.protocol):
                 del pending[name]
         if not pending:
             return

@@ -23,6 +23,7 @@ from . import (
     faults,
     firewall,
     services,
+    sitenat,
     toolbox,
     topology,
     vpn,
@@ -132,6 +133,13 @@ class Lab:
         """The lab CA (`--cafile`: verification by CA instead of by pin)."""
         return vpn.ca_cert(self.layout)
 
+    # the site NAT (issue 14) ---------------------------------------------------
+    @property
+    def site_nat(self) -> sitenat.SiteNat:
+        """GSI's NAT router pair and the workers' marked route: off until
+        ``lab.site_nat.up()`` (see sitenat.py)."""
+        return sitenat.SiteNat(self.layout)
+
     # lifecycle --------------------------------------------------------------
     def is_up(self) -> bool:
         return (
@@ -237,6 +245,12 @@ class Lab:
             )
             shutil.chown(work, "proxy", "proxy")
         services.pool_state(lab).parent.mkdir()
+        lab.echo_dir.mkdir()
+        for protocol in ("tcp", "udp"):
+            handler = services.echo_handler(lab, protocol)
+            handler.write_text(configs.echo_script(lab, protocol))
+            handler.chmod(0o755)
+            configs.echo_log(lab, protocol).touch()
 
     def _save_config(self) -> None:
         config = {
@@ -447,6 +461,7 @@ class Lab:
                 "nodes": lab.worker_hosts,
             },
             "vpn": vpn_status,
+            "nat": self.site_nat.status() if up else {"up": False},
             "bin_dir": str(lab.bin_dir),
             "path": lab.default_path(),
             "log_dir": str(lab.log_dir),

@@ -80,6 +80,21 @@ def create(lab: L.LabLayout) -> None:
     dmz = lab.namespace("dmz")
     _attach(dmz, L.DMZ_SITE_IF, L.DMZ_SITE, login, "dmz", L.SITE_BRIDGE)
     _attach(dmz, L.DMZ_PUBLIC_IF, L.DMZ_PUBLIC, outside, "dmz", L.PUBLIC_BRIDGE)
+    # the site NAT routers (issue 14), dual-homed like dmz; forwarding, VIPs,
+    # firewall and daemons come only with `lab.site_nat.up()` (sitenat.py)
+    for router in L.NAT_ROUTERS:
+        namespace = lab.namespace(router.name)
+        _attach(
+            namespace, L.NAT_SITE_IF, router.site, login, router.name, L.SITE_BRIDGE
+        )
+        _attach(
+            namespace,
+            L.NAT_PUBLIC_IF,
+            router.public,
+            outside,
+            router.name,
+            L.PUBLIC_BRIDGE,
+        )
     for worker in lab.worker_hosts:
         _attach(
             lab.namespace(worker),
@@ -133,7 +148,8 @@ def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
 
     A worker's uplink goes to login; login's, login2's and control's go to
     the public bridge in outside; dmz's is its site leg (port `dmz` of br-site
-    in login), the one the workers' VPN traffic crosses.
+    in login), the one the workers' VPN traffic crosses; a NAT router's
+    (natN) is its public leg, the way out whose loss must move the VIPs.
     """
     if host.startswith("worker"):
         lab.namespace(host)
@@ -156,8 +172,14 @@ def link_ends(lab: L.LabLayout, host: str) -> list[tuple[str, str]]:
             (lab.namespace("dmz"), L.DMZ_SITE_IF),
             (lab.namespace("login"), "dmz"),
         ]
+    if host in lab.nat_hosts:
+        return [
+            (lab.namespace(host), L.NAT_PUBLIC_IF),
+            (lab.namespace("outside"), host),
+        ]
     raise ValueError(
-        f"{host!r} has no single uplink (use login, login2, control, dmz or a worker)"
+        f"{host!r} has no single uplink "
+        "(use login, login2, control, dmz, natN or a worker)"
     )
 
 

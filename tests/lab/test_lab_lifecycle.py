@@ -40,6 +40,8 @@ def test_status_describes_a_running_lab(lab: Lab) -> None:
         "login",
         "login2",
         "dmz",
+        "nat1",
+        "nat2",
         "worker1",
         "worker2",
         "outside",
