@@ -82,6 +82,14 @@ class Service:
         }
 
 
+def squid_service(lab: L.LabLayout, role: str) -> str:
+    """squid's ``-n`` service name: it names squid's shared memory segments
+    (/dev/shm/NAME-cf__*.shm), which are not per network namespace. With the
+    default name every squid of every lab on the machine would share (and,
+    exiting, unlink) the same segments, and a squid starting meanwhile dies."""
+    return f"{lab.name}{role}"  # alphanumeric, as squid requires
+
+
 def service_table(lab: L.LabLayout) -> dict[str, Service]:
     """Every service of a lab by name, derived from the layout alone."""
     ssh, d = lab.ssh_dir, lab.state_dir
@@ -113,7 +121,14 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         Service(
             "login-squid",
             "login",
-            ("squid", "-N", "-f", str(d / "squid" / "login" / "squid.conf")),
+            (
+                "squid",
+                "-N",
+                "-n",
+                squid_service(lab, "login"),
+                "-f",
+                str(d / "squid" / "login" / "squid.conf"),
+            ),
             "127.0.0.1",
             L.SQUID_PORT,
             "squid on the login node (reach it with ssh -L)",
@@ -122,7 +137,14 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         Service(
             "login2-squid",
             "login2",
-            ("squid", "-N", "-f", str(d / "squid" / "login2" / "squid.conf")),
+            (
+                "squid",
+                "-N",
+                "-n",
+                squid_service(lab, "login2"),
+                "-f",
+                str(d / "squid" / "login2" / "squid.conf"),
+            ),
             "127.0.0.1",
             L.SQUID_PORT,
             "squid on login2, like login's (a drone's -L forward is per login node)",
@@ -140,7 +162,14 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         Service(
             "squid",
             "outside",
-            ("squid", "-N", "-f", str(d / "squid" / "outside" / "squid.conf")),
+            (
+                "squid",
+                "-N",
+                "-n",
+                squid_service(lab, "outside"),
+                "-f",
+                str(d / "squid" / "outside" / "squid.conf"),
+            ),
             L.OUTSIDE_HTTP,
             L.SQUID_PORT,
             "CVMFS/Frontier squid proxy",

@@ -474,6 +474,10 @@ class Lab:
         }
 
 
+#: the lab's squids (services.squid_service names their shared memory)
+SQUID_ROLES = ("login", "login2", "outside")
+
+
 def teardown(name: str) -> dict[str, list[str]]:
     """Remove a lab by name, also after a crash: processes, namespaces, users,
     state dir. Signals only processes inside the lab's namespaces or recorded
@@ -499,6 +503,10 @@ def teardown(name: str) -> dict[str, list[str]]:
         terminate(sorted(pids), grace=0.5 if not stopped else 0.2)
         stopped += sorted(pids)
     services.reap_all()
+    # squid's shared memory, left behind when a squid had to be killed
+    for role in SQUID_ROLES:
+        for segment in Path("/dev/shm").glob(f"{services.squid_service(lab, role)}-*"):
+            segment.unlink(missing_ok=True)
     removed = topology.destroy(name)
     users = accounts.remove(name)
     if lab.state_dir.exists():
