@@ -12,10 +12,11 @@ import os
 import pwd
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 from . import layout as L
-from .netns import check_call
+from .netns import LabCommandError
 
 HOST_KEYS = ("login_host_ed25519", "login2_host_ed25519", "gateway_host_ed25519")
 
@@ -85,9 +86,31 @@ def create(lab: L.LabLayout) -> None:
         _write(ssh_dir / "authorized" / user, "".join(authorized), 0o644)
 
 
+#: useradd/userdel refuse at once while another one holds /etc/passwd's
+#: lock (two labs set up at the same time, as parallel test workers do):
+#: try again for this long
+ACCOUNT_LOCK_WAIT = 10.0
+
+
+def _account_command(argv: list[str], check: bool = True) -> None:
+    """useradd/userdel, retried while another process holds the lock."""
+    deadline = time.monotonic() + ACCOUNT_LOCK_WAIT
+    while True:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        locked = "lock" in (result.stderr + result.stdout).lower()
+        if result.returncode == 0 or not locked or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    if check and result.returncode != 0:
+        raise LabCommandError(
+            f"{' '.join(argv)} failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()}"
+        )
+
+
 def _add_user(lab: L.LabLayout, user: str) -> None:
     home = lab.home(user)
-    check_call(
+    _account_command(
         [
             "useradd",
             "--home-dir",
@@ -155,6 +178,6 @@ def remove(name: str) -> list[str]:
     removed = []
     for user in (f"{name}drone", f"{name}other"):
         if user_exists(user):
-            subprocess.run(["userdel", "-f", user], capture_output=True, check=False)
+            _account_command(["userdel", "-f", user], check=False)
             removed.append(user)
     return removed
