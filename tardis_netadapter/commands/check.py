@@ -256,12 +256,11 @@ def probe_items(
     job_timeout: float = PROBE_JOB_TIMEOUT,
 ) -> list[Item]:
     """Run the probe through the site's executor; a failure to log in is one
-    item. Then the mode's worker checks, if it has any, in a short job."""
+    item. Then the mode's worker checks, if it has any, in a short job: in
+    the same event loop, as the executor's connection belongs to it."""
     try:
         executor = build_executor(executor_spec)
-        stdout = asyncio.run(
-            _probe(executor, probe_script(settings), settings.command_timeout)
-        )
+        return asyncio.run(_probe_site(settings, executor, job_timeout))
     except Exception as error:  # reaching a site fails in many ways: report, not crash
         return [
             Item(
@@ -270,14 +269,22 @@ def probe_items(
                 "check the executor's host, username, client_keys and known_hosts",
             )
         ]
+
+
+async def _probe_site(
+    settings: SiteSettings, executor: Any, job_timeout: float
+) -> list[Item]:
+    stdout = await _probe(executor, probe_script(settings), settings.command_timeout)
     items = parse_probe(stdout)
     if not items:
         return [Item(False, "the probe printed nothing", "check that /bin/sh runs")]
     items = [Item(True, "logged in to the login node")] + items
-    return items + job_items(settings, executor, job_timeout)
+    return items + await job_items(settings, executor, job_timeout)
 
 
-def job_items(settings: SiteSettings, executor: Any, timeout: float) -> list[Item]:
+async def job_items(
+    settings: SiteSettings, executor: Any, timeout: float
+) -> list[Item]:
     """The mode's worker checks, run through the batch system as the drone
     user on a worker of the first machine type (the driver's
     ``probe_job_command``); nothing when the mode has none."""
@@ -301,10 +308,8 @@ def job_items(settings: SiteSettings, executor: Any, timeout: float) -> list[Ite
             )
         ]
     try:
-        result = asyncio.run(
-            run(
-                executor, limited(command, timeout), timeout=timeout, stdin_input=script
-            )
+        result = await run(
+            executor, limited(command, timeout), timeout=timeout, stdin_input=script
         )
     except Exception as error:  # a job that cannot run is an item, not a crash
         detail = getattr(error, "stderr", "") or getattr(error, "message", "")

@@ -10,6 +10,7 @@ router); ``srun`` is a stand-in that drops to user nobody and runs the job's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -106,7 +107,7 @@ def test_a_driver_without_probe_jobs_says_the_checks_were_skipped() -> None:
     section = site_section()
     section["MachineTypeConfiguration"] = {"cpu": {"Minutes": 60}}
     settings = load_site_settings("Site", section, ToyDriver())
-    (item,) = job_items(settings, object(), 10)
+    (item,) = asyncio.run(job_items(settings, object(), 10))
     assert item.warning and not item.ok
     assert "the Toy driver cannot run a probe job; not checked" in item.what
 
@@ -131,7 +132,7 @@ def test_a_job_that_cannot_run_is_one_failed_item(tmp_path: Path, monkeypatch) -
     srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     settings = load_site_settings("Site", site_section())
-    (item,) = job_items(settings, ShellExecutor(), 30)
+    (item,) = asyncio.run(job_items(settings, ShellExecutor(), 30))
     assert not item.ok and not item.warning
     assert item.what.startswith("probe job on machine type cpu (srun ")
     assert "Invalid partition name specified" in item.what
@@ -159,12 +160,12 @@ exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups "$@"
 """
 
 RUN_JOB = """
-import json, sys
+import asyncio, json, sys
 from tardis.utilities.executors.shellexecutor import ShellExecutor
 from tardis_netadapter.commands.check import job_items
 from tardis_netadapter.siteconfig import load_site_settings
 settings = load_site_settings("Site", json.loads(sys.argv[1]))
-for item in job_items(settings, ShellExecutor(), 60):
+for item in asyncio.run(job_items(settings, ShellExecutor(), 60)):
     print(json.dumps([item.ok, item.what, item.fix]))
 """
 
