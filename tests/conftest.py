@@ -51,6 +51,9 @@ REQUIRED_BINARIES = (
     "nsenter",
     "setpriv",
     "useradd",
+    "socat",  # the outside's address echo (issue 14)
+    "keepalived",  # the site NAT's routers (issue 14)
+    "conntrackd",
 )
 SEARCH_PATH = os.pathsep.join(
     [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"]

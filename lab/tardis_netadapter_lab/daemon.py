@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional
 
@@ -57,6 +57,10 @@ LAB_VPN_CONFIG = lab_config("lab-vpn.yml")
 #: stands for the lab's ocserv pin in configs/lab-vpn.yml (a valid-looking
 #: pin, so that `check` accepts the file as it is in the repository)
 VPN_PIN_PLACEHOLDER = "pin-sha256:tardisnetadapterLabPinFilledInByWriteConfig="
+#: the same in mode nat (issue 14): the site NAT's keepalived router pair
+LAB_NAT_CONFIG = lab_config("lab-nat.yml")
+#: stands for the lab's drone user in configs/lab-nat.yml's nat.users
+NAT_USER_PLACEHOLDER = "tna-lab-drone-user"
 POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
 
 
@@ -65,8 +69,9 @@ def write_config(
 ) -> Path:
     """``configs/lab.yml`` (or ``source``) for this lab in ``directory``.
 
-    ``${lab}`` becomes the lab's name and VPN_PIN_PLACEHOLDER its ocserv's
-    pin; ``replace`` edits the text further.
+    ``${lab}`` becomes the lab's name, VPN_PIN_PLACEHOLDER its ocserv's pin
+    and NAT_USER_PLACEHOLDER its drone user; ``replace`` edits the text
+    further.
     """
     if not source.is_file():
         raise FileNotFoundError(
@@ -76,6 +81,7 @@ def write_config(
     text = source.read_text().replace("${lab}", lab.name)
     if VPN_PIN_PLACEHOLDER in text:
         text = text.replace(VPN_PIN_PLACEHOLDER, lab.vpn_pin)
+    text = text.replace(NAT_USER_PLACEHOLDER, lab.drone_user)
     for old, new in (replace or {}).items():
         if old not in text:
             raise ValueError(f"{old!r} does not occur in {source}")
@@ -162,6 +168,7 @@ class CobaldDaemon:
     config: Path
     process: Optional[subprocess.Popen] = None
     _log: Optional[IO[str]] = None
+    _busy: set[str] = field(default_factory=set)
 
     @property
     def log_path(self) -> Path:
@@ -195,6 +202,25 @@ class CobaldDaemon:
 
     def drones(self) -> dict[str, tuple[str, str]]:
         return drone_states(self.db)
+
+    def busy_and_available(self) -> dict[str, str]:
+        """Make every drone that registered busy in the pool (load 1: TARDIS
+        wants to keep it, so it becomes Available rather than drained);
+        the Available ones, uuid -> job id. Fails if the daemon exited."""
+        if not self.alive:
+            raise RuntimeError(
+                f"cobald exited ({self.process and self.process.poll()})"
+            )
+        for uuid in self.drones():
+            if uuid not in self._busy and pool_request(
+                self.lab, {"op": "set_load", "uuid": uuid, "load": 1.0}
+            ).get("ok"):
+                self._busy.add(uuid)
+        return {
+            uuid: job
+            for uuid, (job, state) in self.drones().items()
+            if state == "AvailableState"
+        }
 
     def log_tail(self, characters: int = 4000) -> str:
         if not self.log_path.exists():

@@ -87,20 +87,8 @@ def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: 
     try:
         # 1. TARDIS submits two drones; each registers with the pool through its
         #    chain; busy drones (load 1) become Available in TARDIS.
-        loaded: set[str] = set()
-
         def two_available() -> bool:
-            assert daemon.poll() is None, f"cobald exited ({daemon.returncode})"
-            for uuid in cobald.drones():
-                if uuid not in loaded and pool_request(
-                    lab, {"op": "set_load", "uuid": uuid, "load": 1.0}
-                ).get("ok"):
-                    loaded.add(uuid)
-            available = {
-                uuid: job
-                for uuid, (job, state) in cobald.drones().items()
-                if state == "AvailableState"
-            }
+            available = cobald.busy_and_available()
             if len(available) >= 2:
                 ours.update(available)
                 return True

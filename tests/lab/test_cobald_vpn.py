@@ -88,20 +88,8 @@ def test_cobald_daemon_runs_a_vpn_drone(lab: Lab, tmp_path: Path) -> None:
     try:
         # 1. TARDIS submits the drone; its payload registers through the VPN;
         #    busy (load 1), it becomes Available in TARDIS.
-        loaded: set[str] = set()
-
         def available() -> bool:
-            assert daemon.poll() is None, f"cobald exited ({daemon.returncode})"
-            for uuid in cobald.drones():
-                if uuid not in loaded and pool_request(
-                    lab, {"op": "set_load", "uuid": uuid, "load": 1.0}
-                ).get("ok"):
-                    loaded.add(uuid)
-            ours.update(
-                (uuid, job)
-                for uuid, (job, state) in cobald.drones().items()
-                if state == "AvailableState"
-            )
+            ours.update(cobald.busy_and_available())
             return bool(ours)
 
         wait_for("a vpn drone in AvailableState", available, 180, explain)
