@@ -1,4 +1,4 @@
-"""``tardis-netadapter demo [--minutes N] [--mode socks|vpn]``: the whole path, live, in the lab.
+"""``tardis-netadapter demo [--minutes N] [--mode socks|vpn|nat]``: the whole path, live, in the lab.
 
 Brings a lab up (a restricted site on this machine), runs the real COBalD
 daemon with the NetSlurm adapter against it, keeps the pool busy so TARDIS
@@ -9,6 +9,10 @@ tears everything down and prints a summary. Ctrl-C tears down cleanly.
 vpn (openconnect to the DMZ's ocserv), shown with its tun address and
 transport; half-way the DMZ's ocserv is restarted, and the demo shows the
 drone's supervisor log in again and the payload's registration going on.
+``--mode nat`` (issue 14) runs configs/lab-nat.yml with the lab's site NAT
+up: two drones whose marked traffic leaves through the keepalived router
+pair; half-way the master router's keepalived is stopped and a worker's
+link flaps, and the drones go on untouched (demo_nat.py).
 Needs root (network namespaces); every daemon runs inside the lab. Part of the
 lab distribution: the product CLI finds it through the
 ``tardis_netadapter.commands`` entry-point group.
@@ -27,6 +31,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from . import demo_nat
 
 SITE = "NetLab"
 DEMO_LAB = "tnademo"
@@ -48,11 +54,12 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--name", default=DEMO_LAB, help="lab name (default tnademo)")
     parser.add_argument(
         "--mode",
-        choices=("socks", "vpn"),
+        choices=("socks", "vpn", "nat"),
         default="socks",
         help="socks: configs/lab.yml, the ssh tunnel of a drone is killed half-way; "
-        "vpn: configs/lab-vpn.yml, the DMZ's ocserv is restarted half-way "
-        "(default socks)",
+        "vpn: configs/lab-vpn.yml, the DMZ's ocserv is restarted half-way; "
+        "nat: configs/lab-nat.yml, the master NAT router's keepalived is stopped "
+        "and a worker's link flaps half-way (default socks)",
     )
     parser.set_defaults(func=run)
 
@@ -203,6 +210,7 @@ def restart_ocserv(lab: Any, drone_uuid: str, events: Events) -> None:
 
 
 def render_view(
+    lab: Any,
     elapsed: float,
     drones: dict[str, tuple[str, str]],
     rows: list[Any],
@@ -213,11 +221,10 @@ def render_view(
     by_uuid = {row.uuid: row for row in rows}
     states = Counter(state for _, state in drones.values())
     verdicts = Counter(row.verdict for row in rows)
-    path = (
-        "openconnect -> dmz's ocserv -> pool"
-        if events.mode == "vpn"
-        else "ssh/proxychains/dante -> pool"
-    )
+    path = {
+        "vpn": "openconnect -> dmz's ocserv -> pool",
+        "nat": demo_nat.path_line(lab),
+    }.get(events.mode, "ssh/proxychains/dante -> pool")
     lines = [
         f"tardis-netadapter demo: {elapsed:5.0f}s  "
         f"(COBalD + TARDIS + NetSlurm -> lab Slurm -> {path})",
@@ -229,7 +236,7 @@ def render_view(
         "",
         f"{'DRONE':<22} {'JOB':>5} {'TARDIS':<18} {'SLURM':<10} {'VERDICT':<16} "
         f"{'HB AGE':>6} {'RESTARTS':>8} {'POOL CONN':>9}"
-        + ("  TUN0 / VPN" if events.mode == "vpn" else ""),
+        + {"vpn": "  TUN0 / VPN", "nat": "  ROUTE"}.get(events.mode, ""),
     ]
     for uuid, (job, state) in sorted(drones.items()):
         row = by_uuid.get(uuid)
@@ -245,10 +252,19 @@ def render_view(
             f"{(row.verdict if row else '-'):<16} {age:>6} "
             f"{(row.restarts if row else 0):>8} "
             f"{'yes' if record.get('connected') else 'no':>5} #{record.get('connect_count', 0)}"
-            + (f"  {vpn_column(uuid)}" if events.mode == "vpn" else "")
+            + extra_column(lab, uuid, events.mode)
         )
     lines += ["", "events:"] + [f"  {line}" for line in events.lines[-8:]]
     return "\n".join(lines) + "\n"
+
+
+def extra_column(lab: Any, uuid: str, mode: str) -> str:
+    """The mode's own column of the live view ('' for socks)."""
+    if mode == "vpn":
+        return f"  {vpn_column(uuid)}"
+    if mode == "nat":
+        return f"  {demo_nat.route_column(lab, uuid)}"
+    return ""
 
 
 def vpn_column(drone_uuid: str) -> str:
@@ -295,12 +311,11 @@ def step(
         answer = pool_request(lab, {"op": "set_load", "uuid": uuid, "load": 1.0})
         if answer.get("ok"):
             busy.add(uuid)
-            how = (
-                f"through the VPN (pool sees {pool[uuid].get('remote', '?')}; "
-                f"tun0 {vpn_column(uuid)})"
-                if events.mode == "vpn"
-                else "through its chain"
-            )
+            how = {
+                "vpn": f"through the VPN (pool sees {pool[uuid].get('remote', '?')}; "
+                f"tun0 {vpn_column(uuid)})",
+                "nat": f"through the NAT (pool sees {pool[uuid].get('remote', '?')})",
+            }.get(events.mode, "through its chain")
             events.say(f"{uuid} registered with the pool {how}")
     rows = connectivity_rows(lab, settings)
     available = [u for u, (_, s) in drones.items() if s == "AvailableState"]
@@ -316,6 +331,16 @@ def step(
         and available
     ):
         restart_ocserv(lab, available[0], events)
+        return drones, rows, pool
+    if (
+        events.mode == "nat"
+        and events.fault_at is None
+        and events.first_available is not None
+        and time.monotonic() - events.first_available >= half
+        and available
+    ):
+        busy_jobs = {u: drones[u][0] for u in available}
+        demo_nat.run_faults(lab, busy_jobs, events, lambda: pool_drones(lab))
         return drones, rows, pool
     if (
         events.mode == "socks"
@@ -371,10 +396,12 @@ def summary(events: Events, drones_seen: set[str]) -> str:
     def at(moment: Optional[float]) -> str:
         return "never" if moment is None else f"{moment - events.started:.0f}s"
 
-    fault, healed = (
-        ("ocserv restarted              ", "healed (VPN + pool again)     ")
-        if events.mode == "vpn"
-        else ("tunnel killed                 ", "healed (tunnel + pool again)  ")
+    fault, healed = {
+        "vpn": ("ocserv restarted              ", "healed (VPN + pool again)     "),
+        "nat": ("master router stopped        ", "drones untouched, route ok    "),
+    }.get(
+        events.mode,
+        ("tunnel killed                 ", "healed (tunnel + pool again)  "),
     )
 
     lines = [
@@ -401,7 +428,13 @@ def run(args: argparse.Namespace) -> int:
     from tardis_netadapter.siteconfig import load_site_from_file
 
     from . import Lab, teardown
-    from .daemon import LAB_CONFIG, LAB_VPN_CONFIG, CobaldDaemon, write_config
+    from .daemon import (
+        LAB_CONFIG,
+        LAB_NAT_CONFIG,
+        LAB_VPN_CONFIG,
+        CobaldDaemon,
+        write_config,
+    )
 
     if os.geteuid() != 0:
         print(
@@ -417,7 +450,12 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tna-demo-"))
     daemon = None
     try:
-        source = LAB_VPN_CONFIG if args.mode == "vpn" else LAB_CONFIG
+        source = {"vpn": LAB_VPN_CONFIG, "nat": LAB_NAT_CONFIG}.get(
+            args.mode, LAB_CONFIG
+        )
+        if args.mode == "nat":
+            lab.site_nat.up()
+            lab.site_nat.wait_master()
         config = write_config(lab, workdir, source=source)
         settings = load_site_from_file(config, SITE).settings
         daemon = CobaldDaemon(lab, workdir, config).start()
@@ -436,7 +474,7 @@ def run(args: argparse.Namespace) -> int:
             seen.update(drones)
             show(
                 render_view(
-                    time.monotonic() - events.started, drones, rows, pool, events
+                    lab, time.monotonic() - events.started, drones, rows, pool, events
                 ),
                 tty,
             )
@@ -452,6 +490,8 @@ def run(args: argparse.Namespace) -> int:
         if daemon is not None:
             daemon.stop()
         lab.run("login", ["scancel", "--me"], user=lab.drone_user)
+        if args.mode == "nat":
+            lab.site_nat.down()
         lab.down()
         print(f"lab {args.name} down; cobald log and registry kept in {workdir}")
     text = summary(events, seen)
