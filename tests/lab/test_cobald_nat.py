@@ -206,6 +206,8 @@ def test_cobald_runs_nat_drones_through_a_failover_and_judges_a_broken_route(
         assert "Traceback" not in log and "unexpected error" not in log, explain()
     finally:
         cobald.stop()
+        for worker in lab.layout.worker_hosts:  # the routing step 2 removed
+            lab.site_nat.routing(worker, "apply")
         for job, (state, name) in slurm_jobs(lab).items():
             if name.startswith("netlab-") and state in ACTIVE:
                 lab.run("login", ["scancel", job], user=lab.drone_user)
@@ -230,6 +232,8 @@ def test_check_probe_runs_the_route_check_in_a_real_slurm_job(
     worker, as the drone user: all ok with the site's routing, the missing
     rule named (with its fix) once a worker's routing is removed."""
     lab = nat_lab
+    for worker in lab.layout.worker_hosts:  # whatever an earlier test removed
+        assert lab.site_nat.routing(worker, "apply").returncode == 0
     config = write_config(lab, tmp_path, source=LAB_NAT_CONFIG)
     result = check_probe(lab, config)
     out = result.stdout
