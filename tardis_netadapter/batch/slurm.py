@@ -16,7 +16,7 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Literal, Optional
 
 from tardis.interfaces.siteadapter import ResourceStatus
 from tardis.utilities.staticmapping import StaticMapping
@@ -51,17 +51,58 @@ OWNED_LONG = {
 }
 
 
+#: sbatch options ``Gpus``/``GpuType`` render; refused in SubmitOptions when
+#: ``Gpus`` is set (sbatch keeps one --gres list, and --gpus* would ask twice)
+GPU_OWNED_SHORT = {"G": "Gpus"}
+GPU_OWNED_LONG = dict.fromkeys(
+    ("gres", "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task"),
+    "Gpus/GpuType",
+)
+#: sbatch options ``NumaBinding: socket`` renders or that contradict it
+#: (sbatch(1) of 22.05: -B/--sockets-per-node/--cores-per-socket exclude
+#: --hint, --threads-per-core and --ntasks-per-core)
+NUMA_OWNED_SHORT = {"B": "NumaBinding"}
+NUMA_OWNED_LONG = dict.fromkeys(
+    (
+        "extra-node-info",
+        "sockets-per-node",
+        "cores-per-socket",
+        "threads-per-core",
+        "ntasks-per-core",
+        "ntasks-per-socket",
+        "hint",
+        "mem-bind",
+    ),
+    "NumaBinding",
+)
+#: a GRES type name as gres.conf's ``Type=`` takes it; no ':' or ',' (the
+#: separators of a --gres list)
+_GRES_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 @dataclass(frozen=True)
 class SlurmMachineType:
-    """The Slurm keys of ``Site.MachineTypeConfiguration.<machine type>``."""
+    """The Slurm keys of ``Site.MachineTypeConfiguration.<machine type>``.
+
+    ``Gpus``/``GpuType`` and ``NumaBinding`` are keys of their own rather than
+    SubmitOptions so that the drone's shape (GPUs, one NUMA domain) is
+    validated and rendered the same way on every site, with the spelling the
+    installed Slurm accepts (see :func:`resource_words`).
+    """
 
     Walltime: str
     Partition: Optional[str] = None
     SubmitOptions: OptionSet = field(default_factory=OptionSet)
     TerminateOptions: OptionSet = field(default_factory=OptionSet)
+    #: GPUs per drone (``--gres=gpu[:GpuType]:Gpus``); None: no GPU request
+    Gpus: Optional[int] = None
+    #: the GRES type (gres.conf ``Type=``, e.g. ``mi50``); None: any type
+    GpuType: Optional[str] = None
+    #: ``socket``: the drone's cores and memory on one socket (NUMA domain)
+    NumaBinding: Literal["none", "socket"] = "none"
 
     def check(self, path: str) -> list[str]:
-        problems = []
+        problems = self._check_gpus(path)
         try:
             walltime_seconds(self.Walltime)
         except ValueError as error:
@@ -82,6 +123,49 @@ class SlurmMachineType:
                 problems.append(
                     f"{path}.SubmitOptions.long.{name}: set by the adapter from "
                     f"{OWNED_LONG[name]}; remove it here"
+                )
+        owned_short: dict[str, str] = {}
+        owned_long: dict[str, str] = {}
+        if self.Gpus is not None:
+            owned_short.update(GPU_OWNED_SHORT)
+            owned_long.update(GPU_OWNED_LONG)
+        if self.NumaBinding == "socket":
+            owned_short.update(NUMA_OWNED_SHORT)
+            owned_long.update(NUMA_OWNED_LONG)
+        for name in self.SubmitOptions.short:
+            if name in owned_short:
+                problems.append(
+                    f"{path}.SubmitOptions.short.{name}: conflicts with "
+                    f"{owned_short[name]}, which sets the job's shape; remove it "
+                    f"here or remove {owned_short[name]}"
+                )
+        for name in self.SubmitOptions.long:
+            if name in owned_long:
+                problems.append(
+                    f"{path}.SubmitOptions.long.{name}: conflicts with "
+                    f"{owned_long[name]}, which sets the job's shape; remove it "
+                    f"here or remove {owned_long[name]}"
+                )
+        return problems
+
+    def _check_gpus(self, path: str) -> list[str]:
+        problems = []
+        if self.Gpus is not None and self.Gpus < 1:
+            problems.append(
+                f"{path}.Gpus: got {self.Gpus!r}; expected a whole number >= 1 "
+                "(GPUs per drone); remove the key for drones without GPUs"
+            )
+        if self.GpuType is not None:
+            if self.Gpus is None:
+                problems.append(
+                    f"{path}.GpuType: got {self.GpuType!r} without Gpus; set "
+                    "Gpus: N (GPUs per drone) or remove GpuType"
+                )
+            if not _GRES_TYPE.fullmatch(self.GpuType):
+                problems.append(
+                    f"{path}.GpuType: got {self.GpuType!r}; expected a GRES type "
+                    "name as in the site's gres.conf Type= (letters, digits, "
+                    "'_', '.', '-'; no ':' or ','), e.g. mi50"
                 )
         return problems
 
@@ -174,10 +258,43 @@ def sbatch_command(
     ]
     if machine_type.Partition is not None:
         words += ["-p", machine_type.Partition]
+    words += resource_words(machine_type, meta_data)
     if not {"requeue", "no-requeue"} & set(machine_type.SubmitOptions.long):
         words.append("--no-requeue")
     words += machine_type.SubmitOptions.tokens()
     return shlex.join(words)
+
+
+def resource_words(
+    machine_type: SlurmMachineType, meta_data: MachineMetaData
+) -> list[str]:
+    """sbatch options for the machine type's GPUs and NUMA binding.
+
+    ``Gpus``/``GpuType`` give ``--gres=gpu[:TYPE]:N``: GRES, which any Slurm
+    with GPUs in gres.conf schedules, not ``--gpus``, which needs
+    select/cons_tres (Slurm >= 19.05).
+
+    ``NumaBinding: socket`` asks for the drone's cores on one socket
+    (``--sockets-per-node=1 --cores-per-socket=<Cores>``) and memory local to
+    those cores (``--mem-bind=local``).
+    No ``--cpu-bind``: sbatch of Slurm 22.05 refuses it ("unrecognized
+    option"; it is an srun option). The batch script itself is bound to the
+    job's allocated cores by the node's task plugin (task/affinity or
+    task/cgroup); ``--mem-bind`` reaches srun steps inside the job through
+    ``SLURM_MEM_BIND``, while the script's own memory follows the kernel's
+    local-node default for a process whose CPUs are on one node.
+    """
+    words: list[str] = []
+    if machine_type.Gpus is not None:
+        kind = f"{machine_type.GpuType}:" if machine_type.GpuType else ""
+        words.append(f"--gres=gpu:{kind}{machine_type.Gpus}")
+    if machine_type.NumaBinding == "socket":
+        words += [
+            "--sockets-per-node=1",
+            f"--cores-per-socket={meta_data.Cores}",
+            "--mem-bind=local",
+        ]
+    return words
 
 
 #: the job name of ``check --probe``'s job (not a drone's: the adapter and
