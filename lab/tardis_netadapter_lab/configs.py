@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 from pathlib import Path
 
 from . import layout as L
@@ -51,16 +53,57 @@ def sshd_config(
     return "\n".join(lines) + "\n"
 
 
+#: the GRES type and count of every lab worker's stand-in GPUs (slurm_conf)
+LAB_GPU_TYPE = "mi50"
+LAB_GPUS_PER_NODE = 2
+#: first number of the stand-in GPU device nodes (AMD's /dev/dri/renderD128...)
+LAB_GPU_FIRST_MINOR = 128
+
+
+def write_gres(lab: L.LabLayout) -> None:
+    """gres.conf beside slurm.conf and the stand-in GPU device nodes it names.
+
+    Slurm 22.05 counts no GPU without a device file ("Ignoring file-less
+    GPU"; Count= alone registers 0 and the node goes INVAL), and wants a
+    character device. The nodes are /dev/null's (1:3) under the lab's Slurm
+    directory, so nothing on the machine changes and opening one is harmless.
+    """
+    dev = lab.slurm_dir / "dev"
+    dev.mkdir(exist_ok=True)
+    first = LAB_GPU_FIRST_MINOR
+    last = first + LAB_GPUS_PER_NODE - 1
+    for number in range(first, last + 1):
+        node = dev / f"renderD{number}"
+        if not node.exists():
+            os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (lab.slurm_conf.parent / "gres.conf").write_text(
+        f"# tardis-netadapter lab {lab.name}: generated, do not edit\n"
+        "AutoDetect=off\n"
+        f"Name=gpu Type={LAB_GPU_TYPE} File={dev}/renderD[{first}-{last}]\n"
+    )
+
+
 def slurm_conf(lab: L.LabLayout) -> str:
     """Slurm 22.05 without systemd, munge or accounting (see LAB-NOTES.md).
 
     slurmctld refuses to start unless SlurmctldHost names this machine, so the
     machine's hostname is used with the login node's site address.
+
+    Each worker is two sockets of one core (the machine's 2 CPUs, declared as
+    an EPN node's two NUMA domains; config_overrides lets slurmd accept the
+    declared layout) with task/affinity, which binds every job to its
+    allocated cores without cgroups, so two NUMA-bound drones
+    (NumaBinding: socket) share a worker on different CPUs. Each worker also
+    has 2 GPUs of GRES type LAB_GPU_TYPE, declared in slurm.conf only (no
+    gres.conf, no device files): Slurm schedules and counts them, nothing
+    more.
     """
     d = lab.slurm_dir
     nodes = "\n".join(
         f"NodeName={worker} NodeAddr={lab.worker_address(worker)} "
-        f"NodeHostname={worker} CPUs=2 RealMemory=512 State=UNKNOWN"
+        f"NodeHostname={worker} CPUs=2 Boards=1 SocketsPerBoard=2 "
+        f"CoresPerSocket=1 ThreadsPerCore=1 RealMemory=512 "
+        f"Gres=gpu:{LAB_GPU_TYPE}:{LAB_GPUS_PER_NODE} State=UNKNOWN"
         for worker in lab.worker_hosts
     )
     return f"""# tardis-netadapter lab {lab.name}: generated, do not edit
@@ -74,7 +117,8 @@ CredType=cred/none
 SlurmUser=root
 SlurmdUser=root
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
+GresTypes=gpu
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 JobAcctGatherType=jobacct_gather/none
@@ -243,7 +287,9 @@ printf "$head"'Content-Length: %d\r\n\r\n%s\n' "$(( ${{#peer}} + 1 ))" "$peer"
 ECHO_UDP_SCRIPT = r"""# tardis-netadapter lab {name}: the UDP address echo (configs.echo_script) on
 # udp {listen}: answers each datagram with the sender's address and records
 # it, one line per datagram, in {log}.
+import os
 import socket
+import stat
 server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 server.bind(({address!r}, {port}))
 with open({log_text!r}, "a", buffering=1) as log:

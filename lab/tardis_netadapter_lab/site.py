@@ -225,6 +225,7 @@ class Lab:
         )
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privsep dir
         lab.slurm_conf.write_text(configs.slurm_conf(lab))
+        configs.write_gres(lab)  # the workers' stand-in GPUs (issue 15)
         for sub in ("state", "spool"):
             (lab.slurm_dir / sub).mkdir(exist_ok=True)
         for worker in lab.worker_hosts:
