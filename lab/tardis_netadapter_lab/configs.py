@@ -94,9 +94,9 @@ def slurm_conf(lab: L.LabLayout) -> str:
     declared layout) with task/affinity, which binds every job to its
     allocated cores without cgroups, so two NUMA-bound drones
     (NumaBinding: socket) share a worker on different CPUs. Each worker also
-    has 2 GPUs of GRES type LAB_GPU_TYPE, declared in slurm.conf only (no
-    gres.conf, no device files): Slurm schedules and counts them, nothing
-    more.
+    has 2 GPUs of GRES type LAB_GPU_TYPE backed by stand-in device nodes
+    (write_gres: Slurm 22.05 counts no GPU without a device file): Slurm
+    schedules them and sets the jobs' GPU variables, nothing more.
     """
     d = lab.slurm_dir
     nodes = "\n".join(
