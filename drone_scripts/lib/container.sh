@@ -54,12 +54,21 @@ container_verdict() {
 }
 
 container_stage() {
-    local started image bind
+    local started
     started=$(now_us)
     if [[ $CONTAINER_RUNTIME == none ]]; then
         stage_skipped container "runtime none"
         return 0
     fi
+    container_argv
+    stage_ready container "$started"
+}
+
+# CONTAINER_ARGV: the runtime's command line up to the image (the payload's
+# layers follow). Also used by modes that run a short container of their own
+# with the same options (container-net's probe).
+container_argv() {
+    local image bind
     image=$(expand_home "$CONTAINER_IMAGE")
     if [[ $CVMFS_ACTIVE_MODE == singcvmfs ]]; then
         command -v singularity >/dev/null ||
@@ -88,7 +97,6 @@ container_stage() {
     done
     CONTAINER_ARGV+=("${CONTAINER_EXTRA_OPTIONS[@]}")
     CONTAINER_ARGV+=(--bind "$DRONE_DIR" --env-file "$DRONE_DIR/container.env" "$image")
-    stage_ready container "$started"
 }
 
 # The runtime to run, into CONTAINER_RUNTIME_PATH: container.apptainer (the
