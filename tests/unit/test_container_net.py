@@ -550,3 +550,15 @@ def test_the_rendered_script_passes_shellcheck(tmp_path: Path) -> None:
         check=False,
     )
     assert lint.returncode == 0, lint.stdout
+
+
+def test_the_example_config_loads_mode_container_net() -> None:
+    from tardis_netadapter.siteconfig import load_site_from_file
+
+    root = Path(__file__).resolve().parents[2]
+    found = load_site_from_file(root / "configs" / "alice-epn.yml", "EPN")
+    profile = found.settings.profile
+    assert profile.mode == "container-net"
+    assert profile.container.gpu_kind == "amd"
+    assert profile.container.apptainer == "/opt/apptainer/bin/apptainer"
+    assert profile.container_net.network == "epn-public"
