@@ -562,3 +562,61 @@ def test_the_example_config_loads_mode_container_net() -> None:
     assert profile.container.gpu_kind == "amd"
     assert profile.container.apptainer == "/opt/apptainer/bin/apptainer"
     assert profile.container_net.network == "epn-public"
+
+
+PAYLOAD_WATCHING = r"""#!/bin/bash
+# the payload: waits for a heartbeat with the container's report ok, then
+# takes the container's address away and waits for the watchdog to blame
+# stage container-net
+hb=$HB_DIR/$TardisDroneUuid.json
+wait_for() {
+    for _ in $(seq 1 100); do
+        if grep -q "$2" "$hb" 2>/dev/null; then
+            cp "$hb" "$OUT/$1.json"
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+wait_for ok '"failing_stage":null.*"container_net":{"ok":true' || exit 3
+echo 192.0.2.7 >"$FAKE_ADDRESS_FILE"
+wait_for broken '"failing_stage":"container-net"' || exit 4
+"""
+
+
+def test_the_watchdog_follows_the_containers_reports(
+    tmp_path: Path, listener: int
+) -> None:
+    env = fake_site(tmp_path)
+    (tmp_path / "bin" / "ip").write_text(
+        '#!/bin/sh\nread -r a <"$FAKE_ADDRESS_FILE"\n'
+        'echo "5: ib0    inet $a/24 brd 10.66.9.255 scope global ib0"\n'
+    )
+    address = tmp_path / "address"
+    address.write_text("10.66.9.20\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    payload = tmp_path / "payload.sh"
+    payload.write_text(PAYLOAD_WATCHING)
+    payload.chmod(0o755)
+    data = profile_data(tmp_path, listener)
+    data["monitoring"] = {
+        "heartbeat_dir": str(tmp_path / "hb"),
+        "heartbeat_interval": 2,
+    }
+    data["payload"] = {
+        "command": [str(payload)],
+        "environment": {"HB_DIR": str(tmp_path / "hb"), "OUT": str(out)},
+    }
+    env["FAKE_ADDRESS_FILE"] = str(address)
+    result = run_drone(script_for(data), tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    ok = json.loads((out / "ok.json").read_text())
+    assert ok["stages"]["container-net"] == "ok"
+    assert ok["container_net"]["address"] == "10.66.9.20"
+    broken = json.loads((out / "broken.json").read_text())
+    assert broken["container_net"]["ok"] is False
+    assert "no address in container_net.subnet" in broken["last_error"]
+    beat = from_dict(broken)
+    assert beat is not None and beat.failing_stage == "container-net"
