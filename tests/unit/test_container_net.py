@@ -620,3 +620,49 @@ def test_the_watchdog_follows_the_containers_reports(
     assert "no address in container_net.subnet" in broken["last_error"]
     beat = from_dict(broken)
     assert beat is not None and beat.failing_stage == "container-net"
+
+
+def test_check_probe_job_reports_the_site_apptainer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check --probe's job through the batch driver (a stand-in srun that runs
+    the job's /bin/sh -s here): one item per site check, with the fix."""
+    import asyncio
+
+    from tardis.utilities.executors.shellexecutor import ShellExecutor
+
+    from tardis_netadapter.commands.check import job_items
+    from tardis_netadapter.siteconfig import load_site_settings
+
+    srun = tmp_path / "srun"
+    srun.write_text(
+        '#!/bin/sh\nwhile [ "$#" -gt 0 ] && [ "$1" != /bin/sh ]; do shift; done\n'
+        'exec "$@"\n'
+    )
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    prefix = tmp_path / "opt"
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "bin" / "apptainer").write_text("#!/bin/sh\n")
+    (prefix / "bin" / "apptainer").chmod(0o755)  # not setuid
+    etc = prefix / "etc" / "apptainer"
+    (etc / "network").mkdir(parents=True)
+    (etc / "network" / "epn-public.conflist").write_text("{}")
+    (etc / "apptainer.conf").write_text(
+        "allow net users = nobody-else\nallow net networks = epn-public\n"
+    )
+    network = profile_data(tmp_path, 9618)
+    network["container"]["apptainer"] = str(prefix / "bin" / "apptainer")
+    section = {
+        "MachineTypes": ["epn"],
+        "MachineTypeConfiguration": {"epn": {"Walltime": "60", "Partition": "grid"}},
+        "MachineMetaData": {"epn": {"Cores": 1, "Memory": 1, "Disk": 1}},
+        "Network": network,
+    }
+    settings = load_site_settings("EPN", json.loads(json.dumps(section)))
+    items = asyncio.run(job_items(settings, ShellExecutor(), 60))
+    found = {item.what.split(": ")[0]: item for item in items}
+    assert found["probe job ran on a worker of machine type epn"].ok
+    assert not found["cnet:setuid"].ok and "starter-suid" in found["cnet:setuid"].fix
+    assert not found["cnet:allow"].ok and "allow net users" in found["cnet:allow"].fix
+    assert found["cnet:network"].ok, found["cnet:network"].what
