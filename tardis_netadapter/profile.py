@@ -205,11 +205,50 @@ class Container:
     runtime: Literal["none", "apptainer", "singularity"] = "none"
     image: Optional[str] = None
     binds: tuple[str, ...] = ()
-    gpu: bool = False
+    #: ``nvidia`` renders ``--nv``, ``amd`` ``--rocm``; the old booleans still
+    #: mean nvidia (true) and none (false), so existing profiles keep working
+    gpu: Union[bool, Literal["nvidia", "amd", "none"]] = "none"
     contain: bool = False
+    #: the site-local apptainer (an absolute path, as at the ALICE EPNs where
+    #: the setuid installation that may configure networks is not the one on
+    #: PATH); empty: ``runtime`` found on PATH
+    apptainer: str = ""
+
+    @property
+    def gpu_kind(self) -> str:
+        """The GPU vendor the container gets: ``nvidia``, ``amd`` or ``none``."""
+        if self.gpu is True:
+            return "nvidia"
+        if self.gpu is False:
+            return "none"
+        return self.gpu
 
     def check(self, path: str) -> list[str]:
         problems = []
+        if self.apptainer:
+            if not self.apptainer.startswith("/"):
+                problems.append(
+                    f"{path}.apptainer: got {self.apptainer!r}; expected the "
+                    "absolute path of the site's apptainer (e.g. "
+                    "/opt/apptainer/bin/apptainer), or leave it empty to use "
+                    "runtime from PATH"
+                )
+            else:
+                problems += check_path(
+                    f"{path}.apptainer", self.apptainer, "the site's apptainer"
+                )
+            if self.runtime == "none":
+                problems.append(
+                    f"{path}.apptainer: set to {self.apptainer!r} with runtime "
+                    "'none'; set runtime: apptainer (or singularity), or remove "
+                    "apptainer"
+                )
+        if self.gpu_kind != "none" and self.runtime == "none":
+            problems.append(
+                f"{path}.gpu: got {self.gpu!r} with runtime 'none'; the GPU "
+                "options (--nv, --rocm) are the container's: set runtime and "
+                "image, or gpu: none"
+            )
         if self.runtime != "none" and not self.image:
             problems.append(
                 f"{path}.image: missing for runtime {self.runtime!r}; set the "

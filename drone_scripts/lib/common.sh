@@ -4,9 +4,9 @@
 # quoted settings block of drone.sh.j2.
 
 # One exit code per stage (docs/drone-script.md); 128+N for a signal.
-# shellcheck disable=SC2034  # isolation, tunnel, chain: mode socks's libraries; vpn: mode vpn's; route: mode nat's
+# shellcheck disable=SC2034  # isolation, tunnel, chain: mode socks's libraries; vpn: mode vpn's; route: mode nat's; container-net: mode container-net's
 readonly EXIT_SETUP=5 EXIT_CVMFS=10 EXIT_ISOLATION=15 EXIT_TUNNEL=20 EXIT_VPN=25 EXIT_CHAIN=30 \
-    EXIT_ROUTE=35
+    EXIT_ROUTE=35 EXIT_CONTAINER_NET=45
 readonly EXIT_CONTAINER=40 EXIT_PAYLOAD=50
 
 DRONE_UUID=${TardisDroneUuid:-}

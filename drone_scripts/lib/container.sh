@@ -5,6 +5,10 @@
 # runtime itself never runs under the chain's LD_PRELOAD.
 
 CONTAINER_ARGV=()
+# Options any mode may add to the runtime's command line before the image
+# (mode container-net: --net --network NAME); container.sh knows nothing of
+# what they mean and places them after its own options.
+CONTAINER_EXTRA_OPTIONS=()
 
 # What the container adds to the payload (lib/payload.sh composes it): its
 # command line, inside it the CVMFS check, and the payload's environment
@@ -50,21 +54,29 @@ container_verdict() {
 }
 
 container_stage() {
-    local started image bind
+    local started
     started=$(now_us)
     if [[ $CONTAINER_RUNTIME == none ]]; then
         stage_skipped container "runtime none"
         return 0
     fi
+    container_argv
+    stage_ready container "$started"
+}
+
+# CONTAINER_ARGV: the runtime's command line up to the image (the payload's
+# layers follow). Also used by modes that run a short container of their own
+# with the same options (container-net's probe).
+container_argv() {
+    local image bind
     image=$(expand_home "$CONTAINER_IMAGE")
     if [[ $CVMFS_ACTIVE_MODE == singcvmfs ]]; then
         command -v singularity >/dev/null ||
             fail container "$EXIT_CONTAINER" "singcvmfs needs singularity in PATH"
         CONTAINER_ARGV=("$CVMFS_TOOLS/singcvmfs" exec)
     else
-        command -v "$CONTAINER_RUNTIME" >/dev/null ||
-            fail container "$EXIT_CONTAINER" "$CONTAINER_RUNTIME not found in PATH"
-        CONTAINER_ARGV=("$CONTAINER_RUNTIME" exec)
+        container_runtime_path
+        CONTAINER_ARGV=("$CONTAINER_RUNTIME_PATH" exec)
     fi
     if [[ $image != *://* && ! -e $image ]]; then
         fail container "$EXIT_CONTAINER" "image $image not found"
@@ -72,9 +84,10 @@ container_stage() {
     if ((CONTAINER_CONTAIN)); then
         CONTAINER_ARGV+=(--contain)
     fi
-    if ((CONTAINER_GPU)); then
-        CONTAINER_ARGV+=(--nv)
-    fi
+    case ${CONTAINER_GPU:-none} in
+    nvidia) CONTAINER_ARGV+=(--nv) ;;
+    amd) CONTAINER_ARGV+=(--rocm) ;;
+    esac
     case $CVMFS_ACTIVE_MODE in
     mountrepo) CONTAINER_ARGV+=(--bind "$CVMFS_ROOT:/cvmfs") ;;
     cvmfsexec) CONTAINER_ARGV+=(--bind /cvmfs) ;;
@@ -82,8 +95,26 @@ container_stage() {
     for bind in "${CONTAINER_BINDS[@]}"; do
         CONTAINER_ARGV+=(--bind "$(expand_home "$bind")")
     done
+    CONTAINER_ARGV+=("${CONTAINER_EXTRA_OPTIONS[@]}")
     CONTAINER_ARGV+=(--bind "$DRONE_DIR" --env-file "$DRONE_DIR/container.env" "$image")
-    stage_ready container "$started"
+}
+
+# The runtime to run, into CONTAINER_RUNTIME_PATH: container.apptainer (the
+# site-local installation, an absolute path) when set, else
+# container.runtime (run by name, found on PATH). Fails the stage when it is not there,
+# naming what was looked for. Mode container-net's probe uses it too.
+CONTAINER_RUNTIME_PATH=""
+container_runtime_path() {
+    if [[ -n ${CONTAINER_APPTAINER:-} ]]; then
+        [[ -x $CONTAINER_APPTAINER && ! -d $CONTAINER_APPTAINER ]] ||
+            fail container "$EXIT_CONTAINER" "container.apptainer" \
+                "$CONTAINER_APPTAINER is not an executable file on $(hostname)"
+        CONTAINER_RUNTIME_PATH=$CONTAINER_APPTAINER
+        return 0
+    fi
+    command -v "$CONTAINER_RUNTIME" >/dev/null ||
+        fail container "$EXIT_CONTAINER" "$CONTAINER_RUNTIME not found in PATH"
+    CONTAINER_RUNTIME_PATH=$CONTAINER_RUNTIME
 }
 
 # NAME=VALUE words as a file of shell assignments (apptainer's --env-file).

@@ -74,6 +74,15 @@
 #                            ({"ok","via","seen","reason"}); while fail, the
 #                            stage route is blamed (failed, with REASON);
 #                            unset: "route" is null
+#   TNA_CNET_STATE_FILE      "ok|fail<TAB>ADDRESS<TAB>SEEN<TAB>REASON" (mode
+#                            container-net's container-net.state, written by
+#                            the reporter inside the payload's container,
+#                            lib/container_net.sh): the record's
+#                            "container_net" object ({"ok","address","seen",
+#                            "reason"}); re-read every round: while fail, or
+#                            older than TNA_CNET_STALE_S seconds (the reporter
+#                            is gone), the stage container-net is blamed;
+#                            unset: "container_net" is null
 #   TNA_WATCHDOG_ROUNDS      rounds to run, 0 (default) = until the drone script
 #                            exits (TNA_PARENT_PID, default: $$ at source time)
 #
@@ -486,6 +495,75 @@ tna_route() {
   printf -v "$1" '{"ok":%s,"via":%s,"seen":%s,"reason":%s}' "$__tna_ok" "$__tna_v" "$__tna_s" "$__tna_r"
 }
 
+# tna_cnet_state OKVAR ADDRVAR SEENVAR REASONVAR: the fields of
+# TNA_CNET_STATE_FILE, a report older than TNA_CNET_STALE_S read as failing
+# (false when it is not configured or not written yet).
+tna_cnet_state() {
+  local __tna_cl="" __tna_cs __tna_ca __tna_cn __tna_cr __tna_mtime __tna_now
+  [[ -n ${TNA_CNET_STATE_FILE:-} && -r $TNA_CNET_STATE_FILE ]] || return 1
+  IFS= read -r __tna_cl <"$TNA_CNET_STATE_FILE" || [[ -n $__tna_cl ]] || return 1
+  [[ $__tna_cl == *$'\t'*$'\t'*$'\t'* ]] || return 1
+  __tna_cs=${__tna_cl%%$'\t'*}
+  __tna_cl=${__tna_cl#*$'\t'}
+  __tna_ca=${__tna_cl%%$'\t'*}
+  __tna_cl=${__tna_cl#*$'\t'}
+  __tna_cn=${__tna_cl%%$'\t'*}
+  __tna_cr=${__tna_cl#*$'\t'}
+  [[ $__tna_cs == ok || $__tna_cs == fail ]] || return 1
+  if [[ -n ${TNA_CNET_STALE_S:-} ]] &&
+    __tna_mtime=$(stat -c %Y -- "$TNA_CNET_STATE_FILE" 2>/dev/null); then
+    tna_now __tna_now
+    if ((__tna_now - __tna_mtime > TNA_CNET_STALE_S)); then
+      __tna_cs=fail
+      __tna_cr="no report from the container for $((__tna_now - __tna_mtime))s: the"
+      __tna_cr+=" reporter in the payload's container is gone"
+    fi
+  fi
+  printf -v "$1" '%s' "$__tna_cs"
+  printf -v "$2" '%s' "$__tna_ca"
+  printf -v "$3" '%s' "$__tna_cn"
+  printf -v "$4" '%s' "$__tna_cr"
+}
+
+# tna_cnet OUTVAR: the record's "container_net" object
+# ({"ok","address","seen","reason"}: the last report from the payload's
+# container, addresses null when unknown), or null without container-net.
+tna_cnet() {
+  local __tna_state="" __tna_addr="" __tna_seen="" __tna_reason="" __tna_ok=false
+  local __tna_a=null __tna_s=null __tna_r
+  if [[ -z ${TNA_CNET_STATE_FILE:-} ]]; then
+    printf -v "$1" 'null'
+    return 0
+  fi
+  if ! tna_cnet_state __tna_state __tna_addr __tna_seen __tna_reason; then
+    __tna_reason="no report yet"
+  fi
+  [[ $__tna_state == ok ]] && __tna_ok=true
+  [[ $__tna_addr =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] && __tna_a="\"$__tna_addr\""
+  [[ $__tna_seen =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] && __tna_s="\"$__tna_seen\""
+  tna_json_escape __tna_r "$__tna_reason"
+  printf -v "$1" '{"ok":%s,"address":%s,"seen":%s,"reason":%s}' "$__tna_ok" "$__tna_a" "$__tna_s" "$__tna_r"
+}
+
+# tna_round_cnet STATES DETAILS: the container's last report decides stage
+# container-net once it was ready: a failing or stale report blames it, a
+# passing one clears it.
+tna_round_cnet() {
+  local -n __tna_cstates=$1 __tna_cdetails=$2
+  # shellcheck disable=SC2034 # address and seen go into the record elsewhere
+  local state="" address="" seen="" reason=""
+  tna_cnet_state state address seen reason || return 0
+  case ${__tna_cstates[container-net]} in
+  pending | starting) return 0 ;;
+  esac
+  if [[ $state == fail ]]; then
+    __tna_cstates[container-net]=failed
+    __tna_cdetails[container-net]=${reason:-container network check failed}
+  elif [[ ${__tna_cstates[container-net]} == failed ]]; then
+    __tna_cstates[container-net]=ok
+  fi
+}
+
 # tna_force_reconnect N_OK N_FAILED: when every probe failed while the
 # supervisor lives and reports no failure (it believes ssh works: a hung
 # session ServerAlive has not caught yet), and has for TNA_FORCE_AFTER
@@ -560,6 +638,9 @@ tna_watchdog_once() {
   TNA_LAST_ERROR=""
   if [[ -n ${states[route]+set} ]]; then
     tna_round_route states details
+  fi
+  if [[ -n ${states[container-net]+set} ]]; then
+    tna_round_cnet states details
   fi
   if [[ -n ${states[isolation]+set} ]] && tna_outer_down detail; then
     states[isolation]=restarting # the keeper outside restarts it
@@ -663,18 +744,19 @@ tna_watchdog_once() {
     tna_json_escape state "${states[$name]}"
     stage_json+="${stage_json:+,}\"$name\":$state"
   done
-  local j_uuid j_job j_host j_err j_stage restarts path_error isolation vpn route
+  local j_uuid j_job j_host j_err j_stage restarts path_error isolation vpn route cnet
   tna_restarts restarts
   tna_path_error path_error
   tna_isolation isolation
   tna_vpn vpn
   tna_route route
+  tna_cnet cnet
   tna_json_escape j_uuid "$TNA_DRONE_UUID"
   tna_json_opt j_job "${TNA_JOB_ID:-}"
   tna_json_opt j_host "${HOSTNAME:-}"
   tna_json_opt j_err "$TNA_LAST_ERROR"
   tna_json_opt j_stage "$failing"
-  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation,\"vpn\":$vpn,\"route\":$route}"
+  tna_write_record "{\"v\":1,\"uuid\":$j_uuid,\"time\":$now,\"seq\":$TNA_SEQ,\"job\":$j_job,\"host\":$j_host,\"interval\":${TNA_HEARTBEAT_INTERVAL:-30},\"stages\":{$stage_json},\"probes\":[$probes_json],\"restarts\":$restarts,\"last_ok\":${TNA_LAST_OK:-null},\"failing_since\":${TNA_FAILING_SINCE:-null},\"last_error\":$j_err,\"failing_stage\":$j_stage,\"path_error\":$path_error,\"isolation\":$isolation,\"vpn\":$vpn,\"route\":$route,\"container_net\":$cnet}"
 
   local verdict=connected
   if [[ -n $failing ]]; then

@@ -138,6 +138,31 @@ class Route:
 
 
 @dataclass(frozen=True)
+class ContainerNet:
+    """The payload container's last network report (mode ``container-net``,
+    record key ``container_net``; issue 15).
+
+    Written by the reporter inside the payload's container into the drone's
+    ``container-net.state`` and re-read by the watchdog every round
+    (drone_scripts/lib/container_net.sh): ``ok`` when the container has an
+    address in the partition's subnet, reaches the pool and (with an address
+    echo) is seen with that address; ``address`` the container's address,
+    ``seen`` what the echo saw (None when unknown), ``reason`` the first
+    failure ("" when ok; a stale report names the reporter gone).
+    """
+
+    ok: bool = False
+    address: Optional[str] = None
+    seen: Optional[str] = None
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        """The word ``status`` shows: ``ok`` or ``fail``."""
+        return "ok" if self.ok else "fail"
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """What one drone said about its path to the pool at ``time`` (worker clock)."""
 
@@ -161,6 +186,9 @@ class Heartbeat:
     vpn: Optional[Vpn] = None
     #: the drone's route check (mode nat; None: no check, or the drone did not say)
     route: Optional[Route] = None
+    #: the container's own network (mode container-net; None: not that mode,
+    #: or the drone did not say)
+    container_net: Optional[ContainerNet] = None
 
     @property
     def ok(self) -> bool:
@@ -294,6 +322,18 @@ def _route(data: Any) -> Optional[Route]:
     )
 
 
+def _container_net(data: Any) -> Optional[ContainerNet]:
+    """The ``container_net`` object, field by field like ``route``."""
+    if not isinstance(data, dict):
+        return None
+    return ContainerNet(
+        ok=data.get("ok") is True,
+        address=_address(data.get("address")),
+        seen=_address(data.get("seen")),
+        reason=_word(data.get("reason"), 300) or "",
+    )
+
+
 def from_dict(data: Any) -> Optional[Heartbeat]:
     """A Heartbeat from a decoded record, or None when required keys are unusable."""
     if not isinstance(data, dict):
@@ -328,6 +368,7 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
         isolation=_isolation(data.get("isolation")),
         vpn=_vpn(data.get("vpn")),
         route=_route(data.get("route")),
+        container_net=_container_net(data.get("container_net")),
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .heartbeat import Heartbeat, Isolation, Route, Vpn
+from .heartbeat import ContainerNet, Heartbeat, Isolation, Route, Vpn
 from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
@@ -36,6 +36,8 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("vpn", "VPN"),
     # mode nat: the drone's last route check (ok, fail), its "route" object
     ("route", "ROUTE"),
+    # mode container-net: the payload container's last report (ok, fail)
+    ("container_net", "CNET"),
     ("reason", "REASON"),
 )
 REASON_WIDTH = 60
@@ -68,6 +70,9 @@ class StatusRow:
     #: the drone's route check (the heartbeat's ``route``): ok, via, seen,
     #: reason; None without a record or from a drone without one (not nat)
     route: Optional[Route] = None
+    #: the container's own network (the heartbeat's ``container_net``): ok,
+    #: address, seen, reason; None without a record or in another mode
+    container_net: Optional[ContainerNet] = None
 
 
 def make_row(
@@ -94,6 +99,7 @@ def make_row(
         isolation=heartbeat.isolation if heartbeat else None,
         vpn=heartbeat.vpn if heartbeat else None,
         route=heartbeat.route if heartbeat else None,
+        container_net=heartbeat.container_net if heartbeat else None,
     )
 
 
@@ -118,6 +124,9 @@ def _cell(key: str, row: StatusRow) -> str:
     if key == "route":
         # ok, fail, or - (no route check: another mode, or no record)
         return "-" if row.route is None else row.route.label
+    if key == "container_net":
+        # ok, fail, or - (another mode, or no record)
+        return "-" if row.container_net is None else row.container_net.label
     if key == "isolation.leaks_blocked":
         leaks = row.isolation.leaks_blocked if row.isolation else None
         return "-" if leaks is None else str(leaks)

@@ -1,6 +1,6 @@
 """The network modes: one module per mode, found through this registry.
 
-``socks``, ``direct``, ``vpn`` and ``nat`` are registered here; another mode (a site's own, or
+``socks``, ``direct``, ``vpn``, ``nat`` and ``container-net`` are registered here; another mode (a site's own, or
 a test's toy mode) is added with :func:`register` without editing any file of
 the product. docs/modes.md: how to add a mode.
 """
@@ -83,12 +83,13 @@ def owner_of(section: str) -> Union[Mode, None]:
 
 
 def _register_builtin() -> None:
-    from . import direct, nat, socks, vpn
+    from . import container_net, direct, nat, socks, vpn
 
     register(socks)
     register(direct)
     register(vpn)
     register(nat)
+    register(container_net)
 
 
 _register_builtin()

@@ -305,6 +305,7 @@ def test_render_table():
         "LEAKS",
         "VPN",
         "ROUTE",
+        "CNET",
         "REASON",
     ]
     assert lines[1].split()[:7] == [
@@ -357,6 +358,7 @@ def test_json_keys_are_stable():
         "isolation",
         "vpn",
         "route",
+        "container_net",
     }
     # every column is in the JSON (a dotted key: inside that object)
     assert {key.split(".")[0] for key, _ in COLUMNS} <= set(document["drones"][0])

@@ -88,7 +88,7 @@ def test_an_unknown_mode_names_the_registered_ones(toy) -> None:
     (problem,) = problems_of({"mode": "wireguard"})
     assert problem == (
         "Site.Network.mode: got 'wireguard'; allowed: one of 'socks', 'direct', "
-        "'vpn', 'nat', 'toy'"
+        "'vpn', 'nat', 'container-net', 'toy'"
     )
 
 
@@ -198,6 +198,7 @@ def test_heartbeat_stages_are_those_of_the_builtin_modes() -> None:
             "route",
             "chain",
             "vpn",
+            "container-net",
             "pool",
             "payload",
         )
