@@ -265,3 +265,41 @@ def test_unprivileged_user_gets_the_binds(site):
     assert denied.returncode == 255
     assert "mount hook function failure" in denied.stderr
     assert not os.path.exists("/standin-test-cannot-create")
+
+
+def test_net_options_are_parsed_and_stripped_for_the_container() -> None:
+    from tardis_netadapter_lab.standins import apptainer
+
+    argv = [
+        "--net",
+        "--network",
+        "epn-public",
+        "--network-args",
+        "IP=10.66.9.20",
+        "-B",
+        "/tmp",
+        "--rocm",
+        "--network-args=portmap=x",
+        "/image",
+        "true",
+    ]
+    opts, rest = apptainer.parse_options(argv)
+    assert opts["net"] and opts["rocm"]
+    assert opts["network"] == "epn-public"
+    assert opts["network-args"] == ["IP=10.66.9.20", "portmap=x"]
+    assert rest == ["/image", "true"]
+    assert apptainer.strip_net_options(argv) == [
+        "-B",
+        "/tmp",
+        "--rocm",
+        "/image",
+        "true",
+    ]
+
+
+def test_net_without_a_setuid_installation_is_apptainers_fatal(capsys) -> None:
+    from tardis_netadapter_lab.standins import apptainer
+
+    # the plain stand-in (the lab's PATH, this checkout) has no starter-suid
+    assert apptainer.main(["exec", "--net", "/", "true"]) == 255
+    assert "starter-suid" in capsys.readouterr().err
