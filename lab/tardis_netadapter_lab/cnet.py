@@ -28,7 +28,10 @@ import subprocess
 from pathlib import Path
 
 from . import layout as L
+from .netns import in_namespace
 
+#: where Debian's containernetworking-plugins installs the plugins
+CNI_PLUGINS_DIR = "/usr/lib/cni"
 STARTER_SOURCE = Path(__file__).with_name("cnet_starter.py")
 STANDIN_SOURCE = Path(__file__).parent / "standins" / "apptainer.py"
 
@@ -182,11 +185,23 @@ def leases(lab: L.LabLayout) -> list[Path]:
 
 
 def collect(lab: L.LabLayout) -> list[str]:
-    """CNI DEL of every lease whose holder is gone (teardown; as root)."""
-    if not starter_script(lab).exists():
+    """CNI DEL of every lease whose holder is gone (teardown; as root).
+
+    Runs in a worker's namespace, where the plugins ran ADD: the macvlan
+    plugin looks its master (ib1) up even for a DEL. Without a worker
+    namespace (a crashed lab) nothing is collected; the state dir goes anyway.
+    """
+    workers = [
+        lab.namespace_path(host)
+        for host in lab.worker_hosts
+        if lab.namespace_path(host).exists()
+    ]
+    if not starter_script(lab).exists() or not workers:
         return []
     result = subprocess.run(
-        ["python3", "-I", str(starter_script(lab)), "--collect"],
+        in_namespace(
+            workers[0], ["python3", "-I", str(starter_script(lab)), "--collect"]
+        ),
         capture_output=True,
         text=True,
         check=False,
