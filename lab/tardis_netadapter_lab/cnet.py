@@ -184,6 +184,26 @@ def leases(lab: L.LabLayout) -> list[Path]:
     ]
 
 
+def containers(lab: L.LabLayout) -> dict[int, int]:
+    """Running containers on the partition: starter (holder) pid -> container pid.
+
+    A holder is a process running this lab's starter script; its one child,
+    once CNI ADD is done, is the container process (in its own netns)."""
+    script = str(starter_script(lab)).encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            kids = (entry / "task" / entry.name / "children").read_text().split()
+        except OSError:
+            continue
+        if script in argv and len(kids) == 1:
+            found[int(entry.name)] = int(kids[0])
+    return found
+
+
 def collect(lab: L.LabLayout) -> list[str]:
     """CNI DEL of every lease whose holder is gone (teardown; as root).
 

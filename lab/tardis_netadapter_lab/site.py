@@ -151,6 +151,14 @@ class Lab:
         """host-local IPAM's lease files of the partition: one per address held."""
         return cnet.leases(self.layout)
 
+    def container_netns(self) -> dict[int, Path]:
+        """Network namespaces of running partition containers, by container pid
+        (``/proc/PID/ns/net``; the namespaces have no name, as apptainer's)."""
+        return {
+            pid: Path(f"/proc/{pid}/ns/net")
+            for pid in cnet.containers(self.layout).values()
+        }
+
     # lifecycle --------------------------------------------------------------
     def is_up(self) -> bool:
         return (

@@ -59,7 +59,13 @@ def lab() -> Iterator[Lab]:
     finally:
         removed = lab.down()
         assert not [ns for ns in _lab_netns() if ns.startswith(f"{LAB_NAME}-")]
-        print(f"teardown: {removed.get('leases')}")
+        print(f"teardown collected: {removed.get('leases')}")
+        # a lease left by a SIGKILLed holder (the last test) is collected
+        assert removed.get("leases") == LEFT_FOR_TEARDOWN, removed
+
+
+#: lease names the last test leaves behind for the teardown to collect
+LEFT_FOR_TEARDOWN: list[str] = []
 
 
 def _lab_netns() -> list[str]:
@@ -227,6 +233,7 @@ def test_two_containers_get_their_own_addresses_and_cannot_enter_each_other(
         inner = [children(holder.pid) for holder in holders]
         assert all(len(kids) == 1 for kids in inner), inner
         pids = {"a": inner[0][0], "b": inner[1][0]}
+        assert set(lab.container_netns()) == set(pids.values())
         for tag, other in (("a", "b"), ("b", "a")):
             (home / f"cnet-{tag}.target").write_text(f"{pids[other]}\n")
         for tag, other in (("a", "b"), ("b", "a")):
@@ -313,3 +320,22 @@ def test_twenty_start_stop_cycles_leave_no_netns_link_or_lease(lab: Lab) -> None
     print(f"20 container start/stop cycles in {elapsed:.1f} s, addresses {len(seen)}")
     assert seen
     assert_nothing_left(lab)
+
+
+def test_a_lease_left_at_the_end_is_collected_by_teardown(lab: Lab) -> None:
+    """Last in the module: the fixture's `lab.down()` must collect this lease."""
+    marker = lab.layout.home(lab.drone_user) / "cnet-last"
+    holder = lab.popen(
+        WORKER,
+        container(lab, "bash", "-c", f"touch {marker}; exec sleep 30"),
+        user=lab.drone_user,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(marker.exists, what="the container to run")
+    (lease,) = lab.partition_leases()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=5)
+    wait_for(lambda: not children(holder.pid), what="container end")
+    assert lab.partition_leases() == [lease]
+    LEFT_FOR_TEARDOWN.append(lease.name)
