@@ -303,3 +303,17 @@ def test_net_without_a_setuid_installation_is_apptainers_fatal(capsys) -> None:
     # the plain stand-in (the lab's PATH, this checkout) has no starter-suid
     assert apptainer.main(["exec", "--net", "/", "true"]) == 255
     assert "starter-suid" in capsys.readouterr().err
+
+
+def test_buildcfg_names_the_installation_and_its_setuid_state(capsys) -> None:
+    from tardis_netadapter_lab.standins import apptainer
+
+    assert apptainer.main(["buildcfg"]) == 0
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    prefix = lines["PREFIX"]
+    assert lines["APPTAINER_CONFDIR"] == f"{prefix}/etc/apptainer"
+    assert lines["CNI_CONFIGURATION_DIR"] == f"{prefix}/etc/apptainer/network"
+    assert lines["APPTAINER_SUID_INSTALL"] == "0"  # this checkout: no starter-suid
+    assert apptainer.main(["buildcfg", "SYSCONFDIR"]) == 0
+    assert capsys.readouterr().out.strip() == f"{prefix}/etc"
+    assert apptainer.main(["buildcfg", "NOPE"]) == 255

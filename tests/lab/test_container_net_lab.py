@@ -177,6 +177,19 @@ def test_container_gets_a_partition_address_that_the_pool_sees(lab: Lab) -> None
     assert_nothing_left(lab)
 
 
+def test_the_site_local_apptainer_is_a_setuid_installation(lab: Lab) -> None:
+    """What `check --probe` looks at: setuid starter, conf, conflist."""
+    shim = cnet.starter_shim(lab.layout)
+    info = shim.stat()
+    assert info.st_uid == 0 and info.st_mode & 0o4000
+    cfg = lab.run(WORKER, [str(lab.apptainer), "buildcfg"], user=lab.drone_user)
+    values = dict(line.split("=", 1) for line in cfg.stdout.splitlines())
+    assert values["APPTAINER_SUID_INSTALL"] == "1"
+    confdir = Path(values["APPTAINER_CONFDIR"])
+    assert (confdir / "apptainer.conf") == lab.layout.apptainer_conf
+    assert (confdir / "network" / f"{L.PARTITION_NETWORK}.conflist").exists()
+
+
 def test_worker_host_is_not_on_the_partition_and_cannot_reach_outside(
     lab: Lab,
 ) -> None:

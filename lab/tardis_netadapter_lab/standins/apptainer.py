@@ -6,6 +6,7 @@ Usage:
   apptainer [-q|-s|-d|-v] run  [options] IMAGE [ARGS...]
   apptainer [-q|-s|-d|-v] shell [options] IMAGE
   apptainer version | --version
+  apptainer buildcfg [KEY]
 Options: -B/--bind SRC[:DST[:ro|rw]][,...] (repeatable; also APPTAINER_BIND /
 SINGULARITY_BIND), --env K=V[,K2=V2] (repeatable; one CSV record, as pflag
 parses it), --env-file F, -e/--cleanenv, -c/--contain, -C/--containall,
@@ -453,6 +454,32 @@ def action(verb: str, argv: list[str], quiet: bool) -> int:
     return 255  # not reached
 
 
+def buildcfg(keys: list[str]) -> int:
+    """apptainer's `buildcfg`: the installation's directories (from this file's
+    place, <prefix>/bin/apptainer) and whether it is a setuid installation."""
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    starter = os.path.join(prefix, "libexec", "apptainer", "bin", "starter-suid")
+    values = {
+        "PREFIX": prefix,
+        "BINDIR": os.path.join(prefix, "bin"),
+        "LIBEXECDIR": os.path.join(prefix, "libexec"),
+        "SYSCONFDIR": os.path.join(prefix, "etc"),
+        "LOCALSTATEDIR": os.path.join(prefix, "var"),
+        "APPTAINER_CONFDIR": os.path.join(prefix, "etc", "apptainer"),
+        "APPTAINER_SUID_INSTALL": "1" if os.path.isfile(starter) else "0",
+        "CNI_CONFIGURATION_DIR": os.path.join(prefix, "etc", "apptainer", "network"),
+        "CNI_PLUGIN_DIR": "/usr/lib/cni",
+    }
+    if keys:
+        if keys[0] not in values:
+            raise Fatal(f"no variable named {keys[0]}")
+        print(values[keys[0]])
+    else:
+        for key, value in values.items():
+            print(f"{key}={value}")
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quiet = False
@@ -475,6 +502,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     verb = argv[0]
     try:
+        if verb == "buildcfg":
+            return buildcfg(argv[1:])
         if verb not in ("exec", "run", "shell"):
             raise Fatal(f"unknown command {verb!r} (the stand-in has exec, run, shell)")
         return action(verb, argv[1:], quiet)
