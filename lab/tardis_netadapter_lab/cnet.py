@@ -7,7 +7,8 @@ The lab builds the same shape under ``<state>/apptainer``:
 
 - ``bin/apptainer``: the apptainer stand-in (standins/apptainer.py);
 - ``etc/apptainer/apptainer.conf``: ``allow setuid = yes``, ``allow net users
-  = <lab>drone``, ``allow net networks = epn-public``;
+  = <lab>drone``, ``allow net networks = epn-public``, ``cni plugin path =
+  /usr/lib/cni``;
 - ``etc/apptainer/network/epn-public.conflist``: macvlan on the worker's ib1
   (mode bridge) with host-local IPAM 10.66.9.10-.250, gateway .1, default route;
   the plugins are Debian's containernetworking-plugins in /usr/lib/cni;
@@ -91,6 +92,8 @@ def apptainer_conf(lab: L.LabLayout) -> str:
         f"allow net users = {lab.drone_user}\n"
         "allow net groups =\n"
         f"allow net networks = {L.PARTITION_NETWORK}\n"
+        "# Debian's containernetworking-plugins, not apptainer's own libexec/cni\n"
+        f"cni plugin path = {CNI_PLUGINS_DIR}\n"
     )
 
 

@@ -9,11 +9,14 @@ It does what apptainer's starter-suid does for a network request:
 
 1. checks apptainer.conf: ``allow setuid = yes``, the network in ``allow net
    networks``, the caller in ``allow net users`` or one of its groups in ``allow
-   net groups`` (root may always); otherwise apptainer's FATAL, exit 255;
+   net groups`` (root may always); otherwise apptainer's own FATAL (and for a
+   network not listed its ERROR line first), exit 255;
 2. collects leases whose holder is gone (CNI DEL, e.g. after a SIGKILL);
 3. forks the container process, which unshares a new network namespace;
-4. runs CNI ADD of every plugin of ``network/NAME.conflist`` (the real plugins
-   in /usr/lib/cni, CNI_* environment, the network config on stdin);
+4. runs CNI ADD of every plugin of the network configuration named NAME in
+   ``cni configuration path`` (default <prefix>/etc/apptainer/network) with the
+   plugins in ``cni plugin path`` (the lab: /usr/lib/cni), CNI_* environment,
+   the network config on stdin;
 5. lets the child drop to the caller's uid/gid/groups and exec the (unprivileged)
    apptainer stand-in with the caller's environment and the remaining options;
 6. waits, forwarding SIGTERM/SIGINT/SIGHUP, then runs CNI DEL. The network
@@ -79,43 +82,81 @@ def read_conf(path: Path) -> dict[str, list[str]]:
     return values
 
 
+#: apptainer's own words (container_linux.go, prepareNetworkSetup)
+NOT_PERMITTED = "Network {} is not permitted for unprivileged users."
+REQUIRES_ROOT = (
+    "container creation failed: network requires root or a suid installation "
+    "with /etc/subuid --fakeroot; non-root users can only use --network=none "
+    "unless permitted by the administrator"
+)
+
+
 def check_allowed(conf: dict[str, list[str]], uid: int, gid: int, network: str) -> None:
-    """apptainer's policy for unprivileged network requests (root may always)."""
+    """apptainer's policy for unprivileged network requests (root may always):
+    the caller in `allow net users` or one of its groups in `allow net groups`,
+    and every requested network in `allow net networks`."""
     if conf.get("allow setuid", ["yes"])[-1].lower() != "yes":
-        raise Fatal("--network requires the setuid workflow (allow setuid = no)")
+        raise Fatal(REQUIRES_ROOT)
     if uid == 0:
         return
+    import grp
+
     entry = pwd.getpwuid(uid)
     groups = {gid, *os.getgrouplist(entry.pw_name, gid)}
-    group_names = set()
+    group_names = {str(group) for group in groups}
     for group in groups:
         with contextlib.suppress(KeyError):
-            import grp
-
             group_names.add(grp.getgrgid(group).gr_name)
     users = set(conf.get("allow net users", []))
-    allowed_groups = set(conf.get("allow net groups", []))
-    if entry.pw_name not in users and not group_names & allowed_groups:
-        raise Fatal(
-            f"network {network}: user {entry.pw_name} is not allowed to request "
-            "networks (allow net users / allow net groups in apptainer.conf)"
-        )
-    if network not in conf.get("allow net networks", []):
-        raise Fatal(
-            f"network {network} is not allowed for unprivileged users "
-            "(allow net networks in apptainer.conf)"
-        )
+    user_ok = entry.pw_name in users or str(uid) in users
+    group_ok = bool(group_names & set(conf.get("allow net groups", [])))
+    network_ok = network in conf.get("allow net networks", [])
+    if not network_ok:
+        print(f"ERROR:   {NOT_PERMITTED.format(network)}", file=sys.stderr)
+    if not ((user_ok or group_ok) and network_ok):
+        raise Fatal(REQUIRES_ROOT)
+
+
+def cni_paths(root: Path, conf: dict[str, list[str]]) -> tuple[Path, str]:
+    """`cni configuration path` and `cni plugin path` of apptainer.conf, with
+    apptainer's defaults (<sysconfdir>/apptainer/network, <libexec>/apptainer/cni)."""
+    confdir = conf.get("cni configuration path", [])
+    plugins = conf.get("cni plugin path", [])
+    return (
+        Path(confdir[-1]) if confdir else sysconfdir(root) / "network",
+        plugins[-1] if plugins else str(root / "libexec" / "apptainer" / "cni"),
+    )
 
 
 def load_conflist(root: Path, network: str) -> dict:
-    path = sysconfdir(root) / "network" / f"{network}.conflist"
-    try:
-        conflist = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Fatal(f"network {network}: no network configuration {path}") from None
-    if conflist.get("name") != network or not conflist.get("plugins"):
-        raise Fatal(f"{path}: name must be {network!r} and plugins non-empty")
-    return conflist
+    """The network configuration named `network` in the CNI configuration dir
+    (as libcni finds it: by the `name` inside, NAME.conflist tried first)."""
+    conf = read_conf(sysconfdir(root) / "apptainer.conf")
+    confdir, plugin_path = cni_paths(root, conf)
+    candidates = [confdir / f"{network}.conflist"]
+    if confdir.is_dir():
+        candidates += sorted(
+            p for p in confdir.iterdir() if p.suffix in (".conflist", ".conf", ".json")
+        )
+    for path in candidates:
+        try:
+            conflist = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if conflist.get("name") != network:
+            continue
+        if "plugins" not in conflist:  # a single-plugin .conf
+            conflist = {
+                "name": network,
+                "cniVersion": conflist.get("cniVersion", "1.0.0"),
+                "plugins": [conflist],
+            }
+        conflist["_plugin_path"] = plugin_path
+        return conflist
+    raise Fatal(
+        "container creation failed: network setup failed: "
+        f'no net configuration with name "{network}" in {confdir}'
+    )
 
 
 def cni(
@@ -132,7 +173,7 @@ def cni(
         plugins.reverse()
     result = None
     for plugin in plugins:
-        config = dict(plugin)
+        config = {k: v for k, v in plugin.items() if k != "_plugin_path"}
         config["name"] = conflist["name"]
         config["cniVersion"] = conflist.get("cniVersion", "1.0.0")
         if command == "ADD" and result is not None:
@@ -143,11 +184,11 @@ def cni(
             "CNI_CONTAINERID": container_id,
             "CNI_NETNS": netns,
             "CNI_IFNAME": ifname,
-            "CNI_PATH": CNI_PATH,
+            "CNI_PATH": conflist.get("_plugin_path", CNI_PATH),
         }
         if cni_args:
             env["CNI_ARGS"] = cni_args
-        binary = os.path.join(CNI_PATH, str(config["type"]))
+        binary = os.path.join(env["CNI_PATH"], str(config["type"]))
         done = subprocess.run(
             [binary],
             input=json.dumps(config),

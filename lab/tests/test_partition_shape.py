@@ -59,4 +59,5 @@ def test_apptainer_conf_allows_the_drone_user_and_the_network_only() -> None:
     assert "allow setuid = yes" in lines
     assert f"allow net users = {lab.drone_user}" in lines
     assert f"allow net networks = {L.PARTITION_NETWORK}" in lines
+    assert f"cni plugin path = {cnet.CNI_PLUGINS_DIR}" in lines
     assert lab.other_user not in cnet.apptainer_conf(lab)

@@ -275,9 +275,22 @@ def test_two_containers_get_their_own_addresses_and_cannot_enter_each_other(
 
 def test_the_other_user_is_not_allowed_and_nothing_is_left(lab: Lab) -> None:
     result = run_container(lab, "true", user=lab.other_user)
+    # apptainer's own words: the user is not in allow net users/groups
     assert result.returncode == 255
-    assert result.stderr.startswith("FATAL:")
-    assert "network" in result.stderr and "not allowed" in result.stderr
+    assert result.stderr.startswith("FATAL:   container creation failed: network")
+    assert "unless permitted by the administrator" in result.stderr
+    assert_nothing_left(lab)
+
+
+def test_a_network_not_allowed_is_refused_before_anything_is_made(lab: Lab) -> None:
+    argv = container(lab, "true")
+    argv[argv.index(L.PARTITION_NETWORK)] = "bridge"
+    result = lab.run(WORKER, argv, user=lab.drone_user)
+    assert result.returncode == 255
+    assert "ERROR:   Network bridge is not permitted for unprivileged users." in (
+        result.stderr
+    )
+    assert "FATAL:   container creation failed: network" in result.stderr
     assert_nothing_left(lab)
 
 

@@ -371,9 +371,11 @@ def network_request(verb: str, argv: list[str], opts: dict, quiet: bool) -> int:
     if "," in network:
         raise Fatal("the stand-in joins one network at a time")
     if os.geteuid() != 0 and not os.path.isfile(starter):
+        # apptainer's words for an unprivileged request without setuid support
         raise Fatal(
-            "--network requires the setuid workflow or root: this apptainer "
-            f"installation ({root}) has no starter-suid"
+            "container creation failed: network requires root or a suid "
+            "installation with /etc/subuid --fakeroot; non-root users can only "
+            "use --network=none unless permitted by the administrator"
         )
     if not os.path.isfile(starter):
         raise Fatal(f"no starter-suid in {root}: not a setuid installation")
