@@ -164,7 +164,10 @@ def test_container_gets_a_partition_address_that_the_pool_sees(lab: Lab) -> None
     script = (
         "ip -4 -o addr show eth0; "
         f"curl -s -m 5 {ECHO}; echo; "
-        f"exec 3<>/dev/tcp/{L.OUTSIDE_HTTP}/{L.COLLECTOR_PORT} && echo pool-ok"
+        f"exec 3<>/dev/tcp/{L.OUTSIDE_HTTP}/{L.COLLECTOR_PORT} && echo pool-ok; "
+        # the partition leads to the public net only, not into the site
+        f"timeout 3 bash -c 'exec 4<>/dev/tcp/{L.LOGIN_SITE}/{L.SSH_PORT}' "
+        "2>/dev/null && echo site-reached || echo site-unreachable"
     )
     result = run_container(lab, "bash", "-c", script)
     assert result.returncode == 0, result.stderr
@@ -172,6 +175,7 @@ def test_container_gets_a_partition_address_that_the_pool_sees(lab: Lab) -> None
     (address,) = partition_addresses(lines[0])
     assert lines[1].strip() == address  # the echo outside saw the container's own
     assert "pool-ok" in lines
+    assert "site-unreachable" in lines
     assert address in configs.echo_log(lab.layout).read_text()
     assert f"network {L.PARTITION_NETWORK}: {address}/24" in result.stderr
     assert_nothing_left(lab)
