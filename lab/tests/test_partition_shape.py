@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from tardis_netadapter_lab import cnet
+from tardis_netadapter_lab import cnet, configs
 from tardis_netadapter_lab import layout as L
 
 
@@ -61,3 +61,16 @@ def test_apptainer_conf_allows_the_drone_user_and_the_network_only() -> None:
     assert f"allow net networks = {L.PARTITION_NETWORK}" in lines
     assert f"cni plugin path = {cnet.CNI_PLUGINS_DIR}" in lines
     assert lab.other_user not in cnet.apptainer_conf(lab)
+
+
+def test_the_labs_container_net_section_names_what_the_lab_built() -> None:
+    lab = L.LabLayout(name="shape", workers=1)
+    section = configs.container_net_section(lab)
+    assert section["network"] == cnet.conflist(lab)["name"]
+    assert section["subnet"] == L.PARTITION_NET
+    assert section["check_target"] == f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"
+    assert section["address_echo"] == configs.echo_url()
+    container = configs.container_section(lab)
+    assert container["apptainer"] == str(lab.apptainer)
+    assert container["apptainer"].startswith("/")
+    assert container["gpu"] == "amd"
