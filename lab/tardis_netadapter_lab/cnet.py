@@ -45,10 +45,29 @@ SHIM_SOURCE = r"""
 #include <stdlib.h>
 #include <unistd.h>
 
+/* 1 in the machine's own user namespace (the full identity map): euid 0
+ * inside another user namespace is no privilege and must not pass as root */
+static int in_initial_userns(void) {
+    unsigned long inside, outside, count;
+    FILE *map = fopen("/proc/self/uid_map", "r");
+    int ok;
+    if (!map)
+        return 0;
+    ok = fscanf(map, "%lu %lu %lu", &inside, &outside, &count) == 3
+         && inside == 0 && outside == 0 && count == 4294967295UL;
+    fclose(map);
+    return ok;
+}
+
 int main(int argc, char **argv) {
     char uid[32], gid[32];
     char **args;
     int i;
+    if (!in_initial_userns()) {
+        fputs("FATAL:   starter-suid: the setuid workflow cannot run inside a "
+              "user namespace\n", stderr);
+        return 255;
+    }
     if (geteuid() != 0) {
         fputs("FATAL:   starter-suid is not setuid root\n", stderr);
         return 255;

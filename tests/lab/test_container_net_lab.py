@@ -339,6 +339,16 @@ def test_a_killed_holders_lease_is_collected_by_the_next_start(lab: Lab) -> None
     marker.unlink(missing_ok=True)
 
 
+def test_inside_a_user_namespace_the_setuid_workflow_refuses(lab: Lab) -> None:
+    """As in cvmfsexec's namespace: "root" there is no privilege; the starter
+    must not treat it as root (which passes every policy check)."""
+    argv = ["unshare", "-Urm", *container(lab, "true")]
+    result = lab.run(WORKER, argv, user=lab.drone_user)
+    assert result.returncode == 255
+    assert "cannot run inside a user namespace" in result.stderr
+    assert_nothing_left(lab)
+
+
 def test_twenty_start_stop_cycles_leave_no_netns_link_or_lease(lab: Lab) -> None:
     seen = set()
     started = time.monotonic()
