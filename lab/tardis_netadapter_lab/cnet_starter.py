@@ -19,8 +19,10 @@ It does what apptainer's starter-suid does for a network request:
    the network config on stdin;
 5. lets the child drop to the caller's uid/gid/groups and exec the (unprivileged)
    apptainer stand-in with the caller's environment and the remaining options;
-6. waits, forwarding SIGTERM/SIGINT/SIGHUP, then runs CNI DEL. The network
-   namespace ends with its last process; the macvlan link ends with it.
+6. waits, forwarding SIGTERM/SIGINT/SIGHUP, then runs CNI DEL with the
+   namespace it held open since ADD (so the macvlan link goes even when strays
+   of the container keep the namespace alive). The namespace ends with its
+   last process.
 
 The container ID of each lease is ``apptainer-<pid>-<start time>`` of this
 process, so a later start (or the lab's teardown) can tell that the holder
@@ -315,6 +317,10 @@ def run(argv: list[str]) -> int:
         with contextlib.suppress(Fatal):
             cni(conflist, "DEL", container_id, "", CONTAINER_IFNAME, cni_args)
         raise
+    # hold the container's netns (as apptainer binds it into its session dir):
+    # DEL then also removes the link, even if strays of the container keep
+    # the namespace alive after its main process ended
+    netns_fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     address = ",".join(ip["address"] for ip in (result or {}).get("ips", []))
     if container_argv[:1] != ["-q"]:
         print(f"INFO:    network {network}: {address or 'no address'}", file=sys.stderr)
@@ -328,8 +334,10 @@ def run(argv: list[str]) -> int:
             break
         except InterruptedError:
             continue
+    held = f"/proc/{os.getpid()}/fd/{netns_fd}"
     with contextlib.suppress(Fatal):
-        cni(conflist, "DEL", container_id, "", CONTAINER_IFNAME, cni_args)
+        cni(conflist, "DEL", container_id, held, CONTAINER_IFNAME, cni_args)
+    os.close(netns_fd)
     return os.waitstatus_to_exitcode(status) % 256
 
 

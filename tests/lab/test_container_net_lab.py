@@ -339,6 +339,31 @@ def test_a_killed_holders_lease_is_collected_by_the_next_start(lab: Lab) -> None
     marker.unlink(missing_ok=True)
 
 
+def test_a_stray_left_in_the_namespace_loses_the_link_and_lease(lab: Lab) -> None:
+    """The container's main process ends but a background process stays: the
+    DEL must still remove the address (the lease) and the link it would use."""
+    stray_file = lab.layout.home(lab.drone_user) / "cnet-stray"
+    stray_file.unlink(missing_ok=True)
+    script = f"sleep 30 >/dev/null 2>&1 & echo $! > {stray_file}; exit 0"
+    result = run_container(lab, "bash", "-c", script)
+    assert result.returncode == 0, result.stderr
+    stray = int(stray_file.read_text())
+    try:
+        assert Path(f"/proc/{stray}").exists()
+        assert lab.partition_leases() == []
+        links = subprocess.run(
+            ["nsenter", f"--net=/proc/{stray}/ns/net", "ip", "-o", "link"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "eth0" not in links and "lo" in links, links
+    finally:
+        os.kill(stray, signal.SIGKILL)
+        stray_file.unlink(missing_ok=True)
+    assert_nothing_left(lab)
+
+
 def test_inside_a_user_namespace_the_setuid_workflow_refuses(lab: Lab) -> None:
     """As in cvmfsexec's namespace: "root" there is no privilege; the starter
     must not treat it as root (which passes every policy check)."""
