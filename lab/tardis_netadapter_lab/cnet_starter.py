@@ -232,8 +232,34 @@ def leases(root: Path, network: str | None = None) -> list[Path]:
     return found
 
 
+def netns_holding(address: str) -> str:
+    """A /proc/PID/ns/net whose namespace still has `address` as a local
+    address (strays of a killed container), or "" when none has.
+
+    Read from each namespace's /proc/PID/net/fib_trie (once per namespace):
+    no packet is sent and no namespace entered."""
+    seen = set()
+    pattern = re.compile(rf"\|-- {re.escape(address)}\n\s+/32 host LOCAL")
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        path = f"/proc/{entry.name}/ns/net"
+        try:
+            info = os.stat(path)
+            if (info.st_dev, info.st_ino) in seen:
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with open(f"/proc/{entry.name}/net/fib_trie") as handle:
+                if pattern.search(handle.read()):
+                    return path
+        except OSError:
+            continue
+    return ""
+
+
 def collect_stale(root: Path) -> list[str]:
-    """CNI DEL for every lease whose holder (pid + start time) is gone."""
+    """CNI DEL for every lease whose holder (pid + start time) is gone; in the
+    namespace that still has the address, if any, so its link goes too."""
     collected = []
     for lease in leases(root):
         try:
@@ -249,7 +275,8 @@ def collect_stale(root: Path) -> list[str]:
         network = lease.parent.name
         try:
             conflist = load_conflist(root, network)
-            cni(conflist, "DEL", holder.strip(), "", ifname.strip() or "eth0")
+            netns = netns_holding(lease.name)
+            cni(conflist, "DEL", holder.strip(), netns, ifname.strip() or "eth0")
         except Fatal as exc:
             print(f"WARNING: could not collect {lease}: {exc}", file=sys.stderr)
             continue

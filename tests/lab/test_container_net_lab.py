@@ -10,6 +10,7 @@ host itself is never on the partition. One lab for the whole module.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import shutil
@@ -360,6 +361,45 @@ def test_a_stray_left_in_the_namespace_loses_the_link_and_lease(lab: Lab) -> Non
         assert "eth0" not in links and "lo" in links, links
     finally:
         os.kill(stray, signal.SIGKILL)
+        stray_file.unlink(missing_ok=True)
+    assert_nothing_left(lab)
+
+
+def test_strays_of_a_killed_holder_lose_the_link_when_collected(lab: Lab) -> None:
+    stray_file = lab.layout.home(lab.drone_user) / "cnet-stray"
+    stray_file.unlink(missing_ok=True)
+    script = f"sleep 30 >/dev/null 2>&1 & echo $! > {stray_file}; exec sleep 30"
+    holder = lab.popen(
+        WORKER,
+        container(lab, "bash", "-c", script),
+        user=lab.drone_user,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: stray_file.exists() and stray_file.read_text().strip())
+        stray = int(stray_file.read_text())
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=5)
+        wait_for(lambda: not children(holder.pid), what="container end")
+
+        def links() -> str:
+            return subprocess.run(
+                ["nsenter", f"--net=/proc/{stray}/ns/net", "ip", "-o", "link"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+
+        assert "eth0" in links()  # the stray keeps the namespace and its link
+        assert len(lab.partition_leases()) == 1
+        result = run_container(lab, "true")
+        assert result.returncode == 0, result.stderr
+        assert lab.partition_leases() == []
+        assert "eth0" not in links()
+    finally:
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(stray_file.read_text()), signal.SIGKILL)
         stray_file.unlink(missing_ok=True)
     assert_nothing_left(lab)
 
