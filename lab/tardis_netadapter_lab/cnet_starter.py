@@ -24,8 +24,8 @@ It does what apptainer's starter-suid does for a network request:
    of the container keep the namespace alive). The namespace ends with its
    last process.
 
-The container ID of each lease is ``apptainer-<pid>-<start time>`` of this
-process, so a later start (or the lab's teardown) can tell that the holder
+The container ID of each lease is ``apptainer-<pid>-<start time>-<uid>`` (this
+process, the caller), so a later start (or the lab's teardown) can tell that the holder
 is gone. The container process dies with its holder (parent-death signal).
 
 Usage (from the shim): starter UID GID NETWORK ENV_FD [--network-args A]... -- ARGV...
@@ -48,7 +48,7 @@ CNI_PATH = "/usr/lib/cni"
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 CONTAINER_IFNAME = "eth0"
-ID_RE = re.compile(r"^apptainer-(\d+)-(\d+)$")
+ID_RE = re.compile(r"^apptainer-(\d+)-(\d+)-(\d+)$")  # holder pid, start, uid
 ARG_RE = re.compile(r"^[A-Za-z0-9_]+=[A-Za-z0-9_.:/,-]*$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
@@ -232,12 +232,16 @@ def leases(root: Path, network: str | None = None) -> list[Path]:
     return found
 
 
-def netns_holding(address: str) -> str:
-    """A /proc/PID/ns/net whose namespace still has `address` as a local
-    address (strays of a killed container), or "" when none has.
+def netns_holding(address: str, uid: int) -> str:
+    """A /proc/PID/ns/net of a process of `uid` (the container's user) whose
+    namespace still has `address` as a local address (strays of a killed
+    container), or "" when none has. Only the caller's own processes: another
+    lab's containers may hold the same address in namespaces of their own.
 
     Read from each namespace's /proc/PID/net/fib_trie (once per namespace):
     no packet is sent and no namespace entered."""
+    if uid == 0:
+        return ""
     seen = set()
     pattern = re.compile(rf"\|-- {re.escape(address)}\n\s+/32 host LOCAL")
     for entry in os.scandir("/proc"):
@@ -245,6 +249,8 @@ def netns_holding(address: str) -> str:
             continue
         path = f"/proc/{entry.name}/ns/net"
         try:
+            if os.stat(f"/proc/{entry.name}").st_uid != uid:
+                continue
             info = os.stat(path)
             if (info.st_dev, info.st_ino) in seen:
                 continue
@@ -269,13 +275,13 @@ def collect_stale(root: Path) -> list[str]:
         match = ID_RE.match(holder.strip())
         if not match:
             continue
-        pid, started = int(match.group(1)), int(match.group(2))
+        pid, started, uid = (int(group) for group in match.groups())
         if start_time(pid) == started:
             continue
         network = lease.parent.name
         try:
             conflist = load_conflist(root, network)
-            netns = netns_holding(lease.name)
+            netns = netns_holding(lease.name, uid)
             cni(conflist, "DEL", holder.strip(), netns, ifname.strip() or "eth0")
         except Fatal as exc:
             print(f"WARNING: could not collect {lease}: {exc}", file=sys.stderr)
@@ -315,7 +321,7 @@ def run(argv: list[str]) -> int:
         )
     collect_stale(root)
 
-    container_id = f"apptainer-{os.getpid()}-{start_time(os.getpid())}"
+    container_id = f"apptainer-{os.getpid()}-{start_time(os.getpid())}-{uid}"
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
     child = os.fork()
