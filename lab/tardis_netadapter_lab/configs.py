@@ -367,3 +367,30 @@ def nat_section(lab: L.LabLayout, conntrack_sync: bool = True) -> dict[str, obje
             for router in L.NAT_ROUTERS
         ],
     }
+
+
+def container_net_section(lab: L.LabLayout) -> dict[str, object]:
+    """The lab site's ``Network.container_net`` section (mode container-net,
+    issue 15): the network the site-local apptainer's conf allows, the
+    partition's subnet, the pool as check target and the address echo, which
+    must see the container's own address."""
+    return {
+        "network": L.PARTITION_NETWORK,
+        "network_args": [],
+        "subnet": L.PARTITION_NET,
+        "check_target": f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}",
+        "address_echo": echo_url(),
+        "ready_timeout": 60,
+    }
+
+
+def container_section(lab: L.LabLayout, gpu: str = "amd") -> dict[str, object]:
+    """The ``Network.container`` keys mode container-net needs in the lab: the
+    site-local setuid apptainer (not the plain stand-in on PATH) and the
+    drone user's directory image (toolbox.install_site_software)."""
+    return {
+        "runtime": "apptainer",
+        "image": str(lab.home(lab.drone_user) / "image"),
+        "apptainer": str(lab.apptainer),
+        "gpu": gpu,
+    }

@@ -33,6 +33,14 @@ VPN_POOL = "10.66.8.0/24"
 # routers holding, in one VRRP instance, the gateway VIP the workers' marked
 # traffic is routed to and the public VIP it is SNATed to
 NAT_GATEWAY = "10.66.1.250"
+# the EPN "partition" (issue 15: the container-net mode, ALICE EPN): an isolated
+# link only containers join (through CNI macvlan on each worker's address-less
+# ib1), routed without NAT to the public net by the IB-ETH gateway `epngw`
+PARTITION_NET = "10.66.9.0/24"
+PARTITION_GATEWAY = "10.66.9.1"  # on br-part in epngw
+PARTITION_RANGE = ("10.66.9.10", "10.66.9.250")  # the CNI host-local pool
+EPNGW_PUBLIC = "10.66.2.15"  # epngw's public leg; outside routes the partition here
+PARTITION_NETWORK = "epn-public"  # the apptainer network (CNI conflist) name
 NAT_PUBLIC = "10.66.2.100"
 OUTSIDE_HTTP = "10.66.2.1"  # http 80, squid 3128, pool 9618, address echo 8080
 OUTSIDE_SOCKS = "10.66.2.2"  # dante 443
@@ -60,6 +68,9 @@ DMZ_PUBLIC_IF = "pub0"  # in dmz, peer "dmz" on br-pub (in outside)
 VPN_DEVICE = "vpns"  # ocserv's tun devices in dmz: vpns0, vpns1, ...
 NAT_SITE_IF = "site0"  # in natN, peer "natN" on br-site (in login)
 NAT_PUBLIC_IF = "pub0"  # in natN, peer "natN" on br-pub (in outside)
+PARTITION_BRIDGE = "br-part"  # in epngw
+PARTITION_IF = "ib1"  # in each worker, no address; peer "pN" on br-part
+EPNGW_PUBLIC_IF = "pub0"  # in epngw, peer "epngw" on br-pub (in outside)
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ class LabLayout:
             "control",
             "dmz",
             *self.nat_hosts,
+            "epngw",
         ]
 
     @property
@@ -150,6 +162,8 @@ class LabLayout:
             return {"public": OUTSIDE_HTTP}
         if host == "dmz":
             return {"site": DMZ_SITE, "public": DMZ_PUBLIC}
+        if host == "epngw":
+            return {"partition": PARTITION_GATEWAY, "public": EPNGW_PUBLIC}
         for router in NAT_ROUTERS:
             if host == router.name:
                 return {"site": router.site, "public": router.public}
@@ -279,6 +293,35 @@ class LabLayout:
         """Wrappers of Slurm commands that can be told to misbehave (faults.py)."""
         return self.faults_dir / "bin"
 
+    @property
+    def apptainer_dir(self) -> Path:
+        """The site-local apptainer installation (issue 15): bin/, etc/, libexec/,
+        var/ (the CNI leases), as an EPN admin installs it with setuid support."""
+        return self.state_dir / "apptainer"
+
+    @property
+    def apptainer(self) -> Path:
+        return self.apptainer_dir / "bin" / "apptainer"
+
+    @property
+    def apptainer_conf(self) -> Path:
+        return self.apptainer_dir / "etc" / "apptainer" / "apptainer.conf"
+
+    @property
+    def partition_conflist(self) -> Path:
+        return (
+            self.apptainer_dir
+            / "etc"
+            / "apptainer"
+            / "network"
+            / f"{PARTITION_NETWORK}.conflist"
+        )
+
+    @property
+    def cni_lease_dir(self) -> Path:
+        """host-local IPAM's dataDir; one directory per network, a file per lease."""
+        return self.apptainer_dir / "var" / "lib" / "cni" / "networks"
+
     def login_path(self) -> str:
         """PATH of sessions of login's sshd: the fault wrappers, then default_path.
 
@@ -291,5 +334,5 @@ class LabLayout:
 def namespace_pattern(name: str) -> re.Pattern[str]:
     """Matches exactly the namespaces a lab of this name may have created."""
     return re.compile(
-        rf"^{re.escape(name)}-(login|login2|outside|control|dmz|nat[0-9]|worker[0-9]+)$"
+        rf"^{re.escape(name)}-(login|login2|outside|control|dmz|epngw|nat[0-9]|worker[0-9]+)$"
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 from . import (
     accounts,
+    cnet,
     configs,
     faults,
     firewall,
@@ -140,6 +141,24 @@ class Lab:
         ``lab.site_nat.up()`` (see sitenat.py)."""
         return sitenat.SiteNat(self.layout)
 
+    # the EPN partition (issue 15) --------------------------------------------
+    @property
+    def apptainer(self) -> Path:
+        """The site-local setuid apptainer whose --net joins the partition."""
+        return self.layout.apptainer
+
+    def partition_leases(self) -> list[Path]:
+        """host-local IPAM's lease files of the partition: one per address held."""
+        return cnet.leases(self.layout)
+
+    def container_netns(self) -> dict[int, Path]:
+        """Network namespaces of running partition containers, by container pid
+        (``/proc/PID/ns/net``; the namespaces have no name, as apptainer's)."""
+        return {
+            pid: Path(f"/proc/{pid}/ns/net")
+            for pid in cnet.containers(self.layout).values()
+        }
+
     # lifecycle --------------------------------------------------------------
     def is_up(self) -> bool:
         return (
@@ -190,6 +209,7 @@ class Lab:
         toolbox.install_site_software(
             lab.home(lab.drone_user), lab.bin_dir, lab.drone_user
         )
+        cnet.build(lab)
         self._save_config()
         self._start_services()
 
@@ -442,7 +462,12 @@ class Lab:
             "state_dir": str(lab.state_dir),
             "workers": lab.workers,
             "idle_timeout": self.idle_timeout,
-            "networks": {"site": L.SITE_NET, "public": L.PUBLIC_NET},
+            "networks": {
+                "site": L.SITE_NET,
+                "public": L.PUBLIC_NET,
+                "partition": L.PARTITION_NET,
+            },
+            "apptainer": str(lab.apptainer),
             "hosts": hosts,
             "services": service_status,
             "users": {"drone": lab.drone_user, "other": lab.other_user},
@@ -504,6 +529,8 @@ def teardown(name: str) -> dict[str, list[str]]:
         terminate(sorted(pids), grace=0.5 if not stopped else 0.2)
         stopped += sorted(pids)
     services.reap_all()
+    # leases of containers whose holder is gone (all, by now): CNI DEL
+    collected = cnet.collect(lab)
     # squid's shared memory, left behind when a squid had to be killed
     for role in SQUID_ROLES:
         for segment in Path("/dev/shm").glob(f"{services.squid_service(lab, role)}-*"):
@@ -516,6 +543,7 @@ def teardown(name: str) -> dict[str, list[str]]:
         "namespaces": removed,
         "users": users,
         "pids": [str(pid) for pid in stopped],
+        "leases": collected,
     }
 
 

@@ -30,11 +30,13 @@ def _ip(namespace: str, *args: str) -> None:
 
 
 def _sysctls(host: str) -> list[str]:
-    """IPv6 off everywhere; only dmz forwards (VPN clients to the public net)."""
+    """IPv6 off everywhere; only dmz (VPN clients to the public net) and epngw
+    (the partition to the public net) forward."""
+    forward = host in ("dmz", "epngw")
     settings = [
         "net.ipv6.conf.all.disable_ipv6=1",
         "net.ipv6.conf.default.disable_ipv6=1",
-        f"net.ipv4.ip_forward={1 if host == 'dmz' else 0}",
+        f"net.ipv4.ip_forward={1 if forward else 0}",
     ]
     return ["sysctl", "-q", "-e", "-w", *settings]
 
@@ -104,6 +106,51 @@ def create(lab: L.LabLayout) -> None:
             _worker_port(worker),
             L.SITE_BRIDGE,
         )
+    _create_partition(lab, outside)
+
+
+def _create_partition(lab: L.LabLayout, outside: str) -> None:
+    """The EPN partition (issue 15): epngw's br-part with the gateway address,
+    epngw's public leg, one address-less `ib1` per worker on br-part (only
+    containers get partition addresses, through CNI), and outside's route back
+    to the partition through epngw (public addresses: no NAT)."""
+    epngw = lab.namespace("epngw")
+    _ip(
+        epngw, "link", "add", L.PARTITION_BRIDGE, "type", "bridge", "forward_delay", "0"
+    )
+    _ip(
+        epngw,
+        "addr",
+        "add",
+        f"{L.PARTITION_GATEWAY}/{L.PREFIX_LEN}",
+        "dev",
+        L.PARTITION_BRIDGE,
+    )
+    _ip(epngw, "link", "set", L.PARTITION_BRIDGE, "up")
+    _attach(epngw, L.EPNGW_PUBLIC_IF, L.EPNGW_PUBLIC, outside, "epngw", L.PUBLIC_BRIDGE)
+    for worker in lab.worker_hosts:
+        namespace = lab.namespace(worker)
+        port = _partition_port(worker)
+        _ip(
+            namespace,
+            "link",
+            "add",
+            L.PARTITION_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            epngw,
+        )
+        _ip(namespace, "link", "set", L.PARTITION_IF, "up")
+        _ip(epngw, "link", "set", port, "master", L.PARTITION_BRIDGE, "up")
+    _ip(outside, "route", "add", L.PARTITION_NET, "via", L.EPNGW_PUBLIC)
+
+
+def _partition_port(worker: str) -> str:
+    return "p" + worker.removeprefix("worker")
 
 
 def _worker_port(worker: str) -> str:

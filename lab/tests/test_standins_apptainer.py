@@ -265,3 +265,60 @@ def test_unprivileged_user_gets_the_binds(site):
     assert denied.returncode == 255
     assert "mount hook function failure" in denied.stderr
     assert not os.path.exists("/standin-test-cannot-create")
+
+
+def test_net_options_are_parsed_and_stripped_for_the_container() -> None:
+    from tardis_netadapter_lab.standins import apptainer
+
+    argv = [
+        "--net",
+        "--network",
+        "epn-public",
+        "--network-args",
+        "IP=10.66.9.20",
+        "-B",
+        "/tmp",
+        "--rocm",
+        "--network-args=portmap=x",
+        "/image",
+        "true",
+    ]
+    opts, rest = apptainer.parse_options(argv)
+    assert opts["net"] and opts["rocm"]
+    assert opts["network"] == "epn-public"
+    assert opts["network-args"] == ["IP=10.66.9.20", "portmap=x"]
+    assert rest == ["/image", "true"]
+    assert apptainer.strip_net_options(argv) == [
+        "-B",
+        "/tmp",
+        "--rocm",
+        "/image",
+        "true",
+    ]
+
+
+def test_net_without_a_setuid_installation_is_apptainers_fatal(capsys) -> None:
+    from tardis_netadapter_lab.standins import apptainer
+
+    # the plain stand-in (the lab's PATH, this checkout) has no starter-suid
+    assert apptainer.main(["exec", "--net", "/", "true"]) == 255
+    err = capsys.readouterr().err
+    assert err.startswith("FATAL:")
+    if os.geteuid() == 0:
+        assert "no starter-suid" in err
+    else:
+        assert "network requires root or a suid installation" in err
+
+
+def test_buildcfg_names_the_installation_and_its_setuid_state(capsys) -> None:
+    from tardis_netadapter_lab.standins import apptainer
+
+    assert apptainer.main(["buildcfg"]) == 0
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    prefix = lines["PREFIX"]
+    assert lines["APPTAINER_CONFDIR"] == f"{prefix}/etc/apptainer"
+    assert lines["CNI_CONFIGURATION_DIR"] == f"{prefix}/etc/apptainer/network"
+    assert lines["APPTAINER_SUID_INSTALL"] == "0"  # this checkout: no starter-suid
+    assert apptainer.main(["buildcfg", "SYSCONFDIR"]) == 0
+    assert capsys.readouterr().out.strip() == f"{prefix}/etc"
+    assert apptainer.main(["buildcfg", "NOPE"]) == 255

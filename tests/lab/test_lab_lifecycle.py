@@ -46,6 +46,7 @@ def test_status_describes_a_running_lab(lab: Lab) -> None:
         "worker2",
         "outside",
         "control",
+        "epngw",
     }
     assert status["hosts"]["login"]["addresses"] == {
         "site": L.LOGIN_SITE,
@@ -60,6 +61,13 @@ def test_status_describes_a_running_lab(lab: Lab) -> None:
         "site": L.DMZ_SITE,
         "public": L.DMZ_PUBLIC,
     }
+    # the EPN partition's gateway (issue 15): the only host on the partition
+    assert status["hosts"]["epngw"]["addresses"] == {
+        "partition": L.PARTITION_GATEWAY,
+        "public": L.EPNGW_PUBLIC,
+    }
+    assert status["networks"]["partition"] == L.PARTITION_NET
+    assert status["apptainer"] == str(lab.layout.apptainer)
     dead = [name for name, info in status["services"].items() if not info["alive"]]
     assert dead == []
     assert lab.address("worker2") == "10.66.1.12"

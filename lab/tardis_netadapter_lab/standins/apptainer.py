@@ -6,10 +6,12 @@ Usage:
   apptainer [-q|-s|-d|-v] run  [options] IMAGE [ARGS...]
   apptainer [-q|-s|-d|-v] shell [options] IMAGE
   apptainer version | --version
+  apptainer buildcfg [KEY]
 Options: -B/--bind SRC[:DST[:ro|rw]][,...] (repeatable; also APPTAINER_BIND /
 SINGULARITY_BIND), --env K=V[,K2=V2] (repeatable; one CSV record, as pflag
 parses it), --env-file F, -e/--cleanenv, -c/--contain, -C/--containall,
---no-home, --nv, --pwd DIR; accepted and ignored: -H/--home, -W/--workdir,
+--no-home, --nv, --rocm, --pwd DIR, --net, --network NAME[,NAME],
+--network-args KEY=VALUE (repeatable); accepted and ignored: -H/--home, -W/--workdir,
 --writable-tmpfs, -i/--ipc, -p/--pid, -u/--userns, --no-mount. Options end at
 IMAGE, as in apptainer.
 
@@ -24,7 +26,16 @@ and a default PATH survive). APPTAINER_CONTAINER/SINGULARITY_CONTAINER and
 APPTAINER_NAME/SINGULARITY_NAME are set. --contain mounts empty tmpfs
 directories over $HOME and /tmp (bind sources are opened first, so they stay
 reachable), i.e. no host $HOME. --nv logs that the host's NVIDIA libraries
-would be bound (there is no GPU here) and sets APPTAINER_NV=1. The command
+would be bound (there is no GPU here) and sets APPTAINER_NV=1; --rocm does
+the same for AMD's ROCm libraries and /dev/kfd, /dev/dri, APPTAINER_ROCM=1.
+--net (network NAME, default "bridge"; --network-args as CNI_ARGS) hands over
+to the installation's setuid starter, libexec/apptainer/bin/starter-suid
+beside this file's bin/ (the lab's site-local apptainer, cnet.py): it checks
+apptainer.conf's allow net users/groups/networks, creates the container's
+network namespace, runs CNI ADD with the real plugins and the installation's
+network/NAME.conflist, drops to the caller and runs the container there, and
+runs CNI DEL when it ends. Without a starter-suid (the plain stand-in on the
+lab's PATH) --net fails as an unprivileged apptainer does. The command
 replaces the stand-in (exec), so its exit status is apptainer's; the
 stand-in's own failures exit 255, as apptainer's do.
 
@@ -75,6 +86,8 @@ WITH_VALUE = {
     "--workdir": None,
     "--no-mount": None,
     "--mount": None,
+    "--network": "network",
+    "--network-args": "network-args",
 }
 FLAGS = {
     "-e": "cleanenv",
@@ -85,6 +98,9 @@ FLAGS = {
     "--containall": "containall",
     "--no-home": "no-home",
     "--nv": "nv",
+    "--rocm": "rocm",
+    "-n": "net",
+    "--net": "net",
     "--writable-tmpfs": None,
     "-i": None,
     "--ipc": None,
@@ -113,7 +129,14 @@ def info(message: str, quiet: bool) -> None:
 
 def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
     """Options up to IMAGE, pflag style (`--opt=v`, `--opt v`, `-eC`)."""
-    opts: dict = {"bind": [], "env": [], "env-file": [], "pwd": None}
+    opts: dict = {
+        "bind": [],
+        "env": [],
+        "env-file": [],
+        "pwd": None,
+        "network": None,
+        "network-args": [],
+    }
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
         arg = argv[i]
@@ -131,7 +154,7 @@ def parse_options(argv: list[str]) -> tuple[dict, list[str]]:
             else:
                 raise Fatal(f"flag needs an argument: {name}")
             key = WITH_VALUE[name]
-            if key in ("bind", "env", "env-file"):
+            if key in ("bind", "env", "env-file", "network-args"):
                 opts[key].append(value)
             elif key:
                 opts[key] = value
@@ -186,7 +209,7 @@ def read_env_file(path: str) -> dict[str, str]:
     return values
 
 
-def build_env(opts: dict, image: str, nv: bool) -> dict[str, str]:
+def build_env(opts: dict, image: str, nv: bool, rocm: bool = False) -> dict[str, str]:
     host = dict(os.environ)
     if opts.get("cleanenv"):
         env = {k: host[k] for k in CLEANENV_KEEP if k in host}
@@ -216,6 +239,8 @@ def build_env(opts: dict, image: str, nv: bool) -> dict[str, str]:
         env[f"{prefix}_NAME"] = name
     if nv:
         env["APPTAINER_NV"] = "1"
+    if rocm:
+        env["APPTAINER_ROCM"] = "1"
     return env
 
 
@@ -310,9 +335,68 @@ def apply_binds(
         os.close(fd)
 
 
+# -- network (setuid installation) ---------------------------------------------------
+def strip_net_options(argv: list[str]) -> list[str]:
+    """The options without --net/--network/--network-args (up to IMAGE)."""
+    kept, i = [], 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "-":
+        arg = argv[i]
+        name = arg.partition("=")[0]
+        if arg == "--":
+            break
+        if arg in ("-n", "--net"):
+            i += 1
+            continue
+        if name in ("--network", "--network-args"):
+            i += 1 if "=" in arg else 2
+            continue
+        kept.append(arg)
+        if (
+            name in WITH_VALUE
+            and "=" not in arg
+            and not (arg[:2] in ("-B", "-H", "-W") and len(arg) > 2 and arg[1] != "-")
+        ):
+            if i + 1 < len(argv):
+                kept.append(argv[i + 1])
+            i += 1
+        i += 1
+    return kept + argv[i:]
+
+
+def network_request(verb: str, argv: list[str], opts: dict, quiet: bool) -> int:
+    """Hand a --net request to the installation's setuid starter (no return)."""
+    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    starter = os.path.join(root, "libexec", "apptainer", "bin", "starter-suid")
+    network = opts.get("network") or "bridge"
+    if "," in network:
+        raise Fatal("the stand-in joins one network at a time")
+    if os.geteuid() != 0 and not os.path.isfile(starter):
+        # apptainer's words for an unprivileged request without setuid support
+        raise Fatal(
+            "container creation failed: network requires root or a suid "
+            "installation with /etc/subuid --fakeroot; non-root users can only "
+            "use --network=none unless permitted by the administrator"
+        )
+    if not os.path.isfile(starter):
+        raise Fatal(f"no starter-suid in {root}: not a setuid installation")
+    blob = "\0".join(f"{k}={v}" for k, v in os.environ.items()).encode()
+    fd = os.memfd_create("apptainer-env", 0)
+    os.write(fd, blob)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.set_inheritable(fd, True)
+    args = [starter, network, str(fd)]
+    for spec in opts["network-args"]:
+        args += ["--network-args", spec]
+    args += ["--"] + (["-q"] if quiet else []) + [verb] + strip_net_options(argv)
+    os.execv(starter, args)
+    return 255  # not reached
+
+
 # -- commands -------------------------------------------------------------------------
 def action(verb: str, argv: list[str], quiet: bool) -> int:
     opts, rest = parse_options(argv)
+    if opts.get("net"):
+        return network_request(verb, argv, opts, quiet)
     if not rest:
         raise Fatal(f"{verb} requires an image")
     image, args = rest[0], rest[1:]
@@ -347,7 +431,13 @@ def action(verb: str, argv: list[str], quiet: bool) -> int:
     if nv:
         info("--nv: would bind the host's NVIDIA libraries and /dev/nvidia*", quiet)
         info("--nv: no GPU on this host (stand-in); APPTAINER_NV=1 set", quiet)
-    env = build_env(opts, image, nv)
+    rocm = bool(opts.get("rocm"))
+    if rocm:
+        info(
+            "--rocm: would bind the host's ROCm libraries, /dev/kfd and /dev/dri", quiet
+        )
+        info("--rocm: no GPU on this host (stand-in); APPTAINER_ROCM=1 set", quiet)
+    env = build_env(opts, image, nv, rocm)
     contain = bool(opts.get("contain") or opts.get("no-home"))
     libc = _libc()
     enter_namespace(libc)
@@ -364,6 +454,32 @@ def action(verb: str, argv: list[str], quiet: bool) -> int:
     except OSError:
         raise Fatal(f'"{command[0]}": executable file not found in $PATH') from None
     return 255  # not reached
+
+
+def buildcfg(keys: list[str]) -> int:
+    """apptainer's `buildcfg`: the installation's directories (from this file's
+    place, <prefix>/bin/apptainer) and whether it is a setuid installation."""
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    starter = os.path.join(prefix, "libexec", "apptainer", "bin", "starter-suid")
+    values = {
+        "PREFIX": prefix,
+        "BINDIR": os.path.join(prefix, "bin"),
+        "LIBEXECDIR": os.path.join(prefix, "libexec"),
+        "SYSCONFDIR": os.path.join(prefix, "etc"),
+        "LOCALSTATEDIR": os.path.join(prefix, "var"),
+        "APPTAINER_CONFDIR": os.path.join(prefix, "etc", "apptainer"),
+        "APPTAINER_SUID_INSTALL": "1" if os.path.isfile(starter) else "0",
+        "CNI_CONFIGURATION_DIR": os.path.join(prefix, "etc", "apptainer", "network"),
+        "CNI_PLUGIN_DIR": "/usr/lib/cni",
+    }
+    if keys:
+        if keys[0] not in values:
+            raise Fatal(f"no variable named {keys[0]}")
+        print(values[keys[0]])
+    else:
+        for key, value in values.items():
+            print(f"{key}={value}")
+    return 0
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -388,6 +504,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     verb = argv[0]
     try:
+        if verb == "buildcfg":
+            return buildcfg(argv[1:])
         if verb not in ("exec", "run", "shell"):
             raise Fatal(f"unknown command {verb!r} (the stand-in has exec, run, shell)")
         return action(verb, argv[1:], quiet)
