@@ -288,7 +288,7 @@ cnet_probe_ok() {
 
 # Stage container-net.
 container_net_stage() {
-    local started arg
+    local started arg seen
     started=$(now_us)
     if [[ $CONTAINER_RUNTIME == none ]]; then
         fail container-net "$EXIT_CONTAINER_NET" "mode container-net needs a" \
@@ -310,11 +310,14 @@ container_net_stage() {
         --once "$CNET_STATE_FILE")
     CONTAINER_ARGV=()
     # for the watchdog (lib/watchdog.sh): the reports' file and how old a
-    # report may be before the reporter counts as gone
+    # report may be before the reporter counts as gone. It probes no pool
+    # endpoint itself: the worker has no way out (the partition is the
+    # container's alone), the reporter inside the container probes the pool
     # shellcheck disable=SC2034
     {
         TNA_CNET_STATE_FILE=$CNET_STATE_FILE
         TNA_CNET_STALE_S=$((3 * ${CNET_INTERVAL_S:-30}))
+        TNA_POOL_ENDPOINTS=""
     }
     PAYLOAD_LAYERS+=(container_net_layer)
     if ! cnet_probe; then
@@ -328,9 +331,10 @@ container_net_stage() {
             fail container-net "$EXIT_CONTAINER_NET" "$CNET_PROBE_ERROR"
         fi
     fi
+    seen="the address the pool sees is not checked (no container_net.address_echo)"
+    [[ -z $CNET_SEEN ]] || seen="the pool sees it as $CNET_SEEN"
     log "container-net: the container gets $CNET_ADDRESS on network $CNET_NETWORK" \
-        "($CNET_SUBNET), $CNET_CHECK_HOST:$CNET_CHECK_PORT answers," \
-        "${CNET_SEEN:+the pool sees it as $CNET_SEEN}${CNET_SEEN:-the address the pool sees is not checked (no container_net.address_echo)}"
+        "($CNET_SUBNET), $CNET_CHECK_HOST:$CNET_CHECK_PORT answers, $seen"
     stage_ready container-net "$started"
 }
 

@@ -252,7 +252,7 @@ nat_route_probe() {
 
 # Stage route: ready when every check passes.
 nat_route_stage() {
-    local started
+    local started seen
     started=$(now_us)
     NAT_ROUTE_STATE_FILE=$DRONE_DIR/route.state
     # for the watchdog (lib/watchdog.sh): re-check each round, read the result
@@ -265,8 +265,9 @@ nat_route_stage() {
     if ! wait_until "${NAT_READY_TIMEOUT_MS:-10000}" nat_route_check; then
         stage_unready route "$EXIT_ROUTE" nat_route_check "$NAT_ROUTE_REASON"
     fi
+    seen="the public address is not checked (no nat.address_echo)"
+    [[ -z $NAT_ROUTE_SEEN ]] || seen="the pool sees us as $NAT_ROUTE_SEEN"
     log "route: marked traffic (fwmark $(nat_mark_hex), table $NAT_TABLE_NAME) leaves via" \
-        "${NAT_ROUTE_VIA:-$NAT_GATEWAY}, $NAT_CHECK_HOST:$NAT_CHECK_PORT answers," \
-        "${NAT_ROUTE_SEEN:+the pool sees us as $NAT_ROUTE_SEEN}${NAT_ROUTE_SEEN:-the public address is not checked (no nat.address_echo)}"
+        "${NAT_ROUTE_VIA:-$NAT_GATEWAY}, $NAT_CHECK_HOST:$NAT_CHECK_PORT answers, $seen"
     stage_ready route "$started"
 }
