@@ -59,6 +59,8 @@ LAB_VPN_CONFIG = lab_config("lab-vpn.yml")
 VPN_PIN_PLACEHOLDER = "pin-sha256:tardisnetadapterLabPinFilledInByWriteConfig="
 #: the same in mode nat (issue 14): the site NAT's keepalived router pair
 LAB_NAT_CONFIG = lab_config("lab-nat.yml")
+#: the same in mode container-net (issue 15): the EPN partition through CNI
+LAB_CNET_CONFIG = lab_config("lab-cnet.yml")
 #: stands for the lab's drone user in configs/lab-nat.yml's nat.users
 NAT_USER_PLACEHOLDER = "tna-lab-drone-user"
 POOL = f"{L.OUTSIDE_HTTP}:{L.COLLECTOR_PORT}"

@@ -1,4 +1,4 @@
-"""``tardis-netadapter demo [--minutes N] [--mode socks|vpn|nat]``: the whole path, live, in the lab.
+"""``tardis-netadapter demo [--minutes N] [--mode socks|vpn|nat|container-net]``: the whole path, live, in the lab.
 
 Brings a lab up (a restricted site on this machine), runs the real COBalD
 daemon with the NetSlurm adapter against it, keeps the pool busy so TARDIS
@@ -13,6 +13,10 @@ drone's supervisor log in again and the payload's registration going on.
 up: two drones whose marked traffic leaves through the keepalived router
 pair; half-way the master router's keepalived is stopped and a worker's
 link flaps, and the drones go on untouched (demo_nat.py).
+``--mode container-net`` (issue 15) runs configs/lab-cnet.yml: two
+NUMA-bound drones on one worker, each container with its own partition
+address; half-way one job is SIGKILLed and its address goes back to the
+partition's pool (demo_cnet.py).
 Needs root (network namespaces); every daemon runs inside the lab. Part of the
 lab distribution: the product CLI finds it through the
 ``tardis_netadapter.commands`` entry-point group.
@@ -32,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from . import demo_nat
+from . import demo_cnet, demo_nat
 
 SITE = "NetLab"
 DEMO_LAB = "tnademo"
@@ -54,12 +58,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--name", default=DEMO_LAB, help="lab name (default tnademo)")
     parser.add_argument(
         "--mode",
-        choices=("socks", "vpn", "nat"),
+        choices=("socks", "vpn", "nat", "container-net"),
         default="socks",
         help="socks: configs/lab.yml, the ssh tunnel of a drone is killed half-way; "
         "vpn: configs/lab-vpn.yml, the DMZ's ocserv is restarted half-way; "
         "nat: configs/lab-nat.yml, the master NAT router's keepalived is stopped "
-        "and a worker's link flaps half-way (default socks)",
+        "and a worker's link flaps half-way; container-net: configs/lab-cnet.yml, "
+        "one of two NUMA-bound drones is SIGKILLed half-way (default socks)",
     )
     parser.set_defaults(func=run)
 
@@ -224,6 +229,7 @@ def render_view(
     path = {
         "vpn": "openconnect -> dmz's ocserv -> pool",
         "nat": demo_nat.path_line(lab),
+        "container-net": demo_cnet.path_line(lab),
     }.get(events.mode, "ssh/proxychains/dante -> pool")
     lines = [
         f"tardis-netadapter demo: {elapsed:5.0f}s  "
@@ -236,7 +242,9 @@ def render_view(
         "",
         f"{'DRONE':<22} {'JOB':>5} {'TARDIS':<18} {'SLURM':<10} {'VERDICT':<16} "
         f"{'HB AGE':>6} {'RESTARTS':>8} {'POOL CONN':>9}"
-        + {"vpn": "  TUN0 / VPN", "nat": "  ROUTE"}.get(events.mode, ""),
+        + {"vpn": "  TUN0 / VPN", "nat": "  ROUTE", "container-net": "  CNET"}.get(
+            events.mode, ""
+        ),
     ]
     for uuid, (job, state) in sorted(drones.items()):
         row = by_uuid.get(uuid)
@@ -264,6 +272,8 @@ def extra_column(lab: Any, uuid: str, mode: str) -> str:
         return f"  {vpn_column(uuid)}"
     if mode == "nat":
         return f"  {demo_nat.route_column(lab, uuid)}"
+    if mode == "container-net":
+        return f"  {demo_cnet.cnet_column(lab, uuid)}"
     return ""
 
 
@@ -315,6 +325,8 @@ def step(
                 "vpn": f"through the VPN (pool sees {pool[uuid].get('remote', '?')}; "
                 f"tun0 {vpn_column(uuid)})",
                 "nat": f"through the NAT (pool sees {pool[uuid].get('remote', '?')})",
+                "container-net": "from its container's own address (pool sees "
+                f"{pool[uuid].get('remote', '?')})",
             }.get(events.mode, "through its chain")
             events.say(f"{uuid} registered with the pool {how}")
     rows = connectivity_rows(lab, settings)
@@ -341,6 +353,16 @@ def step(
     ):
         busy_jobs = {u: drones[u][0] for u in available}
         demo_nat.run_faults(lab, busy_jobs, events, lambda: pool_drones(lab))
+        return drones, rows, pool
+    if (
+        events.mode == "container-net"
+        and events.fault_at is None
+        and events.first_available is not None
+        and time.monotonic() - events.first_available >= half
+        and available
+    ):
+        busy_jobs = {u: drones[u][0] for u in available}
+        demo_cnet.run_fault(lab, busy_jobs, events, lambda: pool_drones(lab))
         return drones, rows, pool
     if (
         events.mode == "socks"
@@ -399,10 +421,15 @@ def summary(events: Events, drones_seen: set[str]) -> str:
     fault, healed = {
         "vpn": ("ocserv restarted              ", "healed (VPN + pool again)     "),
         "nat": ("master router stopped        ", "drones untouched, route ok    "),
+        "container-net": (
+            "a drone's job SIGKILLed      ",
+            "its address back in the pool ",
+        ),
     }.get(
         events.mode,
         ("tunnel killed                 ", "healed (tunnel + pool again)  "),
     )
+    fault, healed = fault.strip().ljust(30), healed.strip().ljust(30)
 
     lines = [
         "",
@@ -429,6 +456,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import Lab, teardown
     from .daemon import (
+        LAB_CNET_CONFIG,
         LAB_CONFIG,
         LAB_NAT_CONFIG,
         LAB_VPN_CONFIG,
@@ -450,9 +478,11 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="tna-demo-"))
     daemon = None
     try:
-        source = {"vpn": LAB_VPN_CONFIG, "nat": LAB_NAT_CONFIG}.get(
-            args.mode, LAB_CONFIG
-        )
+        source = {
+            "vpn": LAB_VPN_CONFIG,
+            "nat": LAB_NAT_CONFIG,
+            "container-net": LAB_CNET_CONFIG,
+        }.get(args.mode, LAB_CONFIG)
         if args.mode == "nat":
             lab.site_nat.up()
             lab.site_nat.wait_master()

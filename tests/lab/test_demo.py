@@ -90,3 +90,28 @@ def test_demo_nat_shows_drones_untouched_by_a_failover_and_a_link_flap(
     print(
         f"demo nat: VIPs moved after {moved.group(1)} s, route back {repaired.group(1)} s"
     )
+
+
+def test_demo_container_net_shows_two_numa_drones_and_a_killed_one_freed(
+    lab_name_factory, lab
+):
+    # issue 15: two NUMA-bound drones on worker1 (configs/lab-cnet.yml), each
+    # container with its own partition address; one job SIGKILLed half-way
+    name = lab_name_factory("c")
+    out = run_demo(name, "--mode", "container-net", "--minutes", "0.3")
+    summary = out[out.index("demo summary") :]
+    assert "result                        : OK" in summary, summary
+    seen = set(
+        re.findall(
+            r"from its container's own address \(pool sees (10\.66\.9\.\d+):", out
+        )
+    )
+    assert len(seen) == 2, out[-3000:]  # two drones, two partition addresses
+    assert re.search(r"ok 10\.66\.9\.\d+ \(pool sees 10\.66\.9\.\d+\)", out)  # CNET
+    freed = re.search(
+        r"healed: (10\.66\.9\.\d+) back in the partition's pool after ([\d.]+)s", out
+    )
+    assert freed and freed.group(1) in seen, out[-3000:]
+    print(
+        f"demo container-net: {sorted(seen)}; {freed.group(1)} freed after {freed.group(2)} s"
+    )
