@@ -432,11 +432,26 @@ def registry_states(db: Path, attempts: int = 20) -> dict[str, tuple[str, str]]:
     raise RuntimeError(f"cannot read the registry {db}: {error!r}")
 
 
+def heartbeat_dir(lab: Lab) -> Path:
+    """Where the lab's drones write their records (the default heartbeat_dir
+    in the drone user's shared home)."""
+    return lab.layout.home(lab.drone_user) / ".tardis-netadapter" / "heartbeats"
+
+
+def heartbeat_record(lab: Lab, uuid: str) -> dict[str, Any]:
+    """A drone's last heartbeat record as written ({} when none or half-written):
+    the mode objects (``route``, ``container_net``, ...) as the drone wrote them."""
+    path = heartbeat_dir(lab) / f"{uuid}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def heartbeats(lab: Lab) -> dict[str, Heartbeat]:
     """The drones' latest records, read from the shared home (file transport)."""
-    directory = lab.layout.home(lab.drone_user) / ".tardis-netadapter/heartbeats"
     text = ""
-    for path in directory.glob("*.json"):
+    for path in heartbeat_dir(lab).glob("*.json"):
         try:
             text += path.read_text(errors="replace") + "\n"
         except OSError:  # replaced while we read it

@@ -12,32 +12,19 @@ observed from the root namespace by reading files and asking the lab.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
+
+from .daemon import heartbeat_record
 
 #: how long the demo watches the killed drone's address
 WATCH = 30.0
 
 
-def heartbeat(lab: Any, uuid: str) -> dict[str, Any]:
-    """A drone's last heartbeat record, read from the shared home."""
-    path = (
-        lab.layout.home(lab.drone_user)
-        / ".tardis-netadapter"
-        / "heartbeats"
-        / f"{uuid}.json"
-    )
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def cnet_column(lab: Any, uuid: str) -> str:
     """The container's own address and whether its reporter is content."""
-    net = heartbeat(lab, uuid).get("container_net") or {}
+    net = heartbeat_record(lab, uuid).get("container_net") or {}
     if not net:
         return "-"
     if net.get("ok"):
@@ -63,7 +50,7 @@ def run_fault(
 ) -> None:
     """SIGKILL one drone's job; record when its address is back in the pool."""
     uuid, job = next(iter(available.items()))
-    address = (heartbeat(lab, uuid).get("container_net") or {}).get("address")
+    address = (heartbeat_record(lab, uuid).get("container_net") or {}).get("address")
     others = [u for u in available if u != uuid]
     before = leased(lab)
     events.fault_at = time.monotonic()

@@ -12,32 +12,19 @@ files and asking the lab (no packet to a lab address from here).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any, Optional
+
+from .daemon import heartbeat_record
 
 #: how long the demo watches each fault before it gives up on it
 WATCH = 30.0
 
 
-def heartbeat(lab: Any, uuid: str) -> dict[str, Any]:
-    """A drone's last heartbeat record, read from the shared home."""
-    path = (
-        lab.layout.home(lab.drone_user)
-        / ".tardis-netadapter"
-        / "heartbeats"
-        / f"{uuid}.json"
-    )
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def route_column(lab: Any, uuid: str) -> str:
     """What the drone's last heartbeat says about its NAT path."""
-    route = heartbeat(lab, uuid).get("route") or {}
+    route = heartbeat_record(lab, uuid).get("route") or {}
     if not route:
         return "-"
     if route.get("ok"):
@@ -132,7 +119,7 @@ def run_faults(
     deadline = time.monotonic() + WATCH
     while time.monotonic() < deadline:
         kept = _untouched(lab, before, pool)
-        beats = [heartbeat(lab, uuid) for uuid in before]
+        beats = [heartbeat_record(lab, uuid) for uuid in before]
         routes_ok = all(
             beat.get("time", 0) > flapped and (beat.get("route") or {}).get("ok")
             for beat in beats
