@@ -10,12 +10,14 @@ the pool sees the container's address; the worker itself has none. Then
 the ends: scancel and SIGKILL of a job leave no lease, link or namespace,
 and a profile naming a network the site's apptainer.conf does not allow
 fails in stage container-net with exit 45 and apptainer's own words.
+Last, `check --probe` reports the site's apptainer through a real job.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ import pytest
 from tardis_netadapter_lab import Lab, configs
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.configs import LAB_GPU_TYPE
+from tardis_netadapter_lab.daemon import LAB_CNET_CONFIG, write_config
 from test_chain_support import Drone, heartbeat, pool_records, wait_gone
 
 from tardis_netadapter.batch.slurm import SlurmMachineType, resource_words
@@ -171,3 +174,33 @@ def test_a_network_the_site_does_not_allow_fails_in_stage_container_net(
     assert "condor_master" not in output.split("stage container-net failed")[-1]
     assert leases(lab) == before
     assert os.path.exists(lab.apptainer)
+
+
+def test_check_probe_reports_the_sites_apptainer_through_a_job(
+    lab: Lab, tmp_path
+) -> None:
+    """`check --probe` with configs/lab-cnet.yml: its job on a worker finds
+    the site-local apptainer's setuid starter, apptainer.conf admitting the
+    drone user to the network, and the network's conflist; a network the
+    conf does not list is named with the fix."""
+    config = write_config(lab, tmp_path, source=LAB_CNET_CONFIG)
+
+    def probe() -> str:
+        result = lab.run(
+            "control",
+            [sys.executable, "-m", "tardis_netadapter.cli", "check", "--probe"]
+            + ["--job-timeout", "60", str(config)],
+            timeout=150,
+        )
+        return result.stdout + result.stderr
+
+    out = probe()
+    assert out.rstrip().endswith("ready"), out
+    for item in ("cnet:setuid", "cnet:allow", "cnet:network"):
+        assert f"[ok  ] {item}: " in out, out
+    config.write_text(
+        config.read_text().replace("network: epn-public", "network: epn-other")
+    )
+    out = probe()
+    assert "[FAIL] cnet:allow: " in out and "epn-other" in out, out
+    assert "[FAIL] cnet:network: " in out, out
