@@ -335,32 +335,21 @@ def step(
         events.first_available = time.monotonic()
         events.say(f"{available[0]} is Available in TARDIS")
     events.peak_available = max(events.peak_available, len(available))
-    if (
-        events.mode == "vpn"
-        and events.fault_at is None
+    # half-way through the run, once, with a drone up: the mode's fault
+    fault_due = (
+        events.fault_at is None
         and events.first_available is not None
         and time.monotonic() - events.first_available >= half
-        and available
-    ):
+        and bool(available)
+    )
+    if fault_due and events.mode == "vpn":
         restart_ocserv(lab, available[0], events)
         return drones, rows, pool
-    if (
-        events.mode == "nat"
-        and events.fault_at is None
-        and events.first_available is not None
-        and time.monotonic() - events.first_available >= half
-        and available
-    ):
+    if fault_due and events.mode == "nat":
         busy_jobs = {u: drones[u][0] for u in available}
         demo_nat.run_faults(lab, busy_jobs, events, lambda: pool_drones(lab))
         return drones, rows, pool
-    if (
-        events.mode == "container-net"
-        and events.fault_at is None
-        and events.first_available is not None
-        and time.monotonic() - events.first_available >= half
-        and available
-    ):
+    if fault_due and events.mode == "container-net":
         busy_jobs = {u: drones[u][0] for u in available}
         demo_cnet.run_fault(lab, busy_jobs, events, lambda: pool_drones(lab))
         return drones, rows, pool

@@ -25,6 +25,7 @@ from ..profile import NetworkProfile, check_positive
 from ..sitenat.config import split_target
 from ..templates import template_dir
 from .base import Mode, SettingsGroup, Stage
+from .checkpath import check_endpoint, path_problems
 
 if TYPE_CHECKING:
     from ..keepalive import KeepaliveBudget
@@ -127,28 +128,21 @@ class ContainerNetProfile(NetworkProfile):
                 "container.image and (for the site's setuid installation) "
                 "container.apptainer"
             )
-        for proxy, _ in self.cvmfs.forward_references():
-            problems.append(
-                f"{path}.cvmfs.http_proxy: got {proxy!r} with mode container-net; "
-                "there are no tunnel forwards: give the squid's address as "
-                "http://ADDRESS:PORT"
-            )
-        if not self.container_net.check_target and not self.pool.collector:
-            problems.append(
-                f"{path}.container_net.check_target: missing, and pool.collector "
-                "is empty; the container's check needs HOST:PORT to connect to: "
-                "set pool.collector or container_net.check_target"
-            )
+        problems += path_problems(
+            self,
+            path,
+            "container-net",
+            "container_net",
+            self.container_net.check_target,
+            "",
+            "the container's check needs HOST:PORT to connect to",
+        )
         return problems
 
 
 def target(profile: ContainerNetProfile) -> tuple[str, int]:
     """What the reporter connects to: ``check_target``, else the collector."""
-    if profile.container_net.check_target:
-        found = split_target(profile.container_net.check_target)
-        if found is not None:
-            return found
-    return profile.pool.endpoints[0]
+    return check_endpoint(profile, profile.container_net.check_target)
 
 
 def cnet_settings(profile: ContainerNetProfile, interval: int = 30) -> SettingsGroup:

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from ..profile import NetworkProfile
-from ..sitenat.config import NatSection, split_target
+from ..sitenat.config import NatSection
 from ..templates import template_dir
 from .base import Mode, SettingsGroup, Stage
+from .checkpath import check_endpoint, path_problems
 
 if TYPE_CHECKING:
     from ..keepalive import KeepaliveBudget
@@ -48,29 +49,22 @@ class NatProfile(NetworkProfile):
 
     def check(self, path: str) -> list[str]:
         problems = super().check(path)
-        for proxy, _ in self.cvmfs.forward_references():
-            problems.append(
-                f"{path}.cvmfs.http_proxy: got {proxy!r} with mode nat; there are "
-                "no tunnel forwards: give the squid's address as "
-                "http://ADDRESS:PORT (reached through the NAT, or on the site)"
-            )
-        if not self.nat.check_target and not self.pool.collector:
-            problems.append(
-                f"{path}.nat.check_target: missing, and pool.collector is empty; "
-                "the drone's route check needs HOST:PORT to connect to through "
-                "the NAT: set pool.collector or nat.check_target"
-            )
+        problems += path_problems(
+            self,
+            path,
+            "nat",
+            "nat",
+            self.nat.check_target,
+            " (reached through the NAT, or on the site)",
+            "the drone's route check needs HOST:PORT to connect to through the NAT",
+        )
         return problems
 
 
 def target(profile: NatProfile) -> tuple[str, int]:
     """What the route check connects to: ``nat.check_target``, else the
     pool's collector."""
-    if profile.nat.check_target:
-        found = split_target(profile.nat.check_target)
-        if found is not None:
-            return found
-    return profile.pool.endpoints[0]
+    return check_endpoint(profile, profile.nat.check_target)
 
 
 def route_settings(profile: NatProfile) -> SettingsGroup:
