@@ -434,7 +434,13 @@ def _failover(lab: Lab, fault: str, uuid: str) -> dict[str, Any]:
     else:
         recovery = 0.0
     replies = result["replies"]
-    flow = f"src={lab.address('worker1')} dst={POOL[0]} sport={result['port']} "
+    # the whole original tuple: the echo probes go to the same host and may
+    # reuse the pool connection's source port (connect() shares a local port
+    # between different destinations), so src, dst and sport alone can match one
+    flow = (
+        f"src={lab.address('worker1')} dst={POOL[0]} sport={result['port']} "
+        f"dport={POOL[1]} "
+    )
     before = [t for t in replies if t < fault_at]
     gaps = [b - a for a, b in zip(replies, replies[1:])]
     return {
