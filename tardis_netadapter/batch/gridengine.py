@@ -13,6 +13,7 @@ non-interactive SSH shell, which must find qsub/qstat/qdel and the cell
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import shlex
 import xml.etree.ElementTree as ElementTree
@@ -299,10 +300,12 @@ def _record(fields: Mapping[str, str], now: int, text: str) -> JobRecord:
     )
 
 
+@functools.lru_cache(maxsize=16384)
 def parse_time(text: str) -> Optional[int]:
     """Epoch seconds of ``YYYY-MM-DDTHH:MM:SS`` (UTC; fractions ignored); None otherwise.
 
-    Slicing, not ``strptime``: this runs for every running job of every listing.
+    Slicing, not ``strptime``, and cached: this runs for every running job of
+    every listing, and a job's start time is the same in each.
     """
     if len(text) < 19 or text[4] != "-" or text[10] != "T" or text[13] != ":":
         return None
