@@ -62,6 +62,7 @@ EXPECTED = {
     "array.xml": {"12": ("r", R)},
     "all_users.xml": {"13": ("r", R), "14": ("r", R)},
     "own_user.xml": {"14": ("r", R)},
+    "zombie.xml": {"1": ("z", D)},
 }  # fmt: skip
 
 
@@ -172,3 +173,41 @@ async def test_poller_follows_a_drone_through_the_recordings():
     assert seen == [ResourceStatus.Stopped, ResourceStatus.Booting, None, D]
     assert len(executor.commands) == 4
     assert "qstat -xml -s prsz" in executor.commands[0]
+
+
+def test_the_drivers_exact_listing_over_ssh():
+    """What the lab's login node printed for the driver's listing command, run
+    over a non-interactive ssh as the drone user: clock line, then a finished
+    job as a zombie, which ends its drone at once."""
+    text = (DATA / "listing_over_ssh_zombie.txt").read_text()
+    assert text.split("\n", 1)[0].isdigit()
+    jobs = ge.parse_qstat_xml(text)
+    assert {k: (j.state, j.status, j.name) for k, j in jobs.items()} == {
+        "1": ("z", D, "zjob")
+    }
+    assert jobs["1"].final and jobs["1"].elapsed is None
+
+
+def qdel_calls(name: str) -> list[tuple[str, int]]:
+    """(stdout, exit status) of each qdel call in a recording."""
+    calls = []
+    for block in (DATA / name).read_text().split("--- ")[1:]:
+        stdout = block.split("stdout:\n", 1)[1].split("stderr:", 1)[0].strip()
+        status = int(block.rsplit("exit status:", 1)[1].strip())
+        calls.append((stdout, status))
+    return calls
+
+
+def test_recorded_qdel_of_a_finished_job_is_already_gone():
+    driver = ge.GridEngineDriver()
+    ((stdout, status),) = qdel_calls("qdel_finished.txt")
+    assert status == 1 and driver.already_gone(stdout)
+
+
+def test_recorded_qdel_twice():
+    """A first qdel is a cancel, not "gone"; the second and third say gone
+    (the second with exit status 0, so the adapter never even asks)."""
+    driver = ge.GridEngineDriver()
+    calls = qdel_calls("qdel_twice.txt")
+    assert [status for _, status in calls] == [0, 0, 1]
+    assert [driver.already_gone(stdout) for stdout, _ in calls] == [False, True, True]
