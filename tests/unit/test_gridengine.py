@@ -520,6 +520,15 @@ def test_machine_type_loads():
             "from MemoryPerSlot",
         ),
         ({"Walltime": "1:00:00", "Partition": "x"}, "Partition"),
+        (
+            {"Walltime": "1:00:00", "SubmitOptions": {"long": {"hold_jid": "12"}}},
+            "SubmitOptions.long.hold_jid: holds the job until other jobs end; a "
+            "held drone is Stopped",
+        ),
+        (
+            {"Walltime": "1:00:00", "SubmitOptions": {"short": {"h": None}}},
+            "SubmitOptions.short.h: submits the job held",
+        ),
     ],
 )
 def test_machine_type_errors_name_the_key(data, fragment):
