@@ -401,16 +401,16 @@ STATE_TABLE = {
     "Ehqw": ResourceStatus.Error,
     "EhRqw": ResourceStatus.Error,
     # deletion
-    "dr": ResourceStatus.Deleted,
-    "dt": ResourceStatus.Deleted,
-    "dRr": ResourceStatus.Deleted,
-    "dRt": ResourceStatus.Deleted,
-    "ds": ResourceStatus.Deleted,
-    "dS": ResourceStatus.Deleted,
-    "dT": ResourceStatus.Deleted,
-    "dRs": ResourceStatus.Deleted,
-    "dRS": ResourceStatus.Deleted,
-    "dRT": ResourceStatus.Deleted,
+    "dr": ResourceStatus.Stopped,
+    "dt": ResourceStatus.Stopped,
+    "dRr": ResourceStatus.Stopped,
+    "dRt": ResourceStatus.Stopped,
+    "ds": ResourceStatus.Stopped,
+    "dS": ResourceStatus.Stopped,
+    "dT": ResourceStatus.Stopped,
+    "dRs": ResourceStatus.Stopped,
+    "dRS": ResourceStatus.Stopped,
+    "dRT": ResourceStatus.Stopped,
     # finished (qstat -s z)
     "z": ResourceStatus.Deleted,
 }
@@ -446,7 +446,7 @@ def test_unknown_state_says_nothing(state):
 def test_undocumented_combination_is_classified_by_its_letters():
     # qstat could print hRqw (no w) or dRtS; the rules decide by letters
     assert ge.map_state("hRqw") is ResourceStatus.Stopped
-    assert ge.map_state("dRtS") is ResourceStatus.Deleted
+    assert ge.map_state("dRtS") is ResourceStatus.Stopped
 
 
 # -- machine types ------------------------------------------------------------------------------
