@@ -92,7 +92,7 @@ def add_parser(subparsers: Any) -> None:
 def offline_items(settings: SiteSettings) -> list[Item]:
     """Checks that need nothing but the configuration and this machine."""
     from .. import render
-    from ..condor_knobs import mismatches
+    from ..condor_knobs import HTCONDOR_EXTRA, mismatches
 
     profile, budget = settings.profile, settings.budget
     items = [Item(True, f"{settings.name}: configuration valid")]
@@ -126,7 +126,7 @@ def offline_items(settings: SiteSettings) -> list[Item]:
             Item(
                 False,
                 f"HTCondor knobs could not be read back: {error}",
-                "install the htcondor Python bindings (pip install htcondor)",
+                HTCONDOR_EXTRA,
                 warning=True,
             )
         )
