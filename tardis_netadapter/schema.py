@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from .suggest import unknown_key
+from .suggest import did_you_mean, unknown_key
 
 T = TypeVar("T")
 
@@ -100,7 +100,10 @@ def _convert(hint: Any, value: Any, path: str, problems: _Problems) -> Any:
     if origin is Literal:
         if value in get_args(hint):
             return value
-        problems.add(path, value, f"allowed: {_describe(hint)}")
+        words = [a for a in get_args(hint) if isinstance(a, str)]
+        problems.add(
+            path, value, f"allowed: {_describe(hint)}{did_you_mean(value, words)}"
+        )
         return None
     if origin in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):

@@ -242,3 +242,26 @@ def test_partition_names_slurm_takes_pass(tmp_path, capsys, partition) -> None:
     }
     code, out, err = check(write(tmp_path, **edit), capsys=capsys)
     assert code == 0, out + err
+
+
+@pytest.mark.parametrize(
+    ("network", "expected"),
+    [
+        (
+            {"mode": "sock", "tunnel": SITE["Network"]["tunnel"]},
+            "NetLab.Network.mode: got 'sock'; allowed: one of",
+        ),
+        (
+            {**SITE["Network"], "chain": {"tool": "proxychain"}},
+            "NetLab.Network.chain.tool: got 'proxychain'; allowed: one of",
+        ),
+    ],
+)
+def test_a_misspelt_choice_names_the_closest_one(
+    tmp_path, capsys, network, expected
+) -> None:
+    code, _, err = check(write(tmp_path, Network=network), capsys=capsys)
+    assert code == 2
+    line = next(line for line in err.splitlines() if expected in line)
+    word = "socks" if "mode" in expected else "proxychains"
+    assert line.endswith(f"(did you mean {word!r}?)")
