@@ -349,19 +349,23 @@ async def job_items(
 # --------------------------------------------------------------------------
 
 
-def _sites(config: Path, requested: Optional[str]) -> tuple[list[str], list[Item]]:
+def _sites(
+    config: Path, requested: Optional[str]
+) -> tuple[list[tuple[str, Optional[str]]], list[Item]]:
     """The sites of ``config`` to check, and items for sites whose adapter is wrong.
 
-    A site whose ``adapter`` is a registered driver's name but for case
-    (``Netslurm``) or a close misspelling is a failure: TARDIS would look up
-    a class that does not exist and the daemon would not start. A name of
-    one of TARDIS's own site adapters (``Slurm``, ``HTCondor``, ...) is not
-    this adapter's to check, and is said so.
+    Each site comes with the driver to check it as when its ``adapter`` is
+    not one (None: its own). A site whose ``adapter`` is a registered
+    driver's name but for case (``Netslurm``) is a failure, as TARDIS would
+    look up a class that does not exist and the daemon would not start; its
+    section is still checked as that driver's, so every error shows at once.
+    A name of one of TARDIS's own site adapters (``Slurm``, ``HTCondor``,
+    ...) is not this adapter's to check, and is said so.
     """
     from ..siteconfig import read_yaml, tardis_section
 
     tardis, _source = tardis_section(read_yaml(config), config)
-    sites: list[str] = []
+    sites: list[tuple[str, Optional[str]]] = []
     items: list[Item] = []
     for site in tardis.get("Sites") or []:
         if not isinstance(site, Mapping):
@@ -370,11 +374,14 @@ def _sites(config: Path, requested: Optional[str]) -> tuple[list[str], list[Item
         if requested and name != requested:
             continue
         if adapter in DRIVERS:
-            sites.append(name)
+            sites.append((name, None))
             continue
         items.append(adapter_item(name, adapter))
+        meant = closest(adapter, DRIVERS)
+        if meant is not None and meant.lower() == str(adapter).lower():
+            sites.append((name, meant))
     if requested and not sites and not items:
-        sites.append(requested)  # load_site_from_file names the known sites
+        sites.append((requested, None))  # load_site_from_file names the known sites
     return sites, items
 
 
@@ -418,8 +425,14 @@ def check_file(config: Path, args: argparse.Namespace) -> tuple[str, int]:
     """Check one configuration file; print its checklist, return its verdict
     line and exit code (0 ready, 1 an item failed, 2 invalid configuration)."""
     from ..schema import ConfigurationError
-    from ..siteconfig import load_site_from_file
+    from ..siteconfig import (
+        load_site_from_file,
+        load_site_settings,
+        read_yaml,
+        tardis_section,
+    )
 
+    items: list[Item] = []
     try:
         sites, items = _sites(config, args.site)
         if not sites and not items:
@@ -430,7 +443,14 @@ def check_file(config: Path, args: argparse.Namespace) -> tuple[str, int]:
                     "add a site with one of these adapters to Sites",
                 )
             ]
-        for site in sites:
+        for site, as_driver in sites:
+            if as_driver is not None:  # its adapter line failed already
+                tardis, _ = tardis_section(read_yaml(config), config)
+                driver = DRIVERS[as_driver]()
+                items += offline_items(
+                    load_site_settings(site, tardis.get(site), driver)
+                )
+                continue
             found = load_site_from_file(config, site)
             items += offline_items(found.settings)
             if args.probe:
@@ -438,6 +458,8 @@ def check_file(config: Path, args: argparse.Namespace) -> tuple[str, int]:
                     found.settings, found.tardis[site].get("executor"), args.job_timeout
                 )
     except ConfigurationError as error:
+        if items:  # what was found before (a misspelt adapter) stays said
+            print(report(items)[0])
         sys.stdout.flush()  # the errors after this file's header, also in a pipe
         print(f"tardis-netadapter: {config}: {error}", file=sys.stderr)
         return f"{config}: not ready: invalid configuration (errors above)", 2

@@ -265,3 +265,21 @@ def test_a_misspelt_choice_names_the_closest_one(
     line = next(line for line in err.splitlines() if expected in line)
     word = "socks" if "mode" in expected else "proxychains"
     assert line.endswith(f"(did you mean {word!r}?)")
+
+
+def test_a_misspelt_adapter_does_not_hide_the_sections_errors(tmp_path, capsys) -> None:
+    """The section is checked as the driver meant, so all errors show at once."""
+    edit = {"MachineTypeConfiguration": machine_type(Partition="batch")}
+    code, out, err = check(write(tmp_path, adapter="Netslurm", **edit), capsys=capsys)
+    assert code == 2
+    assert "[FAIL] Sites[NetLab].adapter: got 'Netslurm'" in out
+    assert "cpu1.Walltime: missing; required" in err
+
+
+def test_a_misspelt_adapter_with_a_valid_section_checks_the_rest(
+    tmp_path, capsys
+) -> None:
+    code, out, _ = check(write(tmp_path, adapter="netslurm"), capsys=capsys)
+    assert code == 1
+    assert "[ok  ] NetLab: configuration valid" in out
+    assert "cpu1: drone script renders and passes bash -n" in out
