@@ -8,6 +8,7 @@ example table missing most examples, a keepalive rule without its cap.
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 
 from tardis_netadapter import keepalive
@@ -105,3 +106,45 @@ def test_server_alive_interval_is_documented_with_its_cap() -> None:
     assert keepalive._derived_server_alive(300) == cap  # a third would be 100
     assert keepalive._derived_server_alive(60) == 20
     assert keepalive._derived_server_alive(None) == cap
+
+
+def test_adapter_md_slurm_state_table_is_the_drivers() -> None:
+    """Each documented Slurm state maps as the table says; none is left out."""
+    from tardis_netadapter.batch import slurm
+
+    page = (ROOT / "docs" / "adapter.md").read_text()
+    status = page.split("\n## Status\n", 1)[1].split("\n## ", 1)[0]
+    documented: dict[str, tuple[str, bool]] = {}
+    for states, outcome in re.findall(
+        r"^\| ([A-Z_, ]+) \| (\w+[^|]*?) \|", status, re.MULTILINE
+    ):
+        for state in states.split(", "):
+            documented[state] = (outcome.split(",")[0], "warning" in outcome)
+    assert set(documented) == set(slurm.STATE_MAP), set(documented) ^ set(
+        slurm.STATE_MAP
+    )
+    for state, (outcome, warned) in documented.items():
+        assert slurm.map_state(state).name == outcome, state
+        assert warned == (state in slurm.FAILURE_STATES), state
+    (listed,) = re.findall(r"`(squeue --me [^`]*)`", status)
+    assert shlex.split(listed) == shlex.split(slurm.squeue_command())
+
+
+def test_configuration_md_error_example_is_what_the_validator_says() -> None:
+    from tardis_netadapter.config import load_profile
+    from tardis_netadapter.schema import ConfigurationError
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    example = re.search(r"```\n(invalid configuration:\n(?:  - .*\n)+)```", page)
+    assert example is not None
+    network = {
+        "firewall": {"idle_timeout": 20},
+        "keepalive": {"server_alive_interval": 25},
+        "tunnel": {"hops": [{"host": "login", "port": 70000}]},
+    }
+    try:
+        load_profile(network, "NetLab.Network")
+    except ConfigurationError as error:
+        assert str(error) + "\n" == example.group(1)
+    else:
+        raise AssertionError("the example configuration was accepted")
