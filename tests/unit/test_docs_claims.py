@@ -148,3 +148,45 @@ def test_configuration_md_error_example_is_what_the_validator_says() -> None:
         assert str(error) + "\n" == example.group(1)
     else:
         raise AssertionError("the example configuration was accepted")
+
+
+def _rooms() -> str:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    return page.split("\n## Rooms\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_architecture_rooms_name_every_module_and_package() -> None:
+    """A module added without a word in the map of the code fails here."""
+    rooms = _rooms()
+    package = ROOT / "tardis_netadapter"
+    named = [
+        f"`{path.name}`" if path.is_file() else f"`{path.name}/"
+        for path in sorted(package.iterdir())
+        if (path.suffix == ".py" and path.name != "__init__.py")
+        or (path.is_dir() and (path / "__init__.py").exists())
+    ]
+    named += [
+        f"`batch/{path.name}`" for path in sorted((package / "batch").glob("*.py"))
+    ]
+    missing = [
+        name for name in named if name not in rooms and name != "`batch/__init__.py`"
+    ]
+    assert not missing, missing
+
+
+def test_architecture_names_every_product_command() -> None:
+    """The product's own subcommands (cli.COMMAND_MODULES), not the lab's."""
+    import argparse
+    import importlib
+
+    from tardis_netadapter.cli import COMMAND_MODULES
+
+    row = next(
+        line for line in _rooms().splitlines() if line.startswith("| `commands/`")
+    )
+    subparsers = argparse.ArgumentParser().add_subparsers()
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_parser(subparsers)
+    product = set(subparsers.choices)
+    assert {"check", "render", "status", "examples", "site-nat"} <= product
+    assert not [name for name in product if f"`{name}`" not in row]
