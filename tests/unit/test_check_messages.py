@@ -283,3 +283,13 @@ def test_a_misspelt_adapter_with_a_valid_section_checks_the_rest(
     assert code == 1
     assert "[ok  ] NetLab: configuration valid" in out
     assert "cpu1: drone script renders and passes bash -n" in out
+
+
+def test_missing_machine_meta_data_says_the_unit(tmp_path, capsys) -> None:
+    edit = {"MachineMetaData": {"cpu1": {"Cores": 1, "Disk": 1}}}
+    code, _, err = check(write(tmp_path, **edit), capsys=capsys)
+    assert code == 2
+    assert (
+        "NetLab.MachineMetaData.cpu1.Memory: missing; required: a number; "
+        "expected format: GB per drone" in err
+    )
