@@ -81,3 +81,15 @@ def test_a_misspelt_machine_type_is_suggested(capsys) -> None:
     assert (
         "no machine type 'dc-cpus' (did you mean 'dc-cpu'?)" in capsys.readouterr().err
     )
+
+
+def test_only_script_only_output_is_a_script_sbatch_takes(capsys) -> None:
+    """sbatch wants '#!' on the first line: deployment.md saves --script-only."""
+    config = str(ROOT / "configs" / "fzj-jureca.yml")
+    args = ["render", config, "--site", "JURECA", "--machine-type", "dc-cpu"]
+    assert main(args) == 0
+    assert not capsys.readouterr().out.startswith("#!")
+    assert main([*args, "--script-only"]) == 0
+    assert capsys.readouterr().out.startswith("#!/bin/bash\n")
+    page = (ROOT / "docs" / "deployment.md").read_text()
+    assert "--script-only > drone.sh" in page
