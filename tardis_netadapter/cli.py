@@ -17,6 +17,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, Optional
@@ -78,7 +79,35 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_parser(subparsers)
     for _name, add_parser in plugin_commands():
         add_parser(subparsers)
+    plain_help(parser)
     return parser
+
+
+#: reStructuredText inline literals (``x``) in docstrings used as help texts
+_LITERAL = re.compile(r"``(.+?)``", re.S)
+
+
+def plain_text(text: Optional[str]) -> Optional[str]:
+    """``text`` without reST literal markup: a terminal shows ``x`` as is.
+
+    Commands take their descriptions from their module docstrings, written
+    for Sphinx-style readers; ``--help`` is read in a terminal.
+    """
+    return _LITERAL.sub(r"\1", text) if text else text
+
+
+def plain_help(parser: argparse.ArgumentParser) -> None:
+    """Strip reST markup from every help text of ``parser`` and its subcommands,
+    plug-in commands included (their modules are not ours to edit)."""
+    parser.description = plain_text(parser.description)
+    parser.epilog = plain_text(parser.epilog)
+    for action in parser._actions:
+        action.help = plain_text(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help)
+            for subparser in set(action.choices.values()):
+                plain_help(subparser)
 
 
 def missing_extra(args: argparse.Namespace) -> Optional[str]:

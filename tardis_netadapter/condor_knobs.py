@@ -17,8 +17,14 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-#: how an operator gets the bindings: they are an optional extra of the product
-HTCONDOR_EXTRA = "pip install 'tardis-netadapter[htcondor]'"
+#: how an operator gets the bindings: the product's ``htcondor`` extra. The
+#: product is not on PyPI, so "pip install 'tardis-netadapter[htcondor]'"
+#: would fail (or fetch someone else's package): name the checkout's form and
+#: the requirement itself (pyproject.toml's extra; a unit test keeps them equal)
+HTCONDOR_EXTRA = (
+    "install the htcondor extra: pip install '.[htcondor]' in the "
+    "tardis-netadapter checkout, or pip install 'htcondor>=24'"
+)
 
 
 def have_htcondor() -> bool:

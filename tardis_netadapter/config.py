@@ -22,6 +22,7 @@ from .keepalive import KeepaliveBudget, derive_budget
 from .modes.socks import AUTO, PortSetting
 from .profile import NetworkProfile, proxy_elements
 from .schema import ConfigurationError, load_partial, plain, untainted
+from .suggest import did_you_mean
 
 __all__ = [
     "AUTO",
@@ -61,7 +62,10 @@ def load_profile_and_budget(
         mode = modes.get(mode_name)
     else:
         allowed = ", ".join(repr(name) for name in modes.names())
-        problems.append(f"{path}.mode: got {mode_name!r}; allowed: one of {allowed}")
+        problems.append(
+            f"{path}.mode: got {mode_name!r}; allowed: one of {allowed}"
+            f"{did_you_mean(mode_name, modes.names())}"
+        )
     tainted: set[str] = set()
     if isinstance(data, Mapping):
         data, refused = _without_foreign_sections(data, mode, path)

@@ -8,16 +8,17 @@ so the payload reads the same variables whichever batch system runs it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
 class MachineMetaData:
     """``Site.MachineMetaData.<machine type>``: what one drone provides."""
 
-    Cores: int
-    Memory: float  # GB, as everywhere in TARDIS
-    Disk: float  # GB
+    Cores: int = field(metadata={"format": "cores per drone, e.g. 8"})
+    #: GB, as everywhere in TARDIS
+    Memory: float = field(metadata={"format": "GB per drone, e.g. 16 or 0.5"})
+    Disk: float = field(metadata={"format": "GB of scratch per drone, e.g. 20"})
 
     def check(self, path: str) -> list[str]:
         return [

@@ -13,6 +13,8 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
+from .suggest import did_you_mean, unknown_key
+
 T = TypeVar("T")
 
 
@@ -43,6 +45,12 @@ class _Problems:
 
     def add(self, path: str, value: Any, allowed: str) -> None:
         self.items.append(f"{path}: got {value!r}; {allowed}")
+        self.failures += 1
+
+    def missing(self, path: str, kind: str, expected: str = "") -> None:
+        """A required key that is absent: what to write, not "got None"."""
+        how = f"; expected format: {expected}" if expected else ""
+        self.items.append(f"{path}: missing; required: {kind}{how}")
         self.failures += 1
 
 
@@ -92,7 +100,10 @@ def _convert(hint: Any, value: Any, path: str, problems: _Problems) -> Any:
     if origin is Literal:
         if value in get_args(hint):
             return value
-        problems.add(path, value, f"allowed: {_describe(hint)}")
+        words = [a for a in get_args(hint) if isinstance(a, str)]
+        problems.add(
+            path, value, f"allowed: {_describe(hint)}{did_you_mean(value, words)}"
+        )
         return None
     if origin in (list, tuple):
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
@@ -165,6 +176,10 @@ def _convert(hint: Any, value: Any, path: str, problems: _Problems) -> Any:
 def _build(cls: type[T], data: Any, path: str, problems: _Problems) -> T | None:
     """Build dataclass ``cls`` from a mapping, checking keys, types and rules.
 
+    A field's ``metadata["format"]`` (e.g. a Slurm time limit's forms) is
+    added to every message about that key: a missing or mistyped value then
+    says how to write it, not only which Python type it must be.
+
     A field that cannot be converted is reported and takes its default, so the
     dataclass is still built and its own ``check()`` still runs: a nested error
     must not hide the parent's errors. Only a required field without a usable
@@ -181,9 +196,7 @@ def _build(cls: type[T], data: Any, path: str, problems: _Problems) -> T | None:
     known = [f.name for f in _fields(cls)]
     for key in data:
         if key not in known:
-            problems.add(
-                f"{path}.{key}", data[key], f"unknown key; allowed: {', '.join(known)}"
-            )
+            problems.add(f"{path}.{key}", data[key], unknown_key(key, known))
     values: dict[str, Any] = {}
     tainted: set[str] = set()
     buildable = True
@@ -193,19 +206,25 @@ def _build(cls: type[T], data: Any, path: str, problems: _Problems) -> T | None:
             field.default is dataclasses.MISSING
             and field.default_factory is dataclasses.MISSING
         )
+        expected = field.metadata.get("format", "")
         if field.name in data:
-            before = problems.failures
+            before, seen = problems.failures, len(problems.items)
             value = _convert(hints[field.name], data[field.name], key_path, problems)
             if problems.failures == before:
                 values[field.name] = value
                 continue
+            if expected:  # the type's wording alone does not say how to write it
+                problems.items[seen:] = [
+                    f"{item}; expected format: {expected}"
+                    for item in problems.items[seen:]
+                ]
             tainted.add(field.name)
             if value is not None:
                 values[field.name] = value  # built around a failure: partly defaults
             elif required:
                 buildable = False
         elif required:
-            problems.add(key_path, None, f"required: {_describe(hints[field.name])}")
+            problems.missing(key_path, _describe(hints[field.name]), expected)
             buildable = False
     if not buildable:
         return None

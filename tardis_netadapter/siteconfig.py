@@ -26,6 +26,7 @@ from .config import NetworkProfile, load_profile_and_budget
 from .keepalive import KeepaliveBudget
 from .machine import MachineMetaData
 from .schema import ConfigurationError, load, plain
+from .suggest import did_you_mean, unknown_key
 
 #: keys of the site section and what they are for (for error messages)
 SITE_KEYS = {
@@ -105,9 +106,7 @@ def load_site_settings(
     )
     for key in section:
         if key not in SITE_KEYS:
-            problems.append(
-                f"{site_name}.{key}: unknown key; allowed: {', '.join(SITE_KEYS)}"
-            )
+            problems.append(f"{site_name}.{key}: {unknown_key(key, SITE_KEYS)}")
 
     profile = budget = None
     if "Network" not in section:
@@ -415,15 +414,20 @@ def load_site_from_file(config: Path, site_name: str) -> SiteFromFile:
     )
     if entry is None:
         known = ", ".join(str(s.get("name")) for s in sites if isinstance(s, Mapping))
+        names = [str(s.get("name")) for s in sites if isinstance(s, Mapping)]
         raise ConfigurationError(
-            [f"{source}: Sites: no site named {site_name!r}; known: {known or 'none'}"]
+            [
+                f"{source}: Sites: no site named {site_name!r}"
+                f"{did_you_mean(site_name, names)}; known: {known or 'none'}"
+            ]
         )
     driver = driver_for(entry.get("adapter"))
     if driver is None:
         raise ConfigurationError(
             [
-                f"{source}: Sites[{site_name}].adapter: got {entry.get('adapter')!r}; "
-                f"expected one of {', '.join(repr(name) for name in DRIVERS)}"
+                f"{source}: Sites[{site_name}].adapter: got {entry.get('adapter')!r}"
+                f"{did_you_mean(entry.get('adapter'), DRIVERS)}; expected one of "
+                f"{', '.join(repr(name) for name in DRIVERS)} (case-sensitive)"
             ]
         )
     settings = load_site_settings(site_name, tardis.get(site_name), driver())

@@ -2,7 +2,8 @@
 # tardis-netadapter drone watchdog: probes the pool through the drone's own
 # chain, heals a dead tunnel, and writes one heartbeat record per interval.
 #
-# Sourced by the drone script (bash >= 4.3); safe under `set -euo pipefail`.
+# Sourced by the drone script (bash >= 4.4, as the whole script); safe under
+# `set -euo pipefail`.
 # Documented in docs/monitoring.md. The adapter reads the records in bulk
 # (tardis_netadapter/connectivity) and decides connected / degraded / lost.
 #

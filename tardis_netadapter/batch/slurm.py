@@ -80,6 +80,48 @@ NUMA_OWNED_LONG = dict.fromkeys(
 _GRES_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
+#: how a Walltime is written (schema messages add it to every Walltime problem)
+WALLTIME_FORMAT = (
+    'a Slurm time limit as a quoted string: "60" (minutes), "MM:SS", '
+    '"HH:MM:SS" such as "02:00:00", or "D-HH[:MM[:SS]]" such as "1-12:00:00"'
+)
+#: how a Partition is written
+PARTITION_FORMAT = (
+    "a partition name as slurm.conf defines it (no blank, '#' or '='), or "
+    "several separated by ',' (sbatch -p takes the first that can run the job)"
+)
+#: what slurm.conf's ``PartitionName=`` cannot hold: its parser splits on
+#: blanks, starts a comment at '#' and a value at '='; sbatch -p splits the
+#: list on ','. Slurm refuses such a name ("invalid partition specified")
+#: only at the first submission, after the daemon has started.
+_PARTITION_BAD = re.compile(r"[\s#=\x00-\x1f\x7f]")
+
+
+def _partition_problems(partition: str, path: str) -> list[str]:
+    """Why Slurm would refuse ``partition`` (a name or a ','-separated list)."""
+    names = partition.split(",")
+    if any(not name for name in names):
+        return [
+            f"{path}: got {partition!r}; an empty name in the list (a leading, "
+            f"trailing or doubled ','); expected format: {PARTITION_FORMAT}"
+        ]
+    problems = []
+    for name in names:
+        if _PARTITION_BAD.search(name):
+            problems.append(
+                f"{path}: got {partition!r}; {name!r} holds a blank, '#', '=' or a "
+                f"control character, which no Slurm partition name can; expected "
+                f"format: {PARTITION_FORMAT}"
+            )
+        elif name.upper() == "DEFAULT":
+            problems.append(
+                f"{path}: got {partition!r}; DEFAULT is slurm.conf's record of "
+                "defaults, not a partition: remove Partition to use the site's "
+                "default partition"
+            )
+    return problems
+
+
 @dataclass(frozen=True)
 class SlurmMachineType:
     """The Slurm keys of ``Site.MachineTypeConfiguration.<machine type>``.
@@ -90,8 +132,10 @@ class SlurmMachineType:
     installed Slurm accepts (see :func:`resource_words`).
     """
 
-    Walltime: str
-    Partition: Optional[str] = None
+    Walltime: str = field(metadata={"format": WALLTIME_FORMAT})
+    Partition: Optional[str] = field(
+        default=None, metadata={"format": PARTITION_FORMAT}
+    )
     SubmitOptions: OptionSet = field(default_factory=OptionSet)
     TerminateOptions: OptionSet = field(default_factory=OptionSet)
     #: GPUs per drone (``--gres=gpu[:GpuType]:Gpus``); None: no GPU request
@@ -112,6 +156,8 @@ class SlurmMachineType:
                 f"{path}.Partition: empty; name a partition or remove the key "
                 "to use the site's default partition"
             )
+        elif self.Partition is not None:
+            problems += _partition_problems(self.Partition, f"{path}.Partition")
         for name in self.SubmitOptions.short:
             if name in OWNED_SHORT:
                 problems.append(
@@ -185,8 +231,8 @@ def walltime_seconds(walltime: str) -> int:
     match = _WALLTIME.fullmatch(str(walltime))
     if not match:
         raise ValueError(
-            f"got {walltime!r}; expected a Slurm time limit such as 60 (minutes), "
-            "02:00:00 or 1-12:00:00; drones need a finite limit"
+            f"got {walltime!r}; expected format: {WALLTIME_FORMAT}; drones need "
+            "a finite limit"
         )
     parts = match.groupdict()
     if parts["days"] is not None:

@@ -1,6 +1,7 @@
-"""``tardis-netadapter check CONFIG [--probe]``: is this site ready for drones?
+"""``tardis-netadapter check CONFIG... [--probe]``: is this site ready for drones?
 
-Offline it validates every NetSlurm site of the configuration, renders each
+Offline it validates every site of a registered driver (NetSlurm, ...) of
+each configuration file, names a site whose adapter is misspelt, renders each
 machine type's drone script and checks it with ``bash -n``, and reads the
 generated HTCondor knobs back through HTCondor's own parser. With ``--probe``
 it also logs in to the site once, through the site's own executor, and checks
@@ -24,6 +25,7 @@ from .. import modes
 from ..batch import DRIVERS
 from ..paths import shell_path
 from ..siteconfig import SiteSettings
+from ..suggest import closest, did_you_mean
 from .sitecli import build_executor
 
 #: the marker that starts every line of the remote probe's answer
@@ -54,9 +56,16 @@ def add_parser(subparsers: Any) -> None:
         help="validate a configuration (offline) and probe the site (--probe)",
         description=__doc__.split("\n\n")[0],
     )
-    parser.add_argument("config", type=Path, help="cobald.yml or TARDIS YAML")
     parser.add_argument(
-        "--site", help="check only this site (default: all NetSlurm sites)"
+        "config",
+        type=Path,
+        nargs="+",
+        help="cobald.yml or TARDIS YAML; several files (configs/*.yml) get a "
+        "verdict each",
+    )
+    parser.add_argument(
+        "--site",
+        help="check only this site (default: every site of a registered driver)",
     )
     parser.add_argument(
         "--probe",
@@ -83,7 +92,7 @@ def add_parser(subparsers: Any) -> None:
 def offline_items(settings: SiteSettings) -> list[Item]:
     """Checks that need nothing but the configuration and this machine."""
     from .. import render
-    from ..condor_knobs import mismatches
+    from ..condor_knobs import HTCONDOR_EXTRA, mismatches
 
     profile, budget = settings.profile, settings.budget
     items = [Item(True, f"{settings.name}: configuration valid")]
@@ -117,7 +126,7 @@ def offline_items(settings: SiteSettings) -> list[Item]:
             Item(
                 False,
                 f"HTCondor knobs could not be read back: {error}",
-                "install the htcondor Python bindings (pip install htcondor)",
+                HTCONDOR_EXTRA,
                 warning=True,
             )
         )
@@ -340,17 +349,69 @@ async def job_items(
 # --------------------------------------------------------------------------
 
 
-def _sites(config: Path, requested: Optional[str]) -> list[str]:
+def _sites(
+    config: Path, requested: Optional[str]
+) -> tuple[list[tuple[str, Optional[str]]], list[Item]]:
+    """The sites of ``config`` to check, and items for sites whose adapter is wrong.
+
+    Each site comes with the driver to check it as when its ``adapter`` is
+    not one (None: its own). A site whose ``adapter`` is a registered
+    driver's name but for case (``Netslurm``) is a failure, as TARDIS would
+    look up a class that does not exist and the daemon would not start; its
+    section is still checked as that driver's, so every error shows at once.
+    A name of one of TARDIS's own site adapters (``Slurm``, ``HTCondor``,
+    ...) is not this adapter's to check, and is said so.
+    """
     from ..siteconfig import read_yaml, tardis_section
 
-    if requested:
-        return [requested]
-    tardis, source = tardis_section(read_yaml(config), config)
-    return [
-        str(site.get("name"))
-        for site in tardis.get("Sites") or []
-        if isinstance(site, Mapping) and site.get("adapter") in DRIVERS
-    ]
+    tardis, _source = tardis_section(read_yaml(config), config)
+    sites: list[tuple[str, Optional[str]]] = []
+    items: list[Item] = []
+    for site in tardis.get("Sites") or []:
+        if not isinstance(site, Mapping):
+            continue
+        name, adapter = str(site.get("name")), site.get("adapter")
+        if requested and name != requested:
+            continue
+        if adapter in DRIVERS:
+            sites.append((name, None))
+            continue
+        items.append(adapter_item(name, adapter))
+        meant = closest(adapter, DRIVERS)
+        if meant is not None and meant.lower() == str(adapter).lower():
+            sites.append((name, meant))
+    if requested and not sites and not items:
+        sites.append((requested, None))  # load_site_from_file names the known sites
+    return sites, items
+
+
+def adapter_item(site: str, adapter: Any) -> Item:
+    """The checklist item for a site whose adapter is not a registered driver."""
+    from importlib.util import find_spec
+
+    registered = ", ".join(repr(name) for name in DRIVERS)
+    if isinstance(adapter, str) and adapter.lower() in {d.lower() for d in DRIVERS}:
+        return Item(
+            False,
+            f"Sites[{site}].adapter: got {adapter!r}{did_you_mean(adapter, DRIVERS)}; "
+            "adapter names are case-sensitive",
+            f"write adapter: {closest(adapter, DRIVERS)}",
+        )
+    stock = isinstance(adapter, str) and adapter.isidentifier()
+    if stock and find_spec(f"tardis.adapters.sites.{adapter.lower()}") is not None:
+        return Item(
+            False,
+            f"Sites[{site}]: adapter {adapter!r} is one of TARDIS's own site "
+            f"adapters, not tardis-netadapter's ({registered}): not checked",
+            "",
+            warning=True,
+        )
+    return Item(
+        False,
+        f"Sites[{site}].adapter: got {adapter!r}{did_you_mean(adapter, DRIVERS)}; "
+        f"expected a registered driver: one of {registered}",
+        "set adapter to one of the names above (or a TARDIS site adapter's)",
+    )
 
 
 def report(items: Iterable[Item]) -> tuple[str, bool]:
@@ -360,24 +421,71 @@ def report(items: Iterable[Item]) -> tuple[str, bool]:
     return text, all(item.ok or item.warning for item in items)
 
 
-def run(args: argparse.Namespace) -> int:
-    """The ``check`` command; exit 0 when ready, 1 when an item failed."""
-    from ..siteconfig import load_site_from_file
+def check_file(config: Path, args: argparse.Namespace) -> tuple[str, int]:
+    """Check one configuration file; print its checklist, return its verdict
+    line and exit code (0 ready, 1 an item failed, 2 invalid configuration)."""
+    from ..schema import ConfigurationError
+    from ..siteconfig import (
+        load_site_from_file,
+        load_site_settings,
+        read_yaml,
+        tardis_section,
+    )
 
-    sites = _sites(args.config, args.site)
-    if not sites:
-        print(f"{args.config}: no {'/'.join(DRIVERS)} site to check", file=sys.stderr)
-        return 1
-    ready = True
-    for site in sites:
-        found = load_site_from_file(args.config, site)
-        items = offline_items(found.settings)
-        if args.probe:
-            items += probe_items(
-                found.settings, found.tardis[site].get("executor"), args.job_timeout
-            )
-        text, passed = report(items)
-        print(text)
-        ready = ready and passed
-    print("ready" if ready else "not ready: fix the items marked FAIL")
-    return 0 if ready else 1
+    items: list[Item] = []
+    try:
+        sites, items = _sites(config, args.site)
+        if not sites and not items:
+            items = [
+                Item(
+                    False,
+                    f"no {'/'.join(DRIVERS)} site to check",
+                    "add a site with one of these adapters to Sites",
+                )
+            ]
+        for site, as_driver in sites:
+            if as_driver is not None:  # its adapter line failed already
+                tardis, _ = tardis_section(read_yaml(config), config)
+                driver = DRIVERS[as_driver]()
+                items += offline_items(
+                    load_site_settings(site, tardis.get(site), driver)
+                )
+                continue
+            found = load_site_from_file(config, site)
+            items += offline_items(found.settings)
+            if args.probe:
+                items += probe_items(
+                    found.settings, found.tardis[site].get("executor"), args.job_timeout
+                )
+    except ConfigurationError as error:
+        if items:  # what was found before (a misspelt adapter) stays said
+            print(report(items)[0])
+        sys.stdout.flush()  # the errors after this file's header, also in a pipe
+        print(f"tardis-netadapter: {config}: {error}", file=sys.stderr)
+        return f"{config}: not ready: invalid configuration (errors above)", 2
+    text, passed = report(items)
+    print(text)
+    if passed:
+        return f"{config}: ready", 0
+    return f"{config}: not ready: fix the items marked FAIL", 1
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``check`` command: every file gets its verdict; exit 0 when all are
+    ready, else 1 (an item failed) or 2 (a configuration is invalid)."""
+    several = len(args.config) > 1
+    codes = []
+    for config in args.config:
+        if several:
+            print(f"== {config}")
+        verdict, code = check_file(config, args)
+        print(verdict)
+        codes.append(code)
+    if several:
+        bad = sum(1 for code in codes if code)
+        print(
+            f"{len(codes)} files: all ready"
+            if not bad
+            else f"{len(codes)} files: {bad} not ready"
+        )
+    return max(codes)

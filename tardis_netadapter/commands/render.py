@@ -2,7 +2,9 @@
 
 Prints the exact sbatch command line and the drone script (sent on sbatch's
 stdin) that the NetSlurm adapter would submit for one drone, built by the same
-functions the adapter uses. Nothing is submitted and nothing is connected: the
+functions the adapter uses, and, in a header, the values the adapter derives
+for the site (keepalive intervals, heartbeat interval, grace, connect
+deadline, listing age). Nothing is submitted and nothing is connected: the
 configuration is read inertly (executors and pool factories are not built).
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..schema import ConfigurationError
+from ..suggest import did_you_mean
 
 #: a TARDIS-like drone uuid: lower-case site name and 10 characters
 _UUID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -73,6 +76,79 @@ def translation_for(tardis: Mapping[str, Any]) -> Mapping[str, float]:
         return HTCONDOR_TRANSLATION
 
 
+def _how(explicit: object) -> str:
+    return "set" if explicit is not None else "derived"
+
+
+def derived_lines(settings: Any, tardis: Mapping[str, Any]) -> list[str]:
+    """The values the adapter derives for the site, as the header shows them.
+
+    What docs/configuration.md calls "derived" (keepalive intervals, the
+    watchdog's heartbeat interval, the grace before a failing drone is lost,
+    the connect deadline, how long one listing is reused) is computed at
+    start from a few keys; an operator should not have to redo the sums.
+    Each says whether it was derived or set in the configuration.
+    """
+    budget, profile = settings.budget, settings.profile
+    monitoring, keepalive = profile.monitoring, profile.keepalive
+    timeout = budget.idle_timeout
+    lines = [
+        "firewall.idle_timeout: "
+        + (f"{timeout}s" if timeout else "none (idle flows are not dropped)"),
+    ]
+    if budget.enabled:
+        lines.append(
+            f"keepalive.server_alive_interval: {budget.server_alive_interval}s "
+            f"({_how(keepalive.server_alive_interval)}) x server_alive_count_max "
+            f"{budget.server_alive_count_max}: a dead tunnel is noticed after "
+            f"{budget.dead_tunnel_detection}s"
+        )
+        knobs = " ".join(f"{k}={v}" for k, v in sorted(budget.condor_knobs.items()))
+        lines.append(f"HTCondor knobs: {knobs or 'none (HTCondor defaults)'}")
+    else:
+        lines.append("keepalive.enabled: false (no keepalive derived)")
+    if profile.mode == "vpn":
+        from ..modes.vpn import dpd_interval
+
+        lines.append(
+            f"vpn.dpd: {dpd_interval(profile)}s ({_how(profile.vpn.dpd)}): "
+            "openconnect --force-dpd"
+        )
+    if monitoring.enabled:
+        lines += [
+            f"monitoring.heartbeat_interval: {budget.watchdog_interval}s "
+            f"({_how(monitoring.heartbeat_interval)})",
+            f"monitoring.grace: {budget.grace}s ({_how(monitoring.grace)}): a "
+            "drone failing this long is lost and ended",
+            f"monitoring.connect_deadline: {budget.connect_deadline}s "
+            f"({_how(monitoring.connect_deadline)}): a running drone that has "
+            "not reached the pool by then is never-connected and ended",
+        ]
+    else:
+        lines.append("monitoring.enabled: false (no watchdog, no verdicts)")
+    entry = next(
+        (
+            s
+            for s in tardis.get("Sites") or []
+            if isinstance(s, Mapping) and s.get("name") == settings.name
+        ),
+        {},
+    )
+    heartbeat = entry.get("drone_heartbeat_interval") or 60
+    max_age = settings.status_max_age
+    lines += [
+        "status_max_age: "
+        + (
+            f"{max_age:g}s (set)"
+            if max_age is not None
+            else f"{max(1.0, heartbeat / 2):g}s (derived: half of "
+            f"drone_heartbeat_interval {heartbeat}s)"
+        ),
+        f"command_timeout: {settings.command_timeout:g}s",
+    ]
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     """Render and print; ConfigurationError (exit 2) names the bad key."""
     from ..siteadapter import build_submission
@@ -83,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     if args.machine_type not in kinds:
         raise ConfigurationError(
             [
-                f"{args.site}.MachineTypes: no machine type {args.machine_type!r}; "
-                f"known: {', '.join(kinds)}"
+                f"{args.site}.MachineTypes: no machine type {args.machine_type!r}"
+                f"{did_you_mean(args.machine_type, kinds)}; known: {', '.join(kinds)}"
             ]
         )
     uuid = args.uuid or f"{args.site.lower()}-{'0' * 10}"
@@ -105,7 +181,11 @@ def run(args: argparse.Namespace) -> int:
             f"{args.machine_type}, drone {uuid}\n"
             "# submitted as (the script below goes to the command's stdin):\n"
             f"# {submission.command}\n"
-            "# ---- script (use --script-only for the exact bytes) ----"
+            "# derived values of this site (docs/configuration.md):\n"
+            + "".join(
+                f"#   {line}\n" for line in derived_lines(site.settings, site.tardis)
+            )
+            + "# ---- script (use --script-only for the exact bytes) ----"
         )
         sys.stdout.write(submission.script)
     return 0

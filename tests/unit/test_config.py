@@ -23,7 +23,9 @@ def test_minimal_profile_gets_documented_defaults() -> None:
 
 def test_unknown_key_is_an_error_naming_the_path_and_the_allowed_keys() -> None:
     (problem,) = problems_of({**LOGIN, "tunel": {}})
-    assert problem.startswith("Site.Network.tunel: got {}; unknown key; allowed:")
+    assert problem.startswith(
+        "Site.Network.tunel: got {}; unknown key (did you mean 'tunnel'?); allowed:"
+    )
     assert "tunnel" in problem
 
 

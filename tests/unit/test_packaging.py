@@ -195,12 +195,12 @@ def test_collector_without_bindings_names_the_extra(monkeypatch, capsys) -> None
     monkeypatch.setattr(cli, "have_htcondor", lambda: False)
     code = cli.main(["status", "any.yml", "--collector"])
     assert code == 2
-    assert "pip install 'tardis-netadapter[htcondor]'" in capsys.readouterr().err
+    assert "pip install '.[htcondor]'" in capsys.readouterr().err
 
 
 def test_knob_read_back_without_bindings_names_the_extra(monkeypatch) -> None:
     monkeypatch.setattr(condor_knobs, "have_htcondor", lambda: False)
-    with pytest.raises(RuntimeError, match=r"tardis-netadapter\[htcondor\]"):
+    with pytest.raises(RuntimeError, match=r"pip install '\.\[htcondor\]'"):
         condor_knobs.read_back({"STARTD_NOCLAIM_SHUTDOWN": "60"})
 
 

@@ -78,7 +78,7 @@ def test_missing_network_profile(configure, executor):
                     "large": {"Walltime": 1},
                 }
             },
-            "NetLab.MachineTypeConfiguration.small.Walltime: got None; required",
+            "NetLab.MachineTypeConfiguration.small.Walltime: missing; required",
         ),
         (
             {
@@ -87,7 +87,7 @@ def test_missing_network_profile(configure, executor):
                     "large": {"Cores": 1, "Memory": 1, "Disk": 1},
                 }
             },
-            "NetLab.MachineMetaData.small.Disk: got None; required",
+            "NetLab.MachineMetaData.small.Disk: missing; required",
         ),
         ({"status_max_age": -1}, "NetLab.status_max_age: got -1"),
         ({"MachineTypes": []}, "NetLab.MachineTypes: got []"),

@@ -181,7 +181,7 @@ def test_machine_type_loads():
     "data, fragment",
     [
         ({"Walltime": "forever"}, "NetLab.MachineTypeConfiguration.small.Walltime"),
-        ({}, "NetLab.MachineTypeConfiguration.small.Walltime: got None; required"),
+        ({}, "NetLab.MachineTypeConfiguration.small.Walltime: missing; required"),
         (
             {"Walltime": "60", "StartupCommand": "x.sh"},
             "NetLab.MachineTypeConfiguration.small.StartupCommand: got 'x.sh'; unknown key",
