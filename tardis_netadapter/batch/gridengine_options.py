@@ -46,6 +46,8 @@ OWNED_RESOURCES = {
     "mem_free": "MemFree",
 }
 
+#: what a missing or malformed Walltime's message shows (schema.py appends it)
+WALLTIME_FORMAT = "hours:minutes:seconds, e.g. '48:00:00' (qsub -l h_rt)"
 #: hours:minutes:seconds as Grid Engine's time specifier writes them (``1::1`` allowed)
 _HMS = re.compile(r"(\d*):(\d*):(\d*)")
 #: a Grid Engine memory specifier with a unit (sge_types(5): K/M/G = 1024^n, k/m/g = 1000^n)
@@ -113,7 +115,7 @@ class GridEngineMachineType:
     drone advertises that much, and h_vmem kills a job above it).
     """
 
-    Walltime: str
+    Walltime: str = field(metadata={"format": WALLTIME_FORMAT})
     Queue: Optional[str] = None
     ParallelEnvironment: Optional[str] = None
     Slots: Optional[int] = None

@@ -474,7 +474,10 @@ def test_machine_type_loads():
 @pytest.mark.parametrize(
     "data, fragment",
     [
-        ({}, "Walltime"),
+        (
+            {},
+            "Walltime: missing; required: a string; expected format: hours:minutes:seconds",
+        ),
         ({"Walltime": "60"}, "Walltime: got '60'; expected hours:minutes:seconds"),
         ({"Walltime": "0:0:0"}, "above zero"),
         ({"Walltime": "1:00:00", "Queue": "a b"}, ".Queue: got 'a b'"),
