@@ -104,6 +104,9 @@ def load_site_settings(
         "--export and --job-name): a comma there broke the "
         "first deploy. Rename the site in Sites and its section",
     )
+    refused = driver.job_name_problem(f"{str(site_name).lower()}-0123456789")
+    if refused:
+        problems.append(f"{site_name}: got {site_name!r}; {refused}")
     for key in section:
         if key not in SITE_KEYS:
             problems.append(f"{site_name}.{key}: {unknown_key(key, SITE_KEYS)}")

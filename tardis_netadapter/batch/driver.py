@@ -139,6 +139,13 @@ class BatchDriver(ABC):
     def walltime_seconds(self, options: Any) -> int:
         """The machine type's time limit in seconds (drones need a finite one)."""
 
+    # -- names -----------------------------------------------------------------------
+    def job_name_problem(self, job_name: str) -> Optional[str]:
+        """Why the batch system would refuse ``job_name`` (a drone uuid) as a
+        job name, or None. Checked against the site name when the configuration
+        is loaded, so a name every submission would fail on is refused at start."""
+        return None
+
     # -- check --probe -------------------------------------------------------------
     def probe_job_command(self, options: Any) -> Optional[str]:
         """A command that runs a short script (on its stdin, ``/bin/sh -s``) as

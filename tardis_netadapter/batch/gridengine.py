@@ -454,5 +454,17 @@ class GridEngineDriver(BatchDriver):
     def walltime_seconds(self, options: GridEngineMachineType) -> int:
         return options.walltime_seconds
 
+    def job_name_problem(self, job_name: str) -> Optional[str]:
+        """qsub -N refuses a name that starts with a digit (sge_types(5)),
+        with 'denied: ... is not a valid object name (cannot start with a
+        digit)'; a drone uuid starts with the site name in lower case."""
+        if job_name[:1].isdigit():
+            return (
+                "Grid Engine refuses job names that start with a digit (qsub -N: "
+                "'cannot start with a digit'), and every drone's job name starts "
+                "with the site name; rename the site to start with a letter"
+            )
+        return None
+
     def probe_job_command(self, options: GridEngineMachineType) -> Optional[str]:
         return qrsh_probe_command(options)

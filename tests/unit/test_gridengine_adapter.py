@@ -230,3 +230,14 @@ def test_render_shows_the_qsub_line(grid_engine):
     words = shlex.split(submission.command)
     assert words[:2] == ["qsub", "-terse"]
     assert submission.script.startswith("#!/bin/bash")
+
+
+def test_a_site_name_grid_engine_cannot_take_as_a_job_name_is_refused_at_start():
+    """qsub -N refuses '3rdsite-...' (the lab's qsub said 'cannot start with a
+    digit'); Slurm takes it, so the same name passes for NetSlurm."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_site_settings("3rdSite", section(None), GridEngineDriver())
+    (problem,) = caught.value.problems
+    assert problem.startswith("3rdSite: got '3rdSite'; Grid Engine refuses job names")
+    assert "rename the site to start with a letter" in problem
+    load_site_settings("NotreDameGE", section(None), GridEngineDriver())
