@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import shutil
 import sys
 import time
@@ -44,6 +45,19 @@ def screen(text: str, width: int) -> str:
     return HOME + "".join(line + CLEAR_LINE + "\n" for line in lines) + CLEAR_BELOW
 
 
+def terminal_width(out: TextIO) -> int:
+    """The width of the terminal ``out`` writes to, asked each round (resizes).
+
+    The terminal itself is asked first: a ``COLUMNS`` inherited from another
+    shell (which ``shutil`` prefers) would cut at the wrong width or let
+    lines wrap and break the redraw.
+    """
+    try:
+        return os.get_terminal_size(out.fileno()).columns
+    except (OSError, ValueError):  # no descriptor (io.UnsupportedOperation is both)
+        return shutil.get_terminal_size((200, 50)).columns
+
+
 def show(
     frame: Frame,
     source: StatusSource,
@@ -58,8 +72,7 @@ def show(
         text = header(source, args.watch, now) + "\n\n"
         text += frame.text(source.monitor, args.wide)
         if out.isatty():
-            width = shutil.get_terminal_size((200, 50)).columns
-            out.write(screen(text, width))
+            out.write(screen(text, terminal_width(out)))
         else:
             out.write(text + "\n")  # a blank line between rounds
     out.flush()
