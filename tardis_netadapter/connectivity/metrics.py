@@ -232,10 +232,15 @@ async def serve(
     """Start an HTTP exporter of ``metrics`` on ``addr:port``; returns the Service.
 
     Binds loopback by default: expose it wider only on purpose
-    (``Network.monitoring.metrics_address``).
+    (``Network.monitoring.metrics_address``). aiohttp's access log is set to
+    WARNING unless the logging configuration sets it: at a scrape a second it
+    would otherwise be most of the daemon's log.
     """
     from aioprometheus.service import Service  # late: pulls in aiohttp
 
+    access = logging.getLogger("aiohttp.access")
+    if access.level == logging.NOTSET:  # not configured: one line per scrape is noise
+        access.setLevel(logging.WARNING)
     service = Service(registry=metrics.registry)
     await service.start(addr=addr, port=port)
     logger.info("connectivity metrics on %s", service.metrics_url)

@@ -8,6 +8,7 @@ exporter right after the adapter is built, with no drone at all.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import urllib.request
 
@@ -88,6 +89,8 @@ async def test_endpoint_is_up_when_the_adapter_is_built_without_any_drone(
     assert 'tna_brake_engaged{site="NetLab"} 0' in text
     assert 'tna_grace_seconds{site="NetLab"}' in text
     assert 'tna_drones_ended_total{site="NetLab",verdict="lost"} 0' in text
+    # a scrape is not worth a log line (unless the logging configuration says so)
+    assert logging.getLogger("aiohttp.access").level == logging.WARNING
     sites.get("NetLab")._exporter_task.cancel()
 
 
