@@ -126,6 +126,29 @@ def test_watch_redraws_the_table_in_place_and_follows_the_site(tmux, login):
     assert third.count("DRONE") == 1
     assert third.splitlines()[0].startswith("Every 1s:")  # at the top, not scrolled
 
+    # Ctrl-C ends the watch quietly, with exit status 0 and no traceback
+    subprocess.run([*tmux, "send-keys", "-t", "watch", "C-c"], check=True)
+    status = wait_for_dead(tmux)
+    assert status == "0", status
+    assert "Traceback" not in (login["tmp"] / "watch.err").read_text()
+
+
+def wait_for_dead(tmux: list[str], timeout: float = 10.0) -> str:
+    """The exit status of the pane's command once it has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        shown = subprocess.run(
+            [*tmux, "display-message", "-p", "-t", "watch"]
+            + ["#{pane_dead} #{pane_dead_status}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if shown and shown[0] == "1":
+            return shown[1] if len(shown) > 1 else ""
+        time.sleep(0.2)
+    raise AssertionError(f"the watch did not end on Ctrl-C:\n{pane(tmux)}")
+
 
 def test_watch_cuts_lines_to_a_narrow_terminal(tmux, login):
     login["jobs"].write_text("21|RUNNING|netlab-aaa|10:00\n")
