@@ -65,7 +65,8 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "status",
         help="show each drone's connectivity verdict at a site",
-        description=__doc__.split("\n\n")[0],
+        # the docstring's first paragraph without its rST markup (--help is plain)
+        description=__doc__.split("\n\n")[0].replace("``", ""),
     )
     parser.add_argument("config", type=Path, help="cobald.yml or TARDIS YAML")
     parser.add_argument("--site", help="site name (default: the only NetSlurm site)")
@@ -249,6 +250,13 @@ class StatusSource:
 
 def run(args: argparse.Namespace) -> int:
     """The ``status`` command; exit 0, 1 if the site could not be asked."""
+    if args.count is not None and args.watch is None:
+        print(
+            "tardis-netadapter status: --count N needs --watch (one round is the "
+            "default without it)",
+            file=sys.stderr,
+        )
+        return 2
     source = StatusSource(args)
     if args.watch is not None:
         from .status_watch import watch

@@ -226,3 +226,15 @@ def test_in_a_terminal_each_round_redraws_in_place(monkeypatch):
     assert lines[0] == "Every 5s: tardis-net" + status_watch.CLEAR_LINE  # cut to 20
     assert "A" * 20 + status_watch.CLEAR_LINE in lines
     assert "A" * 21 not in text
+
+
+def test_count_without_watch_is_refused(site, capsys):
+    assert cli.main(["status", *site, "--count", "2"]) == 2
+    assert "--count N needs --watch" in capsys.readouterr().err
+
+
+def test_help_has_no_rst_markup(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["status", "--help"])
+    out = capsys.readouterr().out
+    assert "``" not in out and "tardis-netadapter status CONFIG:" in out
