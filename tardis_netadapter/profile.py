@@ -69,6 +69,23 @@ def check_port(path: str, port: int) -> list[str]:
     return [f"{path}: got {port!r}; expected a TCP port between 1 and 65535"]
 
 
+def check_bind_address(path: str, address: str) -> list[str]:
+    """An address a local server can bind: an IP literal, never a name.
+
+    A name would be resolved at bind time and might bind somewhere unexpected
+    (or fail only once the daemon runs); the exporter binds exactly this.
+    """
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return [
+            f"{path}: got {address!r}; expected an IP address of this host to "
+            "bind: 127.0.0.1 (the default, local scrapes only), one of the "
+            "host's addresses, or 0.0.0.0 / :: for all"
+        ]
+    return []
+
+
 def check_path(path: str, value: str, what: str) -> list[str]:
     """A configured path that reaches shell commands: plain, absolute or ``~/``."""
     problem = path_problem(value)
@@ -337,8 +354,11 @@ class Monitoring:
     grace: Optional[int] = None
     connect_deadline: Optional[int] = None
     heartbeat_dir: str = "~/.tardis-netadapter/heartbeats"
-    #: serve Prometheus metrics of the verdicts on 127.0.0.1:PORT (unset: off)
+    #: serve Prometheus metrics of the verdicts on metrics_address:PORT (unset: off)
     metrics_port: Optional[int] = None
+    #: the address the exporter binds: loopback unless exposed on purpose (as
+    #: TARDIS's own Prometheus plugin's ``addr``; 0.0.0.0 or :: for every address)
+    metrics_address: str = "127.0.0.1"
 
     def check(self, path: str) -> list[str]:
         problems = []
@@ -346,6 +366,7 @@ class Monitoring:
             problems += check_positive(f"{path}.{key}", getattr(self, key), "seconds")
         if self.metrics_port is not None:
             problems += check_port(f"{path}.metrics_port", self.metrics_port)
+        problems += check_bind_address(f"{path}.metrics_address", self.metrics_address)
         problems += check_path(
             f"{path}.heartbeat_dir",
             self.heartbeat_dir,

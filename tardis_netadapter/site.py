@@ -79,7 +79,9 @@ class Site:
         self._scripts: dict[str, str] = {}
         self.monitor: Optional[SiteMonitor] = None
         self.metrics: Optional[ConnectivityMetrics] = None
-        self._exporter: Optional[asyncio.Future] = None
+        #: the exporter's start is scheduled (on a loop, or with COBalD's runtime)
+        self._exporter_started = False
+        self._exporter_task: Optional[asyncio.Task] = None
         self._metered: Any = None
         self._followed: Any = None
         #: the outage the adapter acts on, and the monotonic time it was declared
@@ -205,15 +207,57 @@ class Site:
                 f"{outage.population} running drones failing)"
             )
 
+    def start_exporter(self) -> None:
+        """Serve the site's metrics from now on, drones or not (once per Site).
+
+        TARDIS builds the adapters while COBalD reads its configuration, before
+        any event loop runs, and asks an adapter nothing until the site has a
+        drone. So the start goes to COBalD's runtime, which runs it as soon as
+        its asyncio runner is up; when a loop already runs here (tests, a
+        reload inside the daemon), it starts on that loop. The series are
+        primed first, so the first scrape already shows the site. A failure
+        (the port taken) is logged, never raised: metrics are optional.
+        """
+        if self.metrics is None or self._exporter_started:
+            return
+        self._exporter_started = True
+        monitoring = self.settings.profile.monitoring
+        budget = self.settings.budget
+        self.metrics.prime(
+            self.name, float(budget.watchdog_interval), float(budget.grace)
+        )
+        self.metrics.update_brake(self.name, self.brake.snapshot())
+        port, address = int(monitoring.metrics_port), monitoring.metrics_address
+        metrics = self.metrics
+
+        async def start() -> None:
+            try:
+                await serve(metrics, port, address)
+            except Exception as error:  # noqa: BLE001 - optional, never stop COBalD
+                logger.error(
+                    "%s: connectivity metrics exporter on %s:%s failed: %r "
+                    "(Network.monitoring.metrics_address/metrics_port)",
+                    self.name,
+                    address,
+                    port,
+                    error,
+                )
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            from cobald.daemon import runtime
+
+            runtime.adopt(start, flavour=asyncio)
+        else:
+            self._exporter_task = loop.create_task(start())
+
     def update_metrics(self, snapshot: Any) -> None:
         """Set the site's gauges once per listing, not once per drone."""
         if self.metrics is None or self.monitor is None or self._metered is snapshot:
             return
         self._metered = snapshot
-        if self._exporter is None:
-            port = self.settings.profile.monitoring.metrics_port
-            self._exporter = asyncio.ensure_future(serve(self.metrics, int(port)))
-            self._exporter.add_done_callback(_log_exporter_failure)
+        self.start_exporter()  # normally already started with the adapter
         self.metrics.update(
             self.name, self.monitor.judgements, self.monitor.store.records
         )
@@ -275,12 +319,6 @@ class Site:
         return Submission(command=command, script=self.script(machine_type))
 
 
-def _log_exporter_failure(task: asyncio.Future) -> None:
-    """The metrics exporter is optional: its failure is logged, never raised."""
-    if not task.cancelled() and task.exception() is not None:
-        logger.error("connectivity metrics exporter failed: %r", task.exception())
-
-
 # ------------------------------------------------------------------------------------
 # the sites of this process, by name
 # ------------------------------------------------------------------------------------
@@ -308,6 +346,7 @@ def site_for(
         brake_state=default_state_file(site_name),
     )
     _SITES[site_name] = (section, site)
+    site.start_exporter()  # the endpoint is up with the adapter, not with a drone
     logger.info(
         "%s: site valid (%s, network mode %s, ssh keepalive %ss)",
         site_name,

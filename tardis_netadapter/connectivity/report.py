@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
-from .heartbeat import ContainerNet, Heartbeat, Isolation, Route, Vpn
+from .heartbeat import STAGES, ContainerNet, Heartbeat, Isolation, Route, Vpn
 from .verdict import Judgement, Verdict
 
 if TYPE_CHECKING:
@@ -41,6 +41,26 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("reason", "REASON"),
 )
 REASON_WIDTH = 60
+
+#: ``status --wide``: per drone what an operator follows a drone by: where it
+#: is (stage), how often its tunnel restarted, its last error, its heartbeat's
+#: age and its node; the reason is not cut
+WIDE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("uuid", "DRONE"),
+    ("job_id", "JOB"),
+    ("batch_state", "STATE"),
+    ("verdict", "VERDICT"),
+    ("stage", "STAGE"),
+    ("restarts", "RESTARTS"),
+    ("heartbeat_age", "HB AGE"),
+    ("host", "NODE"),
+    ("latency_ms", "LATENCY"),
+    ("path_error", "PATH ERROR"),
+    ("last_error", "LAST ERROR"),
+    ("reason", "REASON"),
+)
+#: how much of the drone's last error the wide table shows (--json has it all)
+LAST_ERROR_WIDTH = 60
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,31 @@ class StatusRow:
     #: the container's own network (the heartbeat's ``container_net``): ok,
     #: address, seen, reason; None without a record or in another mode
     container_net: Optional[ContainerNet] = None
+    #: where the drone is: its failing stage and that stage's word, else the
+    #: last stage its record reports (``payload:ok``); None without a record
+    stage: Optional[str] = None
+    #: the watchdog's last error (the record's ``last_error``), kept after it heals
+    last_error: Optional[str] = None
+
+
+def drone_stage(heartbeat: Optional[Heartbeat]) -> Optional[str]:
+    """``STAGE:WORD`` of the stage the drone is at, from its record's stages.
+
+    The failing stage when one fails (the record's own word for it, e.g.
+    ``chain:failed``), else the last stage in the drone script's order that
+    the record names (``payload:ok`` for a drone that is all the way up).
+    """
+    if heartbeat is None:
+        return None
+    stages = heartbeat.stages
+    if heartbeat.failing_stage:
+        word = stages.get(heartbeat.failing_stage, "failing")
+        return f"{heartbeat.failing_stage}:{word}"
+    if not stages:
+        return None
+    order = {name: index for index, name in enumerate(STAGES)}
+    last = max(stages, key=lambda name: order.get(name, -1))
+    return f"{last}:{stages[last]}"
 
 
 def make_row(
@@ -100,6 +145,8 @@ def make_row(
         vpn=heartbeat.vpn if heartbeat else None,
         route=heartbeat.route if heartbeat else None,
         container_net=heartbeat.container_net if heartbeat else None,
+        stage=drone_stage(heartbeat),
+        last_error=heartbeat.last_error if heartbeat else None,
     )
 
 
@@ -114,7 +161,7 @@ def _age(seconds: Optional[float]) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-def _cell(key: str, row: StatusRow) -> str:
+def _cell(key: str, row: StatusRow, wide: bool = False) -> str:
     if key == "isolation":
         # ns, preload, or preload! for a drone that wanted a namespace and fell back
         return "-" if row.isolation is None else row.isolation.label
@@ -135,9 +182,15 @@ def _cell(key: str, row: StatusRow) -> str:
         return _age(value)
     if key == "latency_ms":
         return "-" if value is None else f"{value:.1f}ms"
-    if key == "reason":
-        text = " ".join(str(value).split())  # no control characters in a terminal
-        return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 3] + "..."
+    if key in ("reason", "last_error"):
+        if value is None or value == "":
+            return "-"
+        text = " ".join(str(value).split())  # no line breaks in a table
+        text = "".join(c if c.isprintable() else "?" for c in text)
+        width = LAST_ERROR_WIDTH if key == "last_error" else REASON_WIDTH
+        if key == "reason" and wide:
+            return text  # the wide view's last column: nothing cut
+        return text if len(text) <= width else text[: width - 3] + "..."
     text = "-" if value is None or value == "" else str(value)
     return "".join(c if c.isprintable() else "?" for c in text)
 
@@ -150,11 +203,15 @@ def counts(rows: Sequence[StatusRow]) -> dict[str, int]:
     return result
 
 
-def render_table(rows: Sequence[StatusRow], site: str = "") -> str:
-    """An aligned plain-text table with a one-line summary; no colour, no wrapping."""
-    cells = [[title for _, title in COLUMNS]]
-    cells += [[_cell(key, row) for key, _ in COLUMNS] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+def render_table(rows: Sequence[StatusRow], site: str = "", wide: bool = False) -> str:
+    """An aligned plain-text table with a one-line summary; no colour, no wrapping.
+
+    ``wide``: the columns of ``status --wide`` (WIDE_COLUMNS) instead.
+    """
+    columns = WIDE_COLUMNS if wide else COLUMNS
+    cells = [[title for _, title in columns]]
+    cells += [[_cell(key, row, wide) for key, _ in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
         for line in cells

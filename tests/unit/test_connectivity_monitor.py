@@ -359,6 +359,8 @@ def test_json_keys_are_stable():
         "vpn",
         "route",
         "container_net",
+        "stage",  # issue 17, additive
+        "last_error",  # issue 17, additive
     }
     # every column is in the JSON (a dotted key: inside that object)
     assert {key.split(".")[0] for key, _ in COLUMNS} <= set(document["drones"][0])
@@ -414,7 +416,7 @@ def test_status_unreachable_site_is_an_error_not_a_traceback(
     config.write_text(CONFIG.format(hb=login["hb"]))
     monkeypatch.setenv("PATH", "/nonexistent")
     assert cli.main(["status", str(config), "--site", "NetLab"]) == 1
-    assert "cannot ask the site" in capsys.readouterr().err
+    assert "site NetLab: unreachable: " in capsys.readouterr().err.splitlines()[0]
 
 
 def test_status_names_a_missing_site(login, capsys):

@@ -141,7 +141,7 @@ async def test_metrics_are_set_once_per_cycle_not_once_per_drone(
         ConnectivityMetrics, "update", lambda self, site, j, r: updates.append(site)
     )
 
-    async def no_exporter(metrics, port):
+    async def no_exporter(metrics, port, addr="127.0.0.1"):
         return None
 
     monkeypatch.setattr(sites, "serve", no_exporter)
