@@ -163,7 +163,7 @@ class LoginExecutor:
 
 @dataclass
 class CobaldDaemon:
-    """``cobald run CONFIG`` in the control namespace, with its log and registry."""
+    """``cobald CONFIG`` (the COBalD daemon) in the control namespace, with its log and registry."""
 
     lab: Lab
     workdir: Path

@@ -190,3 +190,19 @@ def test_architecture_names_every_product_command() -> None:
     product = set(subparsers.choices)
     assert {"check", "render", "status", "examples", "site-nat"} <= product
     assert not [name for name in product if f"`{name}`" not in row]
+
+
+def test_no_page_or_example_runs_cobald_with_a_run_argument() -> None:
+    """COBalD's command is ``cobald CONFIG``: ``cobald run CONFIG`` fails
+    (``run`` is taken for the configuration file), yet README.md and the
+    example configs said it."""
+    pattern = re.compile(r"\bcobald run\b")
+    pages = [*DOCS, *sorted((ROOT / "configs").glob("*.yml"))]
+    pages += sorted((ROOT / "contrib").rglob("*.service"))
+    found = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for path in pages
+        for line in path.read_text().splitlines()
+        if pattern.search(line)
+    ]
+    assert not found, found

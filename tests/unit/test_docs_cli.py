@@ -24,9 +24,9 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 #: what the drone script logs starts with "tardis-netadapter drone <uuid>:"
 #: (drone_scripts/lib/common.sh): a log line quoted in the docs, not a command
 LOG_PREFIX = "drone "
-#: options the docs already name whose command lands from another branch of
-#: issue 17 (OPS-MON: status --wide/--watch); empty once merged
-PENDING: set[tuple[str, str]] = {("status", "--wide"), ("status", "--watch")}
+#: options the docs may name before their command lands (a branch landing in
+#: parts); keep it empty on main
+PENDING: set[tuple[str, str]] = set()
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
