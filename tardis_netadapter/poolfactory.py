@@ -3,7 +3,7 @@
 TARDIS finds site adapters only as
 ``import_module(f"tardis.adapters.sites.{name.lower()}")`` + ``f"{name}Adapter"``
 and has no plugin hook. :func:`register` puts, for every registered batch
-driver (``tardis_netadapter.batch.DRIVERS``: ``NetSlurm`` today), a module
+driver (``tardis_netadapter.batch.DRIVERS``: ``NetSlurm``, ``NetGridEngine``), a module
 holding its adapter class into ``sys.modules`` under
 ``tardis.adapters.sites.<name in lower case>``; ``import_module`` returns a
 module found there without searching the file system.

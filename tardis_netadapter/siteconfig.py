@@ -289,6 +289,11 @@ def _machine_types(
             except ConfigurationError as error:
                 problems += error.problems
         if len(parts) == 2:
+            # a driver's options may check themselves against the drone's size
+            check_with = getattr(parts["MachineTypeConfiguration"], "check_with", None)
+            if check_with is not None:
+                path = f"{site}.MachineTypeConfiguration.{name}"
+                problems += check_with(parts["MachineMetaData"], path)
             result[name] = MachineTypeSettings(
                 name, parts["MachineTypeConfiguration"], parts["MachineMetaData"]
             )

@@ -5,6 +5,7 @@
 * ``runner``   a command with a deadline on the login node and here
 * ``options``  TARDIS's ``short``/``long`` option form
 * ``slurm``    the Slurm driver (``adapter: NetSlurm``)
+* ``gridengine`` the Grid Engine driver (``adapter: NetGridEngine``)
 
 :func:`register` adds a driver; the pool factory makes every registered
 driver's ``adapter_name`` resolvable by TARDIS (poolfactory.py).
@@ -13,6 +14,7 @@ driver's ``adapter_name`` resolvable by TARDIS (poolfactory.py).
 from __future__ import annotations
 
 from .driver import BatchDriver, BatchOutputError, JobRecord
+from .gridengine import GridEngineDriver
 from .slurm import SlurmDriver
 
 #: registered drivers by the ``adapter:`` name TARDIS knows them by
@@ -43,11 +45,13 @@ def driver_for(adapter_name: object) -> type[BatchDriver] | None:
 
 
 register(SlurmDriver)
+register(GridEngineDriver)
 
 __all__ = [
     "DRIVERS",
     "BatchDriver",
     "BatchOutputError",
+    "GridEngineDriver",
     "JobRecord",
     "SlurmDriver",
     "driver_for",
