@@ -207,6 +207,16 @@ def _print_status(status: dict[str, Any]) -> None:
         )
     else:
         print("  site NAT      down (`lab nat up`)")
+    ge = status.get("gridengine", {})
+    if ge.get("up"):
+        alive = sum(1 for daemon in ge["daemons"].values() if daemon["alive"])
+        print(
+            f"  Grid Engine   up: cell {ge['sge_cell']} in {ge['sge_root']}, "
+            f"{alive}/{len(ge['daemons'])} daemons, qrsh "
+            f"{'open' if ge['qrsh'] else 'blocked'}"
+        )
+    else:
+        print("  Grid Engine   down (`lab gridengine up`)")
 
 
 def _nat_up(args: argparse.Namespace) -> int:

@@ -165,8 +165,10 @@ class GridEngine:
         login firewall (a restricted site's) refuses, so by default qrsh
         waits forever, as it would at such a site."""
         if self.is_up():
-            self.allow_qrsh(qrsh)
-            return self
+            if services.recorded_pid(self.lab, "sge-qmaster") is not None:
+                self.allow_qrsh(qrsh)
+                return self
+            self.down()  # a crashed qmaster: start over from a fresh cell
         if not self.lab.config_file.exists():
             raise GridEngineError(f"lab {self.lab.name} is not up")
         self._check_installed()
