@@ -332,8 +332,12 @@ STATE_LETTERS = frozenset("dEhRqwrtsSTz")
 
 #: the rules, first match wins: a letter of the state -> ResourceStatus, failed.
 #: Why each (docs/adapter.md has the table with every combination):
-#:  d  deletion was asked (qdel, or a running job's h_rt ran out): final, the
-#:     drone is gone; TARDIS goes straight to Down and does not qdel again
+#:  d  deletion was asked (qdel, or a running job's h_rt ran out) but the job
+#:     is still listed, so it may still run (a deletion stuck on an
+#:     unreachable execd lasts forever): Stopped, so TARDIS cleans it up
+#:     (its qdel answers "already in deletion", which counts as done) and
+#:     the drone is Down only once the job has left the listing or is z;
+#:     Deleted here could leave a running drone nobody tracks
 #:  E  the job failed to start and waits for a person (qmod -cj); TARDIS cleans
 #:     it up (qdel); logged as a failure for the operator
 #:  s S T  suspended by the user, its queue, or a load alarm: the drone's
@@ -345,7 +349,7 @@ STATE_LETTERS = frozenset("dEhRqwrtsSTz")
 #:  q w  waiting in the queue (also Rq: re-queued)
 #:  z  finished (listed only with qstat -s z)
 _RULES: tuple[tuple[str, ResourceStatus, bool], ...] = (
-    ("d", ResourceStatus.Deleted, False),
+    ("d", ResourceStatus.Stopped, False),
     ("E", ResourceStatus.Error, True),
     ("s", ResourceStatus.Stopped, False),
     ("S", ResourceStatus.Stopped, False),

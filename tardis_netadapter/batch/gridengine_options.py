@@ -31,6 +31,13 @@ OWNED = {
     "b": "(never: the drone script is sent on stdin)",
     "@": "(never: options come from the configuration only)",
 }
+#: qsub options that submit the job held (state ``hqw``): a held drone maps to
+#: Stopped and TARDIS cleans it up (qdel) at once, so they are refused
+HOLDING = {
+    "h": "submits the job held",
+    "hold_jid": "holds the job until other jobs end",
+    "hold_jid_ad": "holds the job's tasks until other tasks end",
+}
 #: resources of ``-l`` the adapter requests itself (refused inside SubmitOptions' -l)
 OWNED_RESOURCES = {
     "h_rt": "Walltime",
@@ -164,6 +171,12 @@ class GridEngineMachineType:
                 if name in OWNED:
                     problems.append(
                         f"{where}: set by the adapter from {OWNED[name]}; remove it here"
+                    )
+                elif name in HOLDING:
+                    problems.append(
+                        f"{where}: {HOLDING[name]}; a held drone is Stopped to "
+                        "TARDIS, which cancels it at once (docs/adapter.md, Grid "
+                        "Engine job states): remove it here"
                     )
                 elif name == "l":
                     for resource in (value or "").split(","):

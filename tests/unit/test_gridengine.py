@@ -401,16 +401,16 @@ STATE_TABLE = {
     "Ehqw": ResourceStatus.Error,
     "EhRqw": ResourceStatus.Error,
     # deletion
-    "dr": ResourceStatus.Deleted,
-    "dt": ResourceStatus.Deleted,
-    "dRr": ResourceStatus.Deleted,
-    "dRt": ResourceStatus.Deleted,
-    "ds": ResourceStatus.Deleted,
-    "dS": ResourceStatus.Deleted,
-    "dT": ResourceStatus.Deleted,
-    "dRs": ResourceStatus.Deleted,
-    "dRS": ResourceStatus.Deleted,
-    "dRT": ResourceStatus.Deleted,
+    "dr": ResourceStatus.Stopped,
+    "dt": ResourceStatus.Stopped,
+    "dRr": ResourceStatus.Stopped,
+    "dRt": ResourceStatus.Stopped,
+    "ds": ResourceStatus.Stopped,
+    "dS": ResourceStatus.Stopped,
+    "dT": ResourceStatus.Stopped,
+    "dRs": ResourceStatus.Stopped,
+    "dRS": ResourceStatus.Stopped,
+    "dRT": ResourceStatus.Stopped,
     # finished (qstat -s z)
     "z": ResourceStatus.Deleted,
 }
@@ -446,7 +446,7 @@ def test_unknown_state_says_nothing(state):
 def test_undocumented_combination_is_classified_by_its_letters():
     # qstat could print hRqw (no w) or dRtS; the rules decide by letters
     assert ge.map_state("hRqw") is ResourceStatus.Stopped
-    assert ge.map_state("dRtS") is ResourceStatus.Deleted
+    assert ge.map_state("dRtS") is ResourceStatus.Stopped
 
 
 # -- machine types ------------------------------------------------------------------------------
@@ -520,6 +520,15 @@ def test_machine_type_loads():
             "from MemoryPerSlot",
         ),
         ({"Walltime": "1:00:00", "Partition": "x"}, "Partition"),
+        (
+            {"Walltime": "1:00:00", "SubmitOptions": {"long": {"hold_jid": "12"}}},
+            "SubmitOptions.long.hold_jid: holds the job until other jobs end; a "
+            "held drone is Stopped",
+        ),
+        (
+            {"Walltime": "1:00:00", "SubmitOptions": {"short": {"h": None}}},
+            "SubmitOptions.short.h: submits the job held",
+        ),
     ],
 )
 def test_machine_type_errors_name_the_key(data, fragment):

@@ -161,11 +161,16 @@ async def test_a_drone_from_qsub_to_qdel(grid_engine):
     await adapter.terminate_resource(attributes)
     assert login.jobs["41"][0] == "dr"
     status = await adapter.resource_status(attributes)
+    # still listed, so it may still run: cleaned up, not yet gone
+    assert status.resource_status is ResourceStatus.Stopped
+    await adapter.terminate_resource(attributes)  # "already in deletion": no error
+    login.jobs["41"] = ("z", "notredamege-0123456789")
+    status = await adapter.resource_status(attributes)
     assert status.resource_status is ResourceStatus.Deleted  # qdel seen as the end
 
     del login.jobs["41"]  # purged: qdel says it does not exist, which is no error
     await adapter.terminate_resource(attributes)
-    assert login.count("qdel") == 2
+    assert login.count("qdel") == 3
 
 
 async def test_held_and_error_states_reach_tardis_as_documented(grid_engine):
