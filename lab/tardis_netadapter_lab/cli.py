@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from . import faults as faults_module
 from . import layout as L
+from .gridengine import GridEngineError
 from .site import Lab, LabError, teardown
 from .sitenat import SiteNatError
 
@@ -64,6 +65,23 @@ def add_lab_parser(subparsers: Any) -> None:
     )
     nat_up.add_argument("--no-keeper", action="store_true", help="no route keeper")
     _command(nat_commands, "down", "remove what `nat up` added", _nat_down)
+
+    ge = _command(
+        commands, "gridengine", "Grid Engine (issue 16): up, down or status", None
+    )
+    ge_commands = ge.add_subparsers(dest="ge_command", metavar="GRIDENGINE_COMMAND")
+    ge_commands.required = True
+    ge_up = _command(
+        ge_commands, "up", "sge_qmaster on login, sge_execd on workers", _ge_up
+    )
+    ge_up.add_argument(
+        "--qrsh",
+        action="store_true",
+        help="let workers connect back to login (qrsh's builtin method needs it)",
+    )
+    _command(ge_commands, "down", "stop Grid Engine, remove its cell", _ge_down)
+    ge_status = _command(ge_commands, "status", "daemons and queues", _ge_status)
+    ge_status.add_argument("--json", action="store_true", help="machine-readable")
 
     fault = _command(commands, "fault", "inject a fault", None)
     faults = fault.add_subparsers(dest="fault", metavar="FAULT")
@@ -115,7 +133,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (LabError, SiteNatError, ValueError, KeyError) as error:
+        except (LabError, SiteNatError, GridEngineError, ValueError, KeyError) as error:
             print(f"lab: {error}", file=sys.stderr)
             return 2
 
@@ -189,6 +207,16 @@ def _print_status(status: dict[str, Any]) -> None:
         )
     else:
         print("  site NAT      down (`lab nat up`)")
+    ge = status.get("gridengine", {})
+    if ge.get("up"):
+        alive = sum(1 for daemon in ge["daemons"].values() if daemon["alive"])
+        print(
+            f"  Grid Engine   up: cell {ge['sge_cell']} in {ge['sge_root']}, "
+            f"{alive}/{len(ge['daemons'])} daemons, qrsh "
+            f"{'open' if ge['qrsh'] else 'blocked'}"
+        )
+    else:
+        print("  Grid Engine   down (`lab gridengine up`)")
 
 
 def _nat_up(args: argparse.Namespace) -> int:
@@ -202,6 +230,39 @@ def _nat_up(args: argparse.Namespace) -> int:
 def _nat_down(args: argparse.Namespace) -> int:
     Lab.attach(args.name).site_nat.down()
     print(f"site NAT of lab {args.name} down")
+    return 0
+
+
+def _ge_up(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    Lab.attach(args.name).gridengine.up(qrsh=args.qrsh)
+    print(f"Grid Engine of lab {args.name} up in {time.monotonic() - started:.1f} s")
+    return _ge_status(argparse.Namespace(name=args.name, json=False))
+
+
+def _ge_down(args: argparse.Namespace) -> int:
+    Lab.attach(args.name).gridengine.down()
+    print(f"Grid Engine of lab {args.name} down")
+    return 0
+
+
+def _ge_status(args: argparse.Namespace) -> int:
+    status = Lab.attach(args.name).gridengine.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    if not status["up"]:
+        print(f"Grid Engine of lab {args.name}: down (`lab gridengine up`)")
+        return 0
+    print(f"  SGE_ROOT      {status['sge_root']}  SGE_CELL {status['sge_cell']}")
+    print(
+        f"  qmaster       {status['qmaster']}  qrsh {'open' if status['qrsh'] else 'blocked'}"
+    )
+    for name, daemon in status["daemons"].items():
+        alive = "running" if daemon["alive"] else "DOWN"
+        print(f"  {name:<20} pid {daemon['pid']} {alive}")
+    for queue, state in status["queues"].items():
+        print(f"  {queue:<20} {state or 'ok'}")
     return 0
 
 

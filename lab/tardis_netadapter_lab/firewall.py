@@ -37,11 +37,15 @@ _COMMON = """
 def ruleset(host: str = "login") -> str:
     """The nft ruleset loaded into a login namespace (one table, atomic).
 
-    login2 is login without Slurm: from the workers only ssh comes in.
+    login2 is login without Slurm: from the workers only ssh comes in. login
+    also lets the workers' Grid Engine execds reach sge_qmaster (6444), as a
+    site running Grid Engine does; nothing listens there until
+    ``lab.gridengine.up()``.
     """
     site_if = LOGIN_HOSTS[host]
     worker_ports = (
-        f"{L.SSH_PORT}, {L.SLURMCTLD_PORT}, {L.SRUN_PORTS[0]}-{L.SRUN_PORTS[1]}"
+        f"{L.SSH_PORT}, {L.SLURMCTLD_PORT}, {L.SGE_QMASTER_PORT}, "
+        f"{L.SRUN_PORTS[0]}-{L.SRUN_PORTS[1]}"
         if host == "login"
         else f"{L.SSH_PORT}"
     )

@@ -54,6 +54,9 @@ COLLECTOR_PORT = 9618
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 SRUN_PORTS = (60001, 60100)
+# Grid Engine (issue 16): IANA's sge_qmaster / sge_execd, as in /etc/services
+SGE_QMASTER_PORT = 6444
+SGE_EXECD_PORT = 6445
 ECHO_PORT = 8080  # outside: answers an HTTP request with the caller's address
 
 # Interface names live inside the namespaces only, so they never clash with

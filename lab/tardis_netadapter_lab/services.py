@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import gehost, rcvbuf
 from . import layout as L
-from . import rcvbuf
 from .netns import in_namespace, is_alive, is_listening, reap, start_time, terminate
 
 PYTHON = "/usr/bin/python3"
@@ -97,7 +97,7 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         Service(
             "login-sshd",
             "login",
-            ("/usr/sbin/sshd", "-D", "-e", "-f", str(ssh / "login_sshd_config")),
+            login_sshd_argv(lab),
             "0.0.0.0",
             L.SSH_PORT,
             "OpenSSH sshd of the login node",
@@ -253,6 +253,17 @@ def service_table(lab: L.LabLayout) -> dict[str, Service]:
         for worker in lab.worker_hosts
     ]
     return {service.name: service for service in services}
+
+
+def login_sshd_argv(lab: L.LabLayout) -> tuple[str, ...]:
+    """login's sshd; while the lab's Grid Engine is up it runs as host "login"
+    with the lab's host table (gehost.py), so the drone user's qsub/qstat/qdel
+    over ssh are what Grid Engine knows as the submit host "login". A restart
+    (fault hooks, outage tests) keeps whichever form is current."""
+    argv = ("/usr/sbin/sshd", "-D", "-e", "-f", str(lab.ssh_dir / "login_sshd_config"))
+    if gehost.marker(lab).exists():
+        return gehost.host_view(lab, "login", argv)
+    return argv
 
 
 def echo_handler(lab: L.LabLayout, protocol: str = "tcp") -> Path:

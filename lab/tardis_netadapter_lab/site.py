@@ -23,6 +23,7 @@ from . import (
     configs,
     faults,
     firewall,
+    gridengine,
     services,
     sitenat,
     toolbox,
@@ -140,6 +141,13 @@ class Lab:
         """GSI's NAT router pair and the workers' marked route: off until
         ``lab.site_nat.up()`` (see sitenat.py)."""
         return sitenat.SiteNat(self.layout)
+
+    # Grid Engine (issue 16) -------------------------------------------------
+    @property
+    def gridengine(self) -> gridengine.GridEngine:
+        """Debian's real Grid Engine on login and the workers: off until
+        ``lab.gridengine.up()`` (see gridengine.py)."""
+        return gridengine.GridEngine(self.layout)
 
     # the EPN partition (issue 15) --------------------------------------------
     @property
@@ -488,6 +496,7 @@ class Lab:
             },
             "vpn": vpn_status,
             "nat": self.site_nat.status() if up else {"up": False},
+            "gridengine": self.gridengine.status() if up else {"up": False},
             "bin_dir": str(lab.bin_dir),
             "path": lab.default_path(),
             "log_dir": str(lab.log_dir),
