@@ -63,6 +63,8 @@ EXPECTED = {
     "all_users.xml": {"13": ("r", R), "14": ("r", R)},
     "own_user.xml": {"14": ("r", R)},
     "zombie.xml": {"1": ("z", D)},
+    "rescheduled_Rq.xml": {"1": ("Rq", B)},
+    "rescheduled_Rr.xml": {"1": ("Rr", R)},
 }  # fmt: skip
 
 
