@@ -22,7 +22,7 @@ from typing import Any, Optional
 from tardis_netadapter_lab import Lab
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
-from tardis_netadapter_lab.netns import is_listening
+from tardis_netadapter_lab.netns import is_listening, pids_in_namespaces
 from tardis_netadapter_lab.services import pool_state
 
 from tardis_netadapter.config import load_profile
@@ -307,3 +307,41 @@ def extra_pool(lab: Lab, address: str, port: int, state: Path) -> Iterator[Path]
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def ssh_login(lab: Lab, command: str, input: str | None = None, timeout: float = 30):
+    """``command`` on login as the adapter runs it: non-interactive ssh from
+    control as the drone user, host key checked."""
+    status = lab.status()["ssh"]
+    argv = [
+        "ssh",
+        "-i",
+        status["control_key"],
+        "-o",
+        f"UserKnownHostsFile={status['known_hosts']}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+        "BatchMode=yes",
+        f"{lab.drone_user}@{L.LOGIN_PUBLIC}",
+        command,
+    ]
+    return lab.run("control", argv, timeout=timeout, input=input)
+
+
+def control_sessions(lab: Lab) -> list[int]:
+    """Pids of the login sshd processes serving the control host's connection
+    (what an sshd outage test kills besides the listener)."""
+    result = lab.run(
+        "login",
+        [
+            "ss",
+            "-Htnp",
+            "state",
+            "established",
+            f"( sport = :22 and dst {L.CONTROL_PUBLIC} )",
+        ],
+    )
+    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", result.stdout)}
+    in_login = set(pids_in_namespaces([lab.layout.namespace_path("login")]))
+    return sorted(pids & in_login)

@@ -16,7 +16,6 @@ Asserted on TARDIS's own records (SqliteRegistry) and on Slurm (squeue).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -24,14 +23,14 @@ from pathlib import Path
 
 import pytest
 from tardis_netadapter_lab import Lab
-from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     pool_request,
     slurm_jobs,
     write_config,
 )
-from tardis_netadapter_lab.netns import pids_in_namespaces, terminate
+from tardis_netadapter_lab.netns import terminate
+from test_chain_support import control_sessions
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -47,23 +46,6 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, explain) -> N
     pytest.fail(
         f"{what} not reached within {timeout:.0f} s\n{explain()}", pytrace=False
     )
-
-
-def control_sessions(lab: Lab) -> list[int]:
-    """Pids of the login sshd processes serving the control host's connection."""
-    result = lab.run(
-        "login",
-        [
-            "ss",
-            "-Htnp",
-            "state",
-            "established",
-            f"( sport = :22 and dst {L.CONTROL_PUBLIC} )",
-        ],
-    )
-    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", result.stdout)}
-    in_login = set(pids_in_namespaces([lab.layout.namespace_path("login")]))
-    return sorted(pids & in_login)
 
 
 def test_cobald_daemon_runs_netslurm_drones_through_the_lab(lab: Lab, tmp_path: Path):

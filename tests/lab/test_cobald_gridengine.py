@@ -21,7 +21,6 @@ One Grid Engine for the module, on the session's lab.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 import uuid as uuidlib
@@ -31,7 +30,6 @@ from pathlib import Path
 import pytest
 from tardis.interfaces.siteadapter import ResourceStatus
 from tardis_netadapter_lab import Lab
-from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import (
     CobaldDaemon,
     lab_config,
@@ -39,6 +37,7 @@ from tardis_netadapter_lab.daemon import (
     write_config,
 )
 from tardis_netadapter_lab.netns import pids_in_namespaces, terminate
+from test_chain_support import control_sessions, ssh_login
 
 from tardis_netadapter.batch.gridengine import GridEngineDriver
 
@@ -76,48 +75,12 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, explain) -> N
     )
 
 
-def ssh_login(lab: Lab, command: str, input: str | None = None, timeout: float = 30):
-    """A command on login as the adapter runs it: ssh from control."""
-    status = lab.status()["ssh"]
-    argv = [
-        "ssh",
-        "-i",
-        status["control_key"],
-        "-o",
-        f"UserKnownHostsFile={status['known_hosts']}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        f"{lab.drone_user}@{L.LOGIN_PUBLIC}",
-        command,
-    ]
-    return lab.run("control", argv, timeout=timeout, input=input)
-
-
 def ge_jobs(lab: Lab) -> dict[str, tuple[str, str]]:
     """job id -> (job name, state) of the drone user, from the real qstat."""
     listing = GridEngineDriver().parse_listing(
         ssh_login(lab, GridEngineDriver().list_command()).stdout
     )
     return {job: (record.name, record.state) for job, record in listing.items()}
-
-
-def control_sessions(lab: Lab) -> list[int]:
-    """Pids of the login sshd processes serving the control host's connection."""
-    result = lab.run(
-        "login",
-        [
-            "ss",
-            "-Htnp",
-            "state",
-            "established",
-            f"( sport = :22 and dst {L.CONTROL_PUBLIC} )",
-        ],
-    )
-    pids = {int(pid) for pid in re.findall(r"pid=(\d+)", result.stdout)}
-    in_login = set(pids_in_namespaces([lab.layout.namespace_path("login")]))
-    return sorted(pids & in_login)
 
 
 def drone_processes(lab: Lab, drone_uuid: str) -> list[int]:

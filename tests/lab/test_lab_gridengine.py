@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from tardis_netadapter_lab import Lab, gehost, services, teardown
-from tardis_netadapter_lab import layout as L
+from test_chain_support import ssh_login
 
 pytestmark = pytest.mark.lab
 
@@ -76,25 +76,6 @@ def lab() -> Iterator[Lab]:
     finally:
         lab.down()
         assert not [ns for ns in _netns() if ns.startswith(f"{LAB_NAME}-")]
-
-
-def ssh_login(lab: Lab, command: str, input: str | None = None, timeout: float = 30):
-    """`command` as the adapter runs it: ssh from control, non-interactive."""
-    status = lab.status()["ssh"]
-    argv = [
-        "ssh",
-        "-i",
-        status["control_key"],
-        "-o",
-        f"UserKnownHostsFile={status['known_hosts']}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        "BatchMode=yes",
-        f"{lab.drone_user}@{L.LOGIN_PUBLIC}",
-        command,
-    ]
-    return lab.run("control", argv, timeout=timeout, input=input)
 
 
 def qsub(lab: Lab, script: str, options: str = "") -> str:
