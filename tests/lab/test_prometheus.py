@@ -208,8 +208,16 @@ def test_prometheus_scrapes_the_adapter_and_every_dashboard_query_works(
             explain,
         )
         measured["drones_at_first_scrape"] = float(first[0]["value"][1])
-        earliest = query(
-            lab, f'min_over_time(sum(tna_drones{{site="{SITE}"}})[10m:1s])'
+        # the smallest count ever scraped: 0, up with no drone. Waited for: a
+        # subquery's steps are whole seconds, so right after the first scrape
+        # no step may have a sample yet and the answer is empty
+        earliest = wait_for(
+            "the subquery over the first samples",
+            lambda: query(
+                lab, f'min_over_time(sum(tna_drones{{site="{SITE}"}})[10m:1s])'
+            ),
+            10,
+            explain,
         )
         assert float(earliest[0]["value"][1]) == 0.0, explain()  # up with no drone
         assert query(lab, f'tna_site_outage{{site="{SITE}",stage="login"}}'), explain()
