@@ -109,7 +109,9 @@ def storm_known_hosts(lab: Lab) -> str:
     return f"[{L.LOGIN_SITE}]:{STORM_PORT} {key[0]} {key[1]}\n"
 
 
-def profile_data(lab: Lab, known_hosts: str, supervisor: str) -> dict[str, Any]:
+def profile_data(
+    lab: Lab, known_hosts: str, supervisor: str, ready_timeout: float = 10.0
+) -> dict[str, Any]:
     """A drone with only a tunnel worth measuring: no pool probe, sleep payload."""
     return {
         "firewall": {"idle_timeout": lab.idle_timeout},
@@ -117,6 +119,7 @@ def profile_data(lab: Lab, known_hosts: str, supervisor: str) -> dict[str, Any]:
             "hops": [{"host": L.LOGIN_SITE, "port": STORM_PORT}],
             "known_hosts": known_hosts,
             "supervisor": supervisor,
+            "ready_timeout": ready_timeout,
         },
         "chain": {"localnet": ["127.0.0.0/8", L.SITE_NET]},
         "pool": {"collector": ""},
@@ -181,16 +184,25 @@ def _stop_drones(run_dir: Path) -> None:
 
 
 def storm(
-    lab: Lab, drones: int = 100, supervisor: str = "builtin", timeout: float = 90
+    lab: Lab,
+    drones: int = 100,
+    supervisor: str = "builtin",
+    timeout: float = 90,
+    ready_timeout: float = 10.0,
 ) -> StormResult:
-    """Start DRONES drones at once on the lab's workers; measure their tunnels."""
+    """Start DRONES drones at once on the lab's workers; measure their tunnels.
+
+    ``ready_timeout`` is the drones' ``tunnel.ready_timeout`` (the product's
+    default, 10 s, unless a caller on a busier machine needs more)."""
     home = lab.layout.home(lab.drone_user)
     run_dir = home / f"storm-{os.getpid()}"
     run_dir.mkdir(mode=0o755)
     os.mkfifo(run_dir / "go", 0o666)
     known_hosts = run_dir / "known_hosts"
     known_hosts.write_text(storm_known_hosts(lab))
-    profile = load_profile(profile_data(lab, str(known_hosts), supervisor))
+    profile = load_profile(
+        profile_data(lab, str(known_hosts), supervisor, ready_timeout)
+    )
     budget = derive_budget(profile)
     (run_dir / "drone.sh").write_text(
         render_drone_script(
@@ -202,7 +214,7 @@ def storm(
         )
     )
     subprocess.run(["chown", "-R", lab.drone_user, str(run_dir)], check=True)
-    result = StormResult(drones, supervisor, ready_timeout=10.0)
+    result = StormResult(drones, supervisor, ready_timeout=ready_timeout)
     workers = lab.layout.worker_hosts
     with ExitStack() as stack:
         stack.callback(_cleanup_dir, run_dir)
@@ -284,6 +296,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         choices=("builtin", "autossh"),
         help="Network.tunnel.supervisor of the drones (default builtin)",
     )
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=10.0,
+        help="the drones' Network.tunnel.ready_timeout in seconds (default 10)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="lab workers")
     parser.add_argument("--name", default=f"sto{os.getpid() % 1000}", help="lab name")
     args = parser.parse_args(argv)
@@ -298,7 +316,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with ExitStack() as stack:
         stack.callback(lab.down)
         lab.up()
-        result = storm(lab, args.drones, args.supervisor)
+        result = storm(
+            lab, args.drones, args.supervisor, ready_timeout=args.ready_timeout
+        )
     print(json.dumps(result.to_dict(), indent=2))
     for line in result.failed[:5]:
         print(line, file=sys.stderr)

@@ -24,6 +24,14 @@ BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "startup_storm.
 DRONES = 100
 #: the issue's target for sshd's dropped connections
 MAX_DROPPED = 20
+#: the drones' tunnel.ready_timeout here. The benchmark's documented runs use
+#: the product's 10 s; there the slowest of 100 tunnels took 10.1-10.9 s of
+#: stage time on a quiet 2-core machine (CPU: 100 drone scripts and 100 ssh
+#: handshakes). In CI the other pytest-xdist worker's lab runs beside this
+#: test on the same 2 cores, and a run of 2026-12-01 had 7 of 100 tunnels
+#: miss 10 s (median 7.0 s). What this test holds is issue 11's: every
+#: tunnel comes up and sshd drops few connections, not the CPU's speed.
+READY_TIMEOUT = 20.0
 
 
 def test_hundred_drones_at_once_all_tunnels_up_few_drops(
@@ -35,7 +43,7 @@ def test_hundred_drones_at_once_all_tunnels_up_few_drops(
     monkeypatch.setitem(sys.modules, "startup_storm", module)  # its dataclasses
     spec.loader.exec_module(module)
 
-    result = module.storm(lab, DRONES, "builtin")
+    result = module.storm(lab, DRONES, "builtin", ready_timeout=READY_TIMEOUT)
     summary = result.to_dict()
     print(json.dumps(summary, indent=2))  # shown with a failure's report
 
