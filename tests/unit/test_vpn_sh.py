@@ -522,7 +522,12 @@ def test_ocserv_restart_heals_within_10_s(
         f"connections work {healed[0] - back:.2f} s after it listens again"
     )
     assert healed[0] - back < 10, log
-    assert "openconnect reconnects now" in log  # woken, not its 10 s sleep
+    # once openconnect sleeps before its next try, the watcher must wake it
+    # (not its 10 s sleep). When ocserv is back before openconnect's first
+    # retry (a CI run, 1.6 s), it reconnects at once, never sleeps, and
+    # nothing needs waking.
+    if "remaining timeout" in log:
+        assert "openconnect reconnects now" in log, log
     assert found["vpn.state.end"].startswith("up "), found["vpn.state.end"]
     assert "vpn.restarts" in found, log
 
