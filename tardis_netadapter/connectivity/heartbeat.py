@@ -14,7 +14,7 @@ import logging
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from ..modes.stages import record_stages
 
@@ -281,18 +281,9 @@ def _vpn(data: Any) -> Optional[Vpn]:
     if not isinstance(data, dict):
         return None
     transport = data.get("transport")
-    address = data.get("address")
-    try:
-        parsed = (
-            str(ipaddress.ip_address(address))
-            if isinstance(address, str) and len(address) <= 64
-            else None
-        )
-    except ValueError:
-        parsed = None
     return Vpn(
         transport=transport if transport in VPN_TRANSPORTS else None,
-        address=parsed,
+        address=_address(data.get("address")),
     )
 
 
@@ -306,31 +297,27 @@ def _address(value: Any) -> Optional[str]:
         return None
 
 
-def _route(data: Any) -> Optional[Route]:
-    """The ``route`` object; None when absent or not an object.
+_PathReport = TypeVar("_PathReport", Route, ContainerNet)
 
-    Field by field, like ``vpn``: ``ok`` is True only for a JSON true, an
-    address that is not one becomes None, the reason is folded to one line.
+
+def _path_report(data: Any, kind: type[_PathReport]) -> Optional[_PathReport]:
+    """A ``route`` or ``container_net`` object; None when absent or not an object.
+
+    Field by field, like ``vpn``: ``ok`` is True only for a JSON true, every
+    other field of ``kind`` but ``reason`` is an address (one that is not
+    becomes None), the reason is folded to one line.
     """
     if not isinstance(data, dict):
         return None
-    return Route(
+    addresses = {
+        name: _address(data.get(name))
+        for name in kind.__dataclass_fields__
+        if name not in ("ok", "reason")
+    }
+    return kind(
         ok=data.get("ok") is True,
-        via=_address(data.get("via")),
-        seen=_address(data.get("seen")),
         reason=_word(data.get("reason"), 300) or "",
-    )
-
-
-def _container_net(data: Any) -> Optional[ContainerNet]:
-    """The ``container_net`` object, field by field like ``route``."""
-    if not isinstance(data, dict):
-        return None
-    return ContainerNet(
-        ok=data.get("ok") is True,
-        address=_address(data.get("address")),
-        seen=_address(data.get("seen")),
-        reason=_word(data.get("reason"), 300) or "",
+        **addresses,
     )
 
 
@@ -367,8 +354,8 @@ def from_dict(data: Any) -> Optional[Heartbeat]:
         path_error=_path_error(data.get("path_error")),
         isolation=_isolation(data.get("isolation")),
         vpn=_vpn(data.get("vpn")),
-        route=_route(data.get("route")),
-        container_net=_container_net(data.get("container_net")),
+        route=_path_report(data.get("route"), Route),
+        container_net=_path_report(data.get("container_net"), ContainerNet),
     )
 
 
