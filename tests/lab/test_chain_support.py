@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import pytest
 from tardis_netadapter_lab import Lab
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.daemon import wait_for
@@ -345,3 +347,23 @@ def control_sessions(lab: Lab) -> list[int]:
     pids = {int(pid) for pid in re.findall(r"pid=(\d+)", result.stdout)}
     in_login = set(pids_in_namespaces([lab.layout.namespace_path("login")]))
     return sorted(pids & in_login)
+
+
+def lab_unavailable(needed: tuple[str, ...]) -> str | None:
+    """Why a module that builds its own lab cannot run here (None: it can):
+    not root, or one of the ``needed`` programs is missing."""
+    if os.geteuid() != 0:
+        return "lab tests need root"
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    missing = [name for name in needed if not shutil.which(name, path=path)]
+    if missing:
+        return f"needs {', '.join(missing)}: run scripts/install-system-deps"
+    return None
+
+
+def skip_unless_runnable(reason: str | None) -> None:
+    """Skip for ``reason``; under CI=true fail instead (CI must run every lab test)."""
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}", pytrace=False)
+        pytest.skip(reason)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 from tardis_netadapter_lab import Lab, cnet, configs, teardown
 from tardis_netadapter_lab import layout as L
+from test_chain_support import lab_unavailable, skip_unless_runnable
 
 pytestmark = pytest.mark.lab
 
@@ -34,24 +34,15 @@ NEEDED = ("cc", "curl", "nsenter", "setpriv", "ip")
 
 
 def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "lab tests need root"
-    if not Path(cnet.CNI_PLUGINS_DIR, "macvlan").exists():
-        return "needs containernetworking-plugins: run scripts/install-system-deps"
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    missing = [name for name in NEEDED if not shutil.which(name, path=path)]
-    if missing:
-        return f"needs {', '.join(missing)}: run scripts/install-system-deps"
-    return None
+    reason = lab_unavailable(NEEDED)
+    if reason is None and not Path(cnet.CNI_PLUGINS_DIR, "macvlan").exists():
+        reason = "needs containernetworking-plugins: run scripts/install-system-deps"
+    return reason
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
+    skip_unless_runnable(_unavailable())
     teardown(LAB_NAME)
     lab = Lab(name=LAB_NAME, workers=1)
     try:

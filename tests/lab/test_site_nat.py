@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ import pytest
 from tardis_netadapter_lab import Lab, configs, teardown
 from tardis_netadapter_lab import layout as L
 from tardis_netadapter_lab.netns import pids_in_namespaces
+from test_chain_support import lab_unavailable, skip_unless_runnable
 
 pytestmark = pytest.mark.lab
 
@@ -213,23 +213,9 @@ print(json.dumps({"replies": replies, "probes": probes, "error": long_error,
 """
 
 
-def _unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "lab tests need root"
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    missing = [name for name in NEEDED if not shutil.which(name, path=path)]
-    if missing:
-        return f"needs {', '.join(missing)}: run scripts/install-system-deps"
-    return None
-
-
 @pytest.fixture(scope="module")
 def nat_lab() -> Iterator[Lab]:
-    reason = _unavailable()
-    if reason:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but {reason}", pytrace=False)
-        pytest.skip(reason)
+    skip_unless_runnable(lab_unavailable(NEEDED))
     teardown(LAB_NAME)
     lab = Lab(name=LAB_NAME, workers=2)
     try:
